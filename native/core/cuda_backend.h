@@ -1,0 +1,52 @@
+// Host side of the CUDA backend. The addon and the native tests never link libcudart: they open
+// libncp_cuda.so with dlopen (like ggml's dynamically loaded backends) and call it through the function table
+// of cuda/api.h. This file needs no CUDA headers and compiles in CPU-only builds, where it reports why the
+// backend is not usable.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda/api.h"
+
+namespace ncp::cuda {
+
+struct Status {
+  bool compiled = false;  // this build produced libncp_cuda.so (configured with NCP_CUDA on/auto and nvcc found)
+  bool loadable = false;  // the library was found, opened, and speaks this host's ABI version
+  bool usable = false;    // ... and the driver reported at least one device
+  std::string library;    // path of the opened library
+  std::string device;     // name of device 0
+  int cc_major = 0, cc_minor = 0, device_count = 0, multiprocessors = 0;
+  uint64_t total_memory = 0;
+  int driver_version = 0, runtime_version = 0;  // 1000 major + 10 minor; driver 0 = no driver
+  std::string gemm_provider;
+  std::string reason;  // why not usable: library not found (with the paths tried), no driver, no device
+};
+
+// Probes once, on first call (thread-safe); later calls return the same result. The search order for the
+// library: $NCP_CUDA_LIB (a file, or a directory holding libncp_cuda.so), then the directory of the module
+// containing this code (the addon or the test executable), then that directory's Release/ subdirectory.
+const Status& status();
+
+// The function table, or nullptr unless status().usable.
+const ncp_cuda_api* api();
+
+// One op's agreement between the GPU (through the table) and the CPU reference ops (ncp::cpu, float):
+// the largest ||gpu - cpu|| / ||cpu|| over the op's outputs, and which output that was.
+struct ParityResult {
+  std::string op;
+  double max_rel_error = 0;  // infinity when any value was NaN or infinite
+  std::string worst_output;
+  std::vector<std::pair<std::string, double>> outputs;  // every compared output and its error
+};
+
+// Runs every op of the table forward and backward on deterministic random inputs with odd shapes, on the CPU
+// and on the GPU, and reports each op's error. Backward gradients start from random values on both sides and
+// only the increments are compared, which also checks that backward adds. GEMM-based ops run once per GEMM
+// provider available (cuBLAS with TF32 off, and ncp's own kernel). Throws ncp::Error("NCP_ECUDA") when the
+// backend is not usable or a call fails.
+std::vector<ParityResult> parity_check();
+
+}  // namespace ncp::cuda

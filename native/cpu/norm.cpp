@@ -1,0 +1,181 @@
+// Group norm (resnets, transformer input) and layer norm (transformer blocks). Statistics are two-pass and
+// accumulated in double: a group holds up to 40 channels x 4096 pixels, too many for a float running sum.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "cpu/ops.h"
+#include "cpu/vec.h"
+
+namespace ncp::cpu {
+namespace {
+
+template <class T>
+void moments(const T* x, int64_t n, double eps, double& mean, double& rstd) {
+  mean = vec::sum(n, [&](int64_t i) { return double(x[i]); }) / double(n);
+  const double m = mean;
+  const double var = vec::sum(n, [&](int64_t i) {
+                       const double d = double(x[i]) - m;
+                       return d * d;
+                     }) / double(n);
+  rstd = 1.0 / std::sqrt(var + eps);
+}
+
+}  // namespace
+
+template <class T>
+void group_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta, int64_t N,
+                        int64_t C, int64_t HW, int64_t G, double eps) {
+  check(G > 0 && C % G == 0, "NCP_EINVAL",
+        "group_norm: channels " + std::to_string(C) + " not divisible by groups " + std::to_string(G));
+  const int64_t Cg = C / G, m = Cg * HW;
+  parallel_for(N * G, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {  // p = n * G + g; the group is the contiguous block x[p * m, (p+1) m)
+      double mean, rstd;
+      moments(x + p * m, m, eps, mean, rstd);
+      saved_mean[p] = T(mean);
+      saved_rstd[p] = T(rstd);
+      for (int64_t cg = 0; cg < Cg; ++cg) {
+        const int64_t c = (p % G) * Cg + cg;
+        const T s = T(rstd * (gamma ? double(gamma[c]) : 1.0)), shift = beta ? beta[c] : T(0);
+        const T tm = T(mean);
+        const T* xc = x + p * m + cg * HW;
+        T* yc = y + p * m + cg * HW;
+        for (int64_t i = 0; i < HW; ++i) yc[i] = (xc[i] - tm) * s + shift;
+      }
+    }
+  });
+}
+
+// With xhat = (x - mean) rstd and g = dy * gamma, dx = rstd (g - mean(g) - xhat mean(g xhat)) over the group.
+// Expanding xhat gives dx = rstd gamma_c dy + a (x - mean) + b per group, from per-channel sums of dy, dy x.
+template <class T>
+void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
+                         const T* saved_rstd, const T* gamma, int64_t N, int64_t C, int64_t HW, int64_t G) {
+  check(G > 0 && C % G == 0, "NCP_EINVAL",
+        "group_norm: channels " + std::to_string(C) + " not divisible by groups " + std::to_string(G));
+  const int64_t Cg = C / G;
+  std::vector<double> sum_dy(N * C), sum_dyx(N * C);
+  parallel_for(N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* d = dy + p * HW;
+      const T* xp = x + p * HW;
+      sum_dy[p] = vec::sum(HW, [&](int64_t i) { return double(d[i]); });
+      sum_dyx[p] = vec::sum(HW, [&](int64_t i) { return double(d[i]) * double(xp[i]); });
+    }
+  });
+  if (dgamma || dbeta) {
+    for (int64_t c = 0; c < C; ++c) {
+      double dg = 0, db = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t p = n * G + c / Cg;
+        dg += (sum_dyx[n * C + c] - double(saved_mean[p]) * sum_dy[n * C + c]) * double(saved_rstd[p]);
+        db += sum_dy[n * C + c];
+      }
+      if (dgamma) dgamma[c] += T(dg);
+      if (dbeta) dbeta[c] += T(db);
+    }
+  }
+  if (!dx) return;
+  const double inv_m = 1.0 / double(Cg * HW);
+  parallel_for(N * G, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / G, c0 = (p % G) * Cg;
+      double sg = 0, sgx = 0;  // sums over the group of g and of g * x
+      for (int64_t c = c0; c < c0 + Cg; ++c) {
+        const double gm = gamma ? double(gamma[c]) : 1.0;
+        sg += gm * sum_dy[n * C + c];
+        sgx += gm * sum_dyx[n * C + c];
+      }
+      const double mean = saved_mean[p], rstd = saved_rstd[p];
+      const double a = (mean * sg - sgx) * rstd * rstd * rstd * inv_m;
+      const T ta = T(a), tb = T(-sg * rstd * inv_m), tm = T(mean);
+      for (int64_t c = c0; c < c0 + Cg; ++c) {
+        const T s = T(rstd * (gamma ? double(gamma[c]) : 1.0));
+        const T* d = dy + (n * C + c) * HW;
+        const T* xc = x + (n * C + c) * HW;
+        T* out = dx + (n * C + c) * HW;
+        for (int64_t i = 0; i < HW; ++i) out[i] += s * d[i] + ta * (xc[i] - tm) + tb;
+      }
+    }
+  });
+}
+
+template <class T>
+void layer_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta,
+                        int64_t rows, int64_t C, double eps) {
+  parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * C;
+      T* yr = y + r * C;
+      double mean, rstd;
+      moments(xr, C, eps, mean, rstd);
+      saved_mean[r] = T(mean);
+      saved_rstd[r] = T(rstd);
+      const T tm = T(mean), tr = T(rstd);
+      if (gamma && beta) {
+        for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - tm) * tr * gamma[c] + beta[c];
+      } else {
+        for (int64_t c = 0; c < C; ++c)
+          yr[c] = (xr[c] - tm) * tr * (gamma ? gamma[c] : T(1)) + (beta ? beta[c] : T(0));
+      }
+    }
+  });
+}
+
+template <class T>
+void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
+                         const T* saved_rstd, const T* gamma, int64_t rows, int64_t C) {
+  const int64_t row_grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+  if (dx) {
+    parallel_for(rows, row_grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* d = dy + r * C;
+        const T* xr = x + r * C;
+        const double mean = saved_mean[r], rstd = saved_rstd[r];
+        auto g = [&](int64_t c) { return double(d[c]) * (gamma ? double(gamma[c]) : 1.0); };
+        const double sg = vec::sum(C, g);
+        const double sgx = vec::sum(C, [&](int64_t c) { return g(c) * (double(xr[c]) - mean); }) * rstd;
+        const T tr = T(rstd), tm = T(mean), a = T(sg / double(C)), b = T(sgx * rstd / double(C));
+        T* out = dx + r * C;
+        for (int64_t c = 0; c < C; ++c)
+          out[c] += tr * (d[c] * (gamma ? gamma[c] : T(1)) - a - (xr[c] - tm) * b);
+      }
+    });
+  }
+  if (!dgamma && !dbeta) return;
+  // Columns are independent sums over rows: split the columns so no two threads touch the same parameter.
+  parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
+    std::vector<double> dg(c1 - c0, 0.0), db(c1 - c0, 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* d = dy + r * C;
+      const T* xr = x + r * C;
+      const double mean = saved_mean[r], rstd = saved_rstd[r];
+      for (int64_t c = c0; c < c1; ++c) {
+        dg[c - c0] += double(d[c]) * (double(xr[c]) - mean) * rstd;
+        db[c - c0] += double(d[c]);
+      }
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      if (dgamma) dgamma[c] += T(dg[c - c0]);
+      if (dbeta) dbeta[c] += T(db[c - c0]);
+    }
+  });
+}
+
+#define NCP_INSTANTIATE(T)                                                                                     \
+  template void group_norm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,     \
+                                      int64_t, double);                                                        \
+  template void group_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, \
+                                       int64_t, int64_t, int64_t);                                             \
+  template void layer_norm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, double);    \
+  template void layer_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
+                                       int64_t);
+NCP_INSTANTIATE(float)
+NCP_INSTANTIATE(double)
+#undef NCP_INSTANTIATE
+
+}  // namespace ncp::cpu

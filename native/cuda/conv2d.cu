@@ -1,0 +1,130 @@
+// Conv2d as im2col + GEMM. Images are processed in chunks whose column matrices fit a fixed scratch budget,
+// each chunk as one strided-batched GEMM against the shared weight matrix. A 1x1, stride-1, unpadded conv
+// multiplies the input directly.
+#include <algorithm>
+
+#include "cuda/common.cuh"
+#include "cuda/entries.h"
+
+namespace ncp::cuda {
+namespace {
+
+constexpr size_t kColumnBudget = size_t(256) << 20;  // bytes of column matrices per chunk
+
+struct Geometry {
+  int64_t N, Cin, H, W, Cout, k, stride, pad, Ho, Wo, P, CKK;
+  bool direct;  // 1x1, stride 1, no padding: the input already is the column matrix
+};
+
+int geometry(const char* op, const ncp_cuda_conv2d_shape* s, Geometry* g) {
+  NCP_REQUIRE(s, "%s: shape is NULL", op);
+  NCP_REQUIRE(s->N >= 0 && s->Cin > 0 && s->H > 0 && s->W > 0 && s->Cout > 0 && s->k > 0 && s->stride > 0 &&
+                  s->pad >= 0,
+              "%s: bad shape (N %lld, Cin %lld, H %lld, W %lld, Cout %lld, k %lld, stride %lld, pad %lld)", op,
+              (long long)s->N, (long long)s->Cin, (long long)s->H, (long long)s->W, (long long)s->Cout,
+              (long long)s->k, (long long)s->stride, (long long)s->pad);
+  *g = Geometry{s->N, s->Cin, s->H, s->W, s->Cout, s->k, s->stride, s->pad, 0, 0, 0, 0, false};
+  g->Ho = (g->H + 2 * g->pad - g->k) / g->stride + 1;
+  g->Wo = (g->W + 2 * g->pad - g->k) / g->stride + 1;
+  NCP_REQUIRE(g->H + 2 * g->pad >= g->k && g->W + 2 * g->pad >= g->k, "%s: kernel %lld larger than padded input",
+              op, (long long)g->k);
+  g->P = g->Ho * g->Wo;
+  g->CKK = g->Cin * g->k * g->k;
+  g->direct = g->k == 1 && g->stride == 1 && g->pad == 0;
+  return NCP_CUDA_OK;
+}
+
+int64_t chunk_images(const Geometry& g) {
+  const int64_t per_image = g.CKK * g.P * int64_t(sizeof(float));
+  return std::max<int64_t>(1, std::min<int64_t>({g.N, int64_t(kColumnBudget) / per_image, 65535}));
+}
+
+// col[b][(c k + kh) k + kw][oh Wo + ow] = x[b][c][oh s - pad + kh][ow s - pad + kw] (0 outside the image).
+int im2col(float* col, const float* x, const Geometry& g, int64_t images) {
+  const Geometry q = g;
+  return launch_each("conv2d im2col", images * q.CKK * q.P, [=] __device__(int64_t i) {
+    const int64_t p = i % q.P, r = i / q.P % q.CKK, b = i / (q.P * q.CKK);
+    const int64_t kw = r % q.k, kh = r / q.k % q.k, c = r / (q.k * q.k);
+    const int64_t ih = p / q.Wo * q.stride - q.pad + kh, iw = p % q.Wo * q.stride - q.pad + kw;
+    col[i] = (ih >= 0 && ih < q.H && iw >= 0 && iw < q.W) ? x[((b * q.Cin + c) * q.H + ih) * q.W + iw] : 0.f;
+  });
+}
+
+// dx[b][c][ih][iw] += the sum of every column entry im2col read from that pixel (one writer per pixel).
+int col2im_add(float* dx, const float* col, const Geometry& g, int64_t images) {
+  const Geometry q = g;
+  return launch_each("conv2d col2im", images * q.Cin * q.H * q.W, [=] __device__(int64_t i) {
+    const int64_t iw = i % q.W, ih = i / q.W % q.H, c = i / (q.W * q.H) % q.Cin, b = i / (q.W * q.H * q.Cin);
+    const float* cb = col + b * q.CKK * q.P;
+    float acc = 0.f;
+    for (int64_t kh = 0; kh < q.k; ++kh) {
+      const int64_t th = ih + q.pad - kh;
+      if (th < 0 || th % q.stride) continue;
+      const int64_t oh = th / q.stride;
+      if (oh >= q.Ho) continue;
+      for (int64_t kw = 0; kw < q.k; ++kw) {
+        const int64_t tw = iw + q.pad - kw;
+        if (tw < 0 || tw % q.stride) continue;
+        const int64_t ow = tw / q.stride;
+        if (ow >= q.Wo) continue;
+        acc += cb[((c * q.k + kh) * q.k + kw) * q.P + oh * q.Wo + ow];
+      }
+    }
+    dx[i] += acc;
+  });
+}
+
+}  // namespace
+
+int conv2d_forward(float* y, const float* x, const float* W, const float* b, const ncp_cuda_conv2d_shape* s) {
+  Geometry g;
+  NCP_TRY(geometry("conv2d_forward", s, &g));
+  const int64_t chunk = g.direct ? std::min<int64_t>(std::max<int64_t>(g.N, 1), 65535) : chunk_images(g);
+  float* col = nullptr;
+  if (!g.direct) NCP_TRY(scratch(0, size_t(chunk * g.CKK * g.P) * sizeof(float), reinterpret_cast<void**>(&col)));
+  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+    const int64_t images = std::min(chunk, g.N - n0);
+    const float* xn = x + n0 * g.Cin * g.H * g.W;
+    if (!g.direct) NCP_TRY(im2col(col, xn, g, images));
+    // y[n] (Cout x P) = W (Cout x CKK) col[n] (CKK x P)
+    NCP_TRY(gemm_batched(false, false, g.Cout, g.P, g.CKK, 1.f, W, g.CKK, 0, g.direct ? xn : col, g.P, g.CKK * g.P,
+                         0.f, y + n0 * g.Cout * g.P, g.P, g.Cout * g.P, images));
+  }
+  return b ? add_channel_vector(y, b, g.N, g.Cout, g.P) : NCP_CUDA_OK;
+}
+
+int conv2d_backward(float* dx, float* dW, float* db, const float* dy, const float* x, const float* W,
+                    const ncp_cuda_conv2d_shape* s) {
+  Geometry g;
+  NCP_TRY(geometry("conv2d_backward", s, &g));
+  const int64_t chunk = g.direct ? std::min<int64_t>(std::max<int64_t>(g.N, 1), 65535) : chunk_images(g);
+  float *col = nullptr, *dcol = nullptr;
+  if (!g.direct) {
+    const size_t bytes = size_t(chunk * g.CKK * g.P) * sizeof(float);
+    if (dW) NCP_TRY(scratch(0, bytes, reinterpret_cast<void**>(&col)));
+    if (dx) NCP_TRY(scratch(1, bytes, reinterpret_cast<void**>(&dcol)));
+  }
+  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+    const int64_t images = std::min(chunk, g.N - n0);
+    const float* xn = x + n0 * g.Cin * g.H * g.W;
+    const float* dyn = dy + n0 * g.Cout * g.P;
+    if (dW) {
+      // dW (Cout x CKK) += dy[n] (Cout x P) col[n]^T, image after image into the one accumulator.
+      if (!g.direct) NCP_TRY(im2col(col, xn, g, images));
+      const float* cols = g.direct ? xn : col;
+      for (int64_t i = 0; i < images; ++i)
+        NCP_TRY(gemm_batched(false, true, g.Cout, g.CKK, g.P, 1.f, dyn + i * g.Cout * g.P, g.P, 0,
+                             cols + i * g.CKK * g.P, g.P, 0, 1.f, dW, g.CKK, 0, 1));
+    }
+    if (dx) {
+      // dcol[n] (CKK x P) = W^T (CKK x Cout) dy[n] (Cout x P); the direct case accumulates straight into dx.
+      float* xn_grad = dx + n0 * g.Cin * g.H * g.W;
+      NCP_TRY(gemm_batched(true, false, g.CKK, g.P, g.Cout, 1.f, W, g.CKK, 0, dyn, g.P, g.Cout * g.P,
+                           g.direct ? 1.f : 0.f, g.direct ? xn_grad : dcol, g.P, g.CKK * g.P, images));
+      if (!g.direct) NCP_TRY(col2im_add(xn_grad, dcol, g, images));
+    }
+  }
+  return db ? channel_sum_add(db, dy, g.N, g.Cout, g.P) : NCP_CUDA_OK;
+}
+
+}  // namespace ncp::cuda

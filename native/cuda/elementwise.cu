@@ -1,0 +1,120 @@
+// Residual adds, channel concat, nearest 2x upsampling, per-channel biases, and the column / channel sums
+// their backward passes (and the linear and conv bias gradients) need. Every output element has one writer,
+// so results do not depend on scheduling.
+#include "cuda/common.cuh"
+#include "cuda/entries.h"
+
+namespace ncp::cuda {
+namespace {
+
+// Block (32, 8): 32 adjacent columns, 8 row phases; each thread sums its column over rows in double.
+__global__ void col_sum_kernel(float* __restrict__ out, const float* __restrict__ in, int64_t rows, int64_t cols) {
+  __shared__ double part[8][32];
+  const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  double acc = 0;
+  if (c < cols)
+    for (int64_t r = threadIdx.y; r < rows; r += 8) acc += in[r * cols + c];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    double s = 0;
+    for (int i = 0; i < 8; ++i) s += part[i][threadIdx.x];
+    out[c] += float(s);
+  }
+}
+
+// One block per channel.
+__global__ void channel_sum_kernel(float* __restrict__ out, const float* __restrict__ in, int64_t N, int64_t C,
+                                   int64_t HW) {
+  const int64_t c = blockIdx.x;
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < N * HW; i += blockDim.x) acc += in[((i / HW) * C + c) * HW + i % HW];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) out[c] += float(acc);
+}
+
+}  // namespace
+
+int col_sum_add(float* out, const float* in, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return NCP_CUDA_OK;
+  NCP_REQUIRE((cols + 31) / 32 <= INT32_MAX, "col_sum: too many columns (%lld)", (long long)cols);
+  col_sum_kernel<<<unsigned((cols + 31) / 32), dim3(32, 8)>>>(out, in, rows, cols);
+  return check_launch("column sum");
+}
+
+int channel_sum_add(float* out, const float* in, int64_t N, int64_t C, int64_t HW) {
+  if (C <= 0) return NCP_CUDA_OK;
+  NCP_REQUIRE(C <= INT32_MAX, "channel_sum: too many channels (%lld)", (long long)C);
+  channel_sum_kernel<<<unsigned(C), kThreads>>>(out, in, N, C, HW);
+  return check_launch("channel sum");
+}
+
+int add_channel_vector(float* y, const float* v, int64_t N, int64_t C, int64_t HW) {
+  return launch_each("bias add", N * C * HW, [=] __device__(int64_t i) { y[i] += v[(i / HW) % C]; });
+}
+
+int upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W) {
+  NCP_REQUIRE(N >= 0 && C >= 0 && H >= 0 && W >= 0, "upsample_nearest2x_forward: negative size");
+  const int64_t W2 = 2 * W, H2 = 2 * H;
+  return launch_each("upsample_nearest2x_forward", N * C * H2 * W2, [=] __device__(int64_t i) {
+    const int64_t ow = i % W2, oh = i / W2 % H2, nc = i / (W2 * H2);
+    y[i] = x[(nc * H + oh / 2) * W + ow / 2];
+  });
+}
+
+int upsample_nearest2x_backward(float* dx, const float* dy, int64_t N, int64_t C, int64_t H, int64_t W) {
+  NCP_REQUIRE(N >= 0 && C >= 0 && H >= 0 && W >= 0, "upsample_nearest2x_backward: negative size");
+  if (!dx) return NCP_CUDA_OK;
+  const int64_t W2 = 2 * W;
+  return launch_each("upsample_nearest2x_backward", N * C * H * W, [=] __device__(int64_t i) {
+    const int64_t w = i % W, r = i / W;  // r indexes input rows over (n, c, h)
+    const float* top = dy + r * 2 * W2 + 2 * w;
+    const float* bottom = top + W2;
+    dx[i] += (top[0] + top[1]) + (bottom[0] + bottom[1]);
+  });
+}
+
+int add_forward(float* y, const float* a, const float* b, int64_t n) {
+  NCP_REQUIRE(n >= 0, "add_forward: negative size %lld", (long long)n);
+  return launch_each("add_forward", n, [=] __device__(int64_t i) { y[i] = a[i] + b[i]; });
+}
+
+int add_backward(float* da, float* db, const float* dy, int64_t n) {
+  NCP_REQUIRE(n >= 0, "add_backward: negative size %lld", (long long)n);
+  if (da) NCP_TRY(launch_each("add_backward", n, [=] __device__(int64_t i) { da[i] += dy[i]; }));
+  if (db) NCP_TRY(launch_each("add_backward", n, [=] __device__(int64_t i) { db[i] += dy[i]; }));
+  return NCP_CUDA_OK;
+}
+
+int concat_channels_forward(float* y, const float* a, const float* b, int64_t N, int64_t Ca, int64_t Cb, int64_t HW) {
+  NCP_REQUIRE(N >= 0 && Ca >= 0 && Cb >= 0 && HW >= 0, "concat_channels_forward: negative size");
+  const int64_t na = Ca * HW, nb = Cb * HW;
+  return launch_each("concat_channels_forward", N * (na + nb), [=] __device__(int64_t i) {
+    const int64_t n = i / (na + nb), j = i % (na + nb);
+    y[i] = j < na ? a[n * na + j] : b[n * nb + j - na];
+  });
+}
+
+int concat_channels_backward(float* da, float* db, const float* dy, int64_t N, int64_t Ca, int64_t Cb, int64_t HW) {
+  NCP_REQUIRE(N >= 0 && Ca >= 0 && Cb >= 0 && HW >= 0, "concat_channels_backward: negative size");
+  const int64_t na = Ca * HW, nb = Cb * HW;
+  if (da)
+    NCP_TRY(launch_each("concat_channels_backward", N * na,
+                        [=] __device__(int64_t i) { da[i] += dy[(i / na) * (na + nb) + i % na]; }));
+  if (db)
+    NCP_TRY(launch_each("concat_channels_backward", N * nb,
+                        [=] __device__(int64_t i) { db[i] += dy[(i / nb) * (na + nb) + na + i % nb]; }));
+  return NCP_CUDA_OK;
+}
+
+int add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW) {
+  NCP_REQUIRE(N >= 0 && C >= 0 && HW >= 0, "add_channel_bias_forward: negative size");
+  return launch_each("add_channel_bias_forward", N * C * HW, [=] __device__(int64_t i) { y[i] += bias[i / HW]; });
+}
+
+int add_channel_bias_backward(float* dbias, const float* dy, int64_t N, int64_t C, int64_t HW) {
+  NCP_REQUIRE(N >= 0 && C >= 0 && HW >= 0, "add_channel_bias_backward: negative size");
+  return dbias ? channel_sum_add(dbias, dy, 1, N * C, HW) : NCP_CUDA_OK;
+}
+
+}  // namespace ncp::cuda

@@ -1,0 +1,228 @@
+// Group norm and layer norm. As on the CPU, statistics are two-pass and accumulated in double (a group holds up
+// to 40 channels x 4096 pixels), and the float arithmetic of the outputs follows the CPU formulas term by term.
+#include "cuda/common.cuh"
+#include "cuda/entries.h"
+
+namespace ncp::cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+// Mean and 1/sqrt(var + eps) of x[0, n), returned to every thread of the block.
+__device__ void moments(const float* x, int64_t n, double eps, double& mean, double& rstd) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  mean = block_sum(s) / double(n);
+  double v = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const double d = double(x[i]) - mean;
+    v += d * d;
+  }
+  rstd = 1.0 / sqrt(block_sum(v) / double(n) + eps);
+}
+
+// One block per (n, g); the group is the contiguous range x[p m, (p + 1) m).
+__global__ void group_norm_forward_kernel(float* __restrict__ y, float* __restrict__ saved_mean,
+                                          float* __restrict__ saved_rstd, const float* __restrict__ x,
+                                          const float* __restrict__ gamma, const float* __restrict__ beta, int64_t G,
+                                          int64_t Cg, int64_t HW, double eps) {
+  const int64_t p = blockIdx.x, m = Cg * HW;
+  const float* xg = x + p * m;
+  double mean, rstd;
+  moments(xg, m, eps, mean, rstd);
+  if (threadIdx.x == 0) {
+    saved_mean[p] = float(mean);
+    saved_rstd[p] = float(rstd);
+  }
+  const float tm = float(mean);
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
+    const int64_t c = (p % G) * Cg + i / HW;
+    const float s = float(rstd * (gamma ? double(gamma[c]) : 1.0)), shift = beta ? beta[c] : 0.f;
+    y[p * m + i] = (xg[i] - tm) * s + shift;
+  }
+}
+
+// sums[2 p] = sum_i dy[p, i], sums[2 p + 1] = sum_i dy[p, i] x[p, i] for each (n, c) plane p.
+__global__ void plane_sums_kernel(double* __restrict__ sums, const float* __restrict__ dy, const float* __restrict__ x,
+                                  int64_t HW) {
+  const int64_t p = blockIdx.x;
+  double sd = 0, sdx = 0;
+  for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
+    const double d = dy[p * HW + i];
+    sd += d;
+    sdx += d * double(x[p * HW + i]);
+  }
+  sd = block_sum(sd);
+  sdx = block_sum(sdx);
+  if (threadIdx.x == 0) {
+    sums[2 * p] = sd;
+    sums[2 * p + 1] = sdx;
+  }
+}
+
+// With xhat = (x - mean) rstd and g = dy gamma, dx = rstd (g - mean(g) - xhat mean(g xhat)) over the group,
+// i.e. dx = rstd gamma_c dy + a (x - mean) + b with a, b from the per-plane sums.
+__global__ void group_norm_dx_kernel(float* __restrict__ dx, const double* __restrict__ sums,
+                                     const float* __restrict__ dy, const float* __restrict__ x,
+                                     const float* __restrict__ saved_mean, const float* __restrict__ saved_rstd,
+                                     const float* __restrict__ gamma, int64_t C, int64_t G, int64_t Cg, int64_t HW) {
+  const int64_t p = blockIdx.x, n = p / G, c0 = (p % G) * Cg, m = Cg * HW;
+  double sg = 0, sgx = 0;
+  for (int64_t c = c0; c < c0 + Cg; ++c) {
+    const double gm = gamma ? double(gamma[c]) : 1.0;
+    sg += gm * sums[2 * (n * C + c)];
+    sgx += gm * sums[2 * (n * C + c) + 1];
+  }
+  const double mean = saved_mean[p], rstd = saved_rstd[p], inv_m = 1.0 / double(m);
+  const double a = (mean * sg - sgx) * rstd * rstd * rstd * inv_m;
+  const float ta = float(a), tb = float(-sg * rstd * inv_m), tm = float(mean);
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
+    const int64_t c = c0 + i / HW, at = p * m + i;
+    const float s = float(rstd * (gamma ? double(gamma[c]) : 1.0));
+    dx[at] += s * dy[at] + ta * (x[at] - tm) + tb;
+  }
+}
+
+__global__ void group_norm_params_kernel(float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                         const double* __restrict__ sums, const float* __restrict__ saved_mean,
+                                         const float* __restrict__ saved_rstd, int64_t N, int64_t C, int64_t G,
+                                         int64_t Cg) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double dg = 0, db = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t p = n * G + c / Cg;
+    const double sd = sums[2 * (n * C + c)], sdx = sums[2 * (n * C + c) + 1];
+    dg += (sdx - double(saved_mean[p]) * sd) * double(saved_rstd[p]);
+    db += sd;
+  }
+  if (dgamma) dgamma[c] += float(dg);
+  if (dbeta) dbeta[c] += float(db);
+}
+
+__global__ void layer_norm_forward_kernel(float* __restrict__ y, float* __restrict__ saved_mean,
+                                          float* __restrict__ saved_rstd, const float* __restrict__ x,
+                                          const float* __restrict__ gamma, const float* __restrict__ beta, int64_t C,
+                                          double eps) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * C;
+  double mean, rstd;
+  moments(xr, C, eps, mean, rstd);
+  if (threadIdx.x == 0) {
+    saved_mean[r] = float(mean);
+    saved_rstd[r] = float(rstd);
+  }
+  const float tm = float(mean), tr = float(rstd);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    y[r * C + c] = (xr[c] - tm) * tr * (gamma ? gamma[c] : 1.f) + (beta ? beta[c] : 0.f);
+}
+
+__global__ void layer_norm_dx_kernel(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x,
+                                     const float* __restrict__ saved_mean, const float* __restrict__ saved_rstd,
+                                     const float* __restrict__ gamma, int64_t C) {
+  const int64_t r = blockIdx.x;
+  const float *d = dy + r * C, *xr = x + r * C;
+  const double mean = saved_mean[r], rstd = saved_rstd[r];
+  double sg = 0, sgx = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const double g = double(d[c]) * (gamma ? double(gamma[c]) : 1.0);
+    sg += g;
+    sgx += g * (double(xr[c]) - mean);
+  }
+  sg = block_sum(sg);
+  sgx = block_sum(sgx) * rstd;
+  const float tr = float(rstd), tm = float(mean), a = float(sg / double(C)), b = float(sgx * rstd / double(C));
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    dx[r * C + c] += tr * (d[c] * (gamma ? gamma[c] : 1.f) - a - (xr[c] - tm) * b);
+}
+
+// Block (32, 8) over 32 columns; each thread sums its column over every 8th row, then the 8 phases combine.
+__global__ void layer_norm_params_kernel(float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                         const float* __restrict__ dy, const float* __restrict__ x,
+                                         const float* __restrict__ saved_mean, const float* __restrict__ saved_rstd,
+                                         int64_t rows, int64_t C) {
+  __shared__ double part[2][8][32];
+  const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  double dg = 0, db = 0;
+  if (c < C)
+    for (int64_t r = threadIdx.y; r < rows; r += 8) {
+      const double d = dy[r * C + c];
+      dg += d * (double(x[r * C + c]) - double(saved_mean[r])) * double(saved_rstd[r]);
+      db += d;
+    }
+  part[0][threadIdx.y][threadIdx.x] = dg;
+  part[1][threadIdx.y][threadIdx.x] = db;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= C) return;
+  dg = db = 0;
+  for (int i = 0; i < 8; ++i) {
+    dg += part[0][i][threadIdx.x];
+    db += part[1][i][threadIdx.x];
+  }
+  if (dgamma) dgamma[c] += float(dg);
+  if (dbeta) dbeta[c] += float(db);
+}
+
+int check_groups(const char* op, int64_t N, int64_t C, int64_t HW, int64_t G) {
+  NCP_REQUIRE(N >= 0 && C > 0 && HW > 0 && G > 0 && C % G == 0,
+              "%s: channels %lld not divisible by groups %lld (N %lld, HW %lld)", op, (long long)C, (long long)G,
+              (long long)N, (long long)HW);
+  NCP_REQUIRE(N * C <= INT32_MAX, "%s: too many planes (%lld)", op, (long long)(N * C));
+  return NCP_CUDA_OK;
+}
+
+}  // namespace
+
+int group_norm_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
+                       const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  NCP_TRY(check_groups("group_norm_forward", N, C, HW, G));
+  if (N == 0) return NCP_CUDA_OK;
+  group_norm_forward_kernel<<<unsigned(N * G), kNormThreads>>>(y, saved_mean, saved_rstd, x, gamma, beta, G, C / G,
+                                                               HW, eps);
+  return check_launch("group_norm_forward");
+}
+
+int group_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* saved_mean, const float* saved_rstd, const float* gamma, int64_t N, int64_t C,
+                        int64_t HW, int64_t G) {
+  NCP_TRY(check_groups("group_norm_backward", N, C, HW, G));
+  if (N == 0 || (!dx && !dgamma && !dbeta)) return NCP_CUDA_OK;
+  double* sums = nullptr;
+  NCP_TRY(scratch(0, size_t(2 * N * C) * sizeof(double), reinterpret_cast<void**>(&sums)));
+  plane_sums_kernel<<<unsigned(N * C), kNormThreads>>>(sums, dy, x, HW);
+  NCP_TRY(check_launch("group_norm_backward"));
+  if (dgamma || dbeta) {
+    group_norm_params_kernel<<<blocks_for(C), kThreads>>>(dgamma, dbeta, sums, saved_mean, saved_rstd, N, C, G, C / G);
+    NCP_TRY(check_launch("group_norm_backward"));
+  }
+  if (!dx) return NCP_CUDA_OK;
+  group_norm_dx_kernel<<<unsigned(N * G), kNormThreads>>>(dx, sums, dy, x, saved_mean, saved_rstd, gamma, C, G, C / G,
+                                                          HW);
+  return check_launch("group_norm_backward");
+}
+
+int layer_norm_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
+                       const float* beta, int64_t rows, int64_t C, double eps) {
+  NCP_REQUIRE(rows >= 0 && rows <= INT32_MAX && C > 0, "layer_norm_forward: bad shape (rows %lld, C %lld)",
+              (long long)rows, (long long)C);
+  if (rows == 0) return NCP_CUDA_OK;
+  layer_norm_forward_kernel<<<unsigned(rows), kNormThreads>>>(y, saved_mean, saved_rstd, x, gamma, beta, C, eps);
+  return check_launch("layer_norm_forward");
+}
+
+int layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* saved_mean, const float* saved_rstd, const float* gamma, int64_t rows, int64_t C) {
+  NCP_REQUIRE(rows >= 0 && rows <= INT32_MAX && C > 0, "layer_norm_backward: bad shape (rows %lld, C %lld)",
+              (long long)rows, (long long)C);
+  if (rows == 0) return NCP_CUDA_OK;
+  if (dx) {
+    layer_norm_dx_kernel<<<unsigned(rows), kNormThreads>>>(dx, dy, x, saved_mean, saved_rstd, gamma, C);
+    NCP_TRY(check_launch("layer_norm_backward"));
+  }
+  if (!dgamma && !dbeta) return NCP_CUDA_OK;
+  layer_norm_params_kernel<<<unsigned((C + 31) / 32), dim3(32, 8)>>>(dgamma, dbeta, dy, x, saved_mean, saved_rstd,
+                                                                      rows, C);
+  return check_launch("layer_norm_backward");
+}
+
+}  // namespace ncp::cuda

@@ -1,0 +1,202 @@
+// Building blocks of the diffusers U-Net (and, later, the VAE), in float32 on the CPU ops.
+//
+// Each block is a small struct: constructed from a ParamSource (which either records its parameters' names and
+// shapes for a manifest, or binds them from a WeightMap), then forward(...) on raw pointers. Forward writes
+// every intermediate that a backward pass needs into the caller-owned Acts of the block, so a training step can
+// keep one Acts per block call while inference reuses a single Acts for all calls of a kind (Buffers only grow).
+// Attention probabilities are not kept: they are the largest activation and cheap to recompute.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace ncp::model {
+
+// Declares each parameter exactly once: in manifest mode take() records name and shape and returns nullptr;
+// in bind mode it returns the weight map's tensor (which checks the shape). The manifest and the binding are
+// therefore the same code path and cannot disagree.
+class ParamSource {
+ public:
+  explicit ParamSource(Manifest& manifest) : manifest_(&manifest) {}
+  explicit ParamSource(const WeightMap& weights) : weights_(&weights) {}
+  const float* take(const std::string& name, std::vector<int64_t> shape);
+
+ private:
+  Manifest* manifest_ = nullptr;
+  const WeightMap* weights_ = nullptr;
+};
+
+// An activation buffer. Uninitialised: every op fully writes what it produces, so zero-filling would be a wasted
+// pass over memory. ensure(n) keeps the allocation when it is already large enough.
+class Buffer {
+ public:
+  float* ensure(int64_t n);
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  int64_t size() const { return size_; }
+
+ private:
+  std::unique_ptr<float[]> data_;
+  int64_t size_ = 0, capacity_ = 0;
+};
+
+// y [N, cols, rows] = x [N, rows, cols] transposed per batch: NCHW <-> NLC (its own backward, with the roles
+// swapped).
+void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
+
+// ---- Leaf layers -------------------------------------------------------------------------------------------
+struct NormStats {
+  Buffer mean, rstd;
+};
+
+struct Linear {
+  int64_t in = 0, out = 0;
+  const float* W = nullptr;  // [out, in]
+  const float* b = nullptr;  // [out] or nullptr
+  Linear() = default;
+  // conv1x1: stored as a 1x1 convolution [out, in, 1, 1], which has the memory layout of [out, in].
+  Linear(ParamSource& p, const std::string& prefix, int64_t in, int64_t out, bool bias = true,
+         bool conv1x1 = false);
+  void forward(float* y, const float* x, int64_t rows) const;
+};
+
+struct Conv2d {
+  int64_t cin = 0, cout = 0, k = 0, stride = 1, pad = 0;
+  const float* W = nullptr;  // [cout, cin, k, k]
+  const float* b = nullptr;  // [cout]
+  Conv2d() = default;
+  Conv2d(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t k, int64_t stride = 1);
+  int64_t out_size(int64_t n) const { return (n + 2 * pad - k) / stride + 1; }
+  void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W) const;
+};
+
+struct GroupNorm {
+  int64_t C = 0, groups = 0;
+  double eps = 0;
+  const float *gamma = nullptr, *beta = nullptr;
+  GroupNorm() = default;
+  GroupNorm(ParamSource& p, const std::string& prefix, int64_t C, int64_t groups, double eps);
+  void forward(float* y, NormStats& s, const float* x, int64_t N, int64_t HW) const;
+};
+
+struct LayerNorm {
+  int64_t C = 0;
+  double eps = 0;
+  const float *gamma = nullptr, *beta = nullptr;
+  LayerNorm() = default;
+  LayerNorm(ParamSource& p, const std::string& prefix, int64_t C, double eps);
+  void forward(float* y, NormStats& s, const float* x, int64_t rows) const;
+};
+
+// ---- diffusers blocks --------------------------------------------------------------------------------------
+// TimestepEmbedding: linear_1 -> SiLU -> linear_2.
+struct TimestepEmbedding {
+  Linear linear_1, linear_2;
+  struct Acts {
+    Buffer h, act;  // linear_1 output, its SiLU
+  };
+  TimestepEmbedding() = default;
+  TimestepEmbedding(ParamSource& p, const std::string& prefix, int64_t in, int64_t dim);
+  void forward(float* y, const float* x, int64_t rows, Acts& a) const;
+};
+
+// ResnetBlock2D: GroupNorm-SiLU-conv3x3, + time_emb_proj(temb_act) per channel, GroupNorm-SiLU-conv3x3, plus the
+// input (through a 1x1 conv_shortcut when the channel count changes). temb_dim 0: no time embedding (VAE).
+struct ResnetBlock2D {
+  int64_t cin = 0, cout = 0, temb_dim = 0;
+  GroupNorm norm1, norm2;
+  Conv2d conv1, conv2, conv_shortcut;  // conv_shortcut only when has_shortcut (cin != cout)
+  Linear time_emb_proj;               // only when temb_dim > 0
+  bool has_shortcut = false;
+  struct Acts {
+    NormStats s1, s2;
+    Buffer n1, a1, c1, temb, n2, a2, shortcut;  // c1: conv1 output plus the time-embedding bias
+  };
+  ResnetBlock2D() = default;
+  ResnetBlock2D(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t temb_dim,
+                int64_t groups, double eps);
+  // x [N, cin, H, W] -> y [N, cout, H, W]; temb_act [N, temb_dim] is SiLU(emb), shared by every resnet.
+  void forward(float* y, const float* x, const float* temb_act, int64_t N, int64_t H, int64_t W, Acts& a) const;
+};
+
+// diffusers Attention as BasicTransformerBlock uses it: to_q/to_k/to_v without bias, to_out.0 with bias.
+struct Attention {
+  int64_t heads = 0, head_dim = 0;
+  Linear to_q, to_k, to_v, to_out;
+  struct Acts {
+    Buffer q, k, v, o;  // o: attention output before to_out
+  };
+  Attention() = default;
+  Attention(ParamSource& p, const std::string& prefix, int64_t query_dim, int64_t context_dim, int64_t heads,
+            int64_t head_dim);
+  // x [B, Lq, query_dim], context [B, Lk, context_dim] -> y [B, Lq, query_dim].
+  void forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk, Acts& a) const;
+};
+
+// BasicTransformerBlock: x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x), with the GEGLU
+// feed-forward ff.net.0.proj (dim -> 2 * 4dim, [hidden | gate]) -> hidden * gelu(gate) -> ff.net.2.
+struct BasicTransformerBlock {
+  int64_t dim = 0, ff_inner = 0;
+  LayerNorm norm1, norm2, norm3;
+  Attention attn1, attn2;
+  Linear ff_proj, ff_out;
+  struct Acts {
+    NormStats s1, s2, s3;
+    Buffer n1, h1, n2, h2, n3, ff_h, ff_g;  // h1, h2: residual stream after attn1, attn2
+    Attention::Acts attn1, attn2;
+  };
+  BasicTransformerBlock() = default;
+  BasicTransformerBlock(ParamSource& p, const std::string& prefix, int64_t dim, int64_t context_dim, int64_t heads,
+                        int64_t head_dim);
+  // x, y [B, L, dim]; context [B, Lk, context_dim].
+  void forward(float* y, const float* x, const float* context, int64_t B, int64_t L, int64_t Lk, Acts& a) const;
+};
+
+// Transformer2DModel: GroupNorm (eps 1e-6) -> proj_in -> transformer_blocks -> proj_out, plus the input.
+// proj_in/proj_out are 1x1 convs (SD1.x) or Linears (use_linear_projection, SDXL). diffusers applies the conv
+// before the NCHW -> NLC reshape and the linear after it; a 1x1 conv commutes with that transpose, so both run
+// here as one Linear on tokens and differ only in the stored weight shape.
+struct Transformer2DModel {
+  int64_t C = 0, inner = 0;
+  GroupNorm norm;
+  Linear proj_in, proj_out;
+  std::vector<BasicTransformerBlock> blocks;
+  struct Acts {
+    NormStats s;
+    Buffer normed, tokens, proj_out;  // normed NCHW, tokens its NLC transpose, proj_out NLC
+    std::vector<Buffer> stream;       // stream[0] = proj_in output, stream[i + 1] = output of block i
+    std::vector<BasicTransformerBlock::Acts> blocks;
+  };
+  Transformer2DModel() = default;
+  Transformer2DModel(ParamSource& p, const std::string& prefix, int64_t channels, int64_t heads, int64_t depth,
+                     int64_t context_dim, int64_t groups, bool linear_projection);
+  // x, y [N, C, H, W]; context [N, Lk, context_dim].
+  void forward(float* y, const float* x, const float* context, int64_t N, int64_t H, int64_t W, int64_t Lk,
+               Acts& a) const;
+};
+
+// Downsample2D: conv3x3 stride 2 pad 1 ("downsamplers.0.conv").
+struct Downsample2D {
+  Conv2d conv;
+  Downsample2D() = default;
+  Downsample2D(ParamSource& p, const std::string& prefix, int64_t channels);
+  // x [N, C, H, W] -> y [N, C, ceil(H/2), ceil(W/2)].
+  void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W) const;
+};
+
+// Upsample2D: nearest 2x, then conv3x3 ("upsamplers.0.conv").
+struct Upsample2D {
+  Conv2d conv;
+  struct Acts {
+    Buffer up;
+  };
+  Upsample2D() = default;
+  Upsample2D(ParamSource& p, const std::string& prefix, int64_t channels);
+  // x [N, C, H, W] -> y [N, C, 2H, 2W].
+  void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Acts& a) const;
+};
+
+}  // namespace ncp::model

@@ -1,0 +1,97 @@
+#include "model/weights.h"
+
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/error.h"
+#include "model/safetensors.h"
+
+namespace ncp::model {
+
+const float* WeightMap::get(const std::string& name, const std::vector<int64_t>& shape) const {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw Error("NCP_EMISSING", "weight " + name + " " + shape_str(shape) + " is not loaded");
+  if (it->second.shape != shape)
+    throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(it->second.shape) + ", the model expects " +
+                                  shape_str(shape));
+  return it->second.data.data();
+}
+
+size_t WeightMap::bytes() const {
+  size_t n = 0;
+  for (const auto& kv : tensors_) n += kv.second.data.size() * sizeof(float);
+  return n;
+}
+
+WeightMap load_weights(const Manifest& manifest, const std::vector<std::string>& files, const std::string& prefix) {
+  if (files.empty()) throw Error("NCP_EINVAL", "load_weights: no weight files given");
+  std::unordered_set<std::string> wanted;
+  for (const auto& p : manifest)
+    if (!wanted.insert(p.name).second) throw Error("NCP_EINVAL", "load_weights: manifest lists " + p.name + " twice");
+
+  std::vector<SafetensorsFile> opened;
+  for (const auto& f : files) opened.push_back(SafetensorsFile::open(f));
+  struct Found {
+    size_t file;
+    const TensorInfo* info;
+  };
+  std::unordered_map<std::string, Found> available;
+  std::vector<std::string> duplicates, extras;
+  for (size_t f = 0; f < opened.size(); ++f) {
+    for (const auto& t : opened[f].tensors()) {
+      if (t.name.compare(0, prefix.size(), prefix) != 0) continue;
+      const std::string name = t.name.substr(prefix.size());
+      const auto ins = available.emplace(name, Found{f, &t});
+      if (!ins.second)
+        duplicates.push_back("duplicate: " + name + " in " + files[ins.first->second.file] + " and " + files[f]);
+      else if (!wanted.count(name))
+        extras.push_back("extra: " + name + " " + shape_str(t.shape));
+    }
+  }
+
+  // What to convert, per file, in file order.
+  std::vector<std::vector<std::pair<const TensorInfo*, const ParamSpec*>>> jobs(opened.size());
+  std::vector<std::string> missing, misshaped;
+  for (const auto& p : manifest) {
+    const auto it = available.find(p.name);
+    if (it == available.end()) {
+      missing.push_back("missing: " + p.name + " " + shape_str(p.shape));
+    } else if (it->second.info->shape != p.shape) {
+      misshaped.push_back("shape: " + p.name + " file " + shape_str(it->second.info->shape) + " expected " +
+                          shape_str(p.shape));
+    } else {
+      jobs[it->second.file].push_back({it->second.info, &p});
+    }
+  }
+
+  if (!missing.empty() || !misshaped.empty() || !extras.empty() || !duplicates.empty()) {
+    std::string names;
+    for (const auto& f : files) names += (names.empty() ? "" : ", ") + f;
+    std::string msg = "weights in " + names + " do not match the model: " + std::to_string(missing.size()) +
+                      " missing, " + std::to_string(misshaped.size()) + " with the wrong shape, " +
+                      std::to_string(extras.size()) + " extra";
+    if (!duplicates.empty()) msg += ", " + std::to_string(duplicates.size()) + " duplicated";
+    for (const auto* lines : {&missing, &misshaped, &extras, &duplicates})
+      for (const auto& line : *lines) msg += "\n" + line;
+    throw Error("NCP_EWEIGHTS", msg);
+  }
+
+  WeightMap out;
+  for (size_t f = 0; f < opened.size(); ++f) {
+    auto& list = jobs[f];
+    std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.first->data < b.first->data; });
+    for (const auto& job : list) {
+      Tensor32 t;
+      t.shape = job.second->shape;
+      t.data.resize(size_t(job.first->numel()));
+      opened[f].read_f32_into(*job.first, t.data.data());
+      opened[f].release(*job.first);
+      out.put(job.second->name, std::move(t));
+    }
+    opened[f].close();
+  }
+  return out;
+}
+
+}  // namespace ncp::model

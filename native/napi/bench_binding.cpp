@@ -1,0 +1,47 @@
+// benchGemm(M, N, K, reps) and benchConv2d({ n, cin, h, w, cout, k, stride, pad }, backward, reps): median GFLOP/s,
+// measured off the event loop. `npm run bench` prints them as a table.
+#include "cpu/bench.h"
+#include "napi/async.h"
+#include "napi/bindings.h"
+
+namespace ncp::napi {
+namespace {
+
+int64_t positive(Napi::Env env, const Napi::Value& v, const char* name) {
+  if (!v.IsNumber() || v.As<Napi::Number>().Int64Value() < 1)
+    throw_error(env, "NCP_EINVAL", std::string("bench: '") + name + "' must be a positive integer");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+Napi::Value BenchGemm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t M = positive(env, info[0], "M"), N = positive(env, info[1], "N"), K = positive(env, info[2], "K");
+  const int reps = int(positive(env, info[3], "reps"));
+  return PromiseWorker<double>::Start(
+      env, [=] { return cpu::bench_gemm_gflops(M, N, K, reps); },
+      [](Napi::Env e, double& g) -> Napi::Value { return Napi::Number::New(e, g); });
+}
+
+Napi::Value BenchConv2d(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw_error(env, "NCP_EINVAL", "benchConv2d(shape, backward, reps): shape must be an object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  cpu::Conv2dShape s{positive(env, o.Get("n"), "n"),       positive(env, o.Get("cin"), "cin"),
+                     positive(env, o.Get("h"), "h"),       positive(env, o.Get("w"), "w"),
+                     positive(env, o.Get("cout"), "cout"), positive(env, o.Get("k"), "k"),
+                     positive(env, o.Get("stride"), "stride"), o.Get("pad").ToNumber().Int64Value()};
+  const bool backward = info[1].ToBoolean().Value();
+  const int reps = int(positive(env, info[2], "reps"));
+  return PromiseWorker<double>::Start(
+      env, [=] { return cpu::bench_conv2d_gflops(s, backward, reps); },
+      [](Napi::Env e, double& g) -> Napi::Value { return Napi::Number::New(e, g); });
+}
+
+}  // namespace
+
+void register_bench(Napi::Env env, Napi::Object exports) {
+  exports.Set("benchGemm", Napi::Function::New(env, BenchGemm, "benchGemm"));
+  exports.Set("benchConv2d", Napi::Function::New(env, BenchConv2d, "benchConv2d"));
+}
+
+}  // namespace ncp::napi

@@ -1,0 +1,91 @@
+#include "napi/tensor_args.h"
+
+#include "core/error.h"
+#include "napi/async.h"
+
+namespace ncp::napi {
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+HostTensor read_tensor(Napi::Env env, const Napi::Object& obj, const std::string& name, bool optional) {
+  HostTensor t;
+  if (!obj.Has(name) || obj.Get(name).IsUndefined() || obj.Get(name).IsNull()) {
+    if (optional) return t;
+    throw_error(env, "NCP_EINVAL", "missing tensor '" + name + "'");
+  }
+  Napi::Value v = obj.Get(name);
+  if (!v.IsObject()) throw_error(env, "NCP_EINVAL", "tensor '" + name + "' must be an object { data, shape }");
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Value data = o.Get("data"), shape = o.Get("shape");
+  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_error(env, "NCP_EINVAL", "tensor '" + name + "': data must be a Float32Array");
+  if (!shape.IsArray()) throw_error(env, "NCP_EINVAL", "tensor '" + name + "': shape must be an array of integers");
+  Napi::Array dims = shape.As<Napi::Array>();
+  for (uint32_t i = 0; i < dims.Length(); ++i) {
+    Napi::Value d = dims.Get(i);
+    if (!d.IsNumber() || d.As<Napi::Number>().DoubleValue() < 0 ||
+        d.As<Napi::Number>().DoubleValue() != double(d.As<Napi::Number>().Int64Value()))
+      throw_error(env, "NCP_EINVAL", "tensor '" + name + "': shape[" + std::to_string(i) +
+                                         "] must be a non-negative integer");
+    t.shape.push_back(d.As<Napi::Number>().Int64Value());
+  }
+  Napi::Float32Array arr = data.As<Napi::Float32Array>();
+  if (int64_t(arr.ElementLength()) != numel(t.shape))
+    throw_error(env, "NCP_ESHAPE", "tensor '" + name + "': data has " + std::to_string(arr.ElementLength()) +
+                                       " values but shape " + shape_str(t.shape) + " needs " +
+                                       std::to_string(numel(t.shape)));
+  t.data.assign(arr.Data(), arr.Data() + arr.ElementLength());
+  return t;
+}
+
+Napi::Object write_tensor(Napi::Env env, const HostTensor& t) {
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Float32Array arr = Napi::Float32Array::New(env, t.data.size());
+  std::copy(t.data.begin(), t.data.end(), arr.Data());
+  Napi::Array shape = Napi::Array::New(env, t.shape.size());
+  for (size_t i = 0; i < t.shape.size(); ++i) shape.Set(uint32_t(i), Napi::Number::New(env, double(t.shape[i])));
+  o.Set("data", arr);
+  o.Set("shape", shape);
+  return o;
+}
+
+void expect_rank(Napi::Env env, const std::string& op, const std::string& name, const HostTensor& t, size_t rank) {
+  if (t.shape.size() != rank)
+    throw_error(env, "NCP_ESHAPE", op + ": tensor '" + name + "' must have " + std::to_string(rank) +
+                                       " dimensions, found shape " + shape_str(t.shape));
+}
+
+void expect_shape(Napi::Env env, const std::string& op, const std::string& name, const HostTensor& t,
+                  const std::vector<int64_t>& want) {
+  if (t.shape != want)
+    throw_error(env, "NCP_ESHAPE",
+                op + ": tensor '" + name + "' has shape " + shape_str(t.shape) + ", expected " + shape_str(want));
+}
+
+double number_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name, double fallback) {
+  if (!attrs.Has(name) || attrs.Get(name).IsUndefined()) return fallback;
+  Napi::Value v = attrs.Get(name);
+  if (!v.IsNumber()) throw_error(env, "NCP_EINVAL", "attribute '" + name + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+bool bool_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name, bool fallback) {
+  if (!attrs.Has(name) || attrs.Get(name).IsUndefined()) return fallback;
+  Napi::Value v = attrs.Get(name);
+  if (!v.IsBoolean()) throw_error(env, "NCP_EINVAL", "attribute '" + name + "' must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string string_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name,
+                        const std::string& fallback) {
+  if (!attrs.Has(name) || attrs.Get(name).IsUndefined()) return fallback;
+  Napi::Value v = attrs.Get(name);
+  if (!v.IsString()) throw_error(env, "NCP_EINVAL", "attribute '" + name + "' must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+}  // namespace ncp::napi

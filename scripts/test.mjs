@@ -1,0 +1,58 @@
+// `npm test`: compiles the TypeScript, makes sure the addon is built, builds and runs the native tests under
+// AddressSanitizer + UndefinedBehaviorSanitizer (gradient checks, reference values, file-format cases), then the
+// ava suite. Ends with one line "total: N passed, N failed, N skipped".
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const bin = (name) => join(root, 'node_modules', '.bin', name);
+const require = createRequire(import.meta.url);
+
+function step(title, cmd, args, opts = {}) {
+  console.log(`\n== ${title}`);
+  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', stdio: opts.capture ? ['ignore', 'pipe', 'inherit'] : 'inherit', env: { ...process.env, ...opts.env } });
+  if (opts.capture) process.stdout.write(r.stdout ?? '');
+  if (r.status !== 0 && !opts.allowFail) {
+    console.error(`ncp test: '${title}' failed (exit ${r.status})`);
+    console.log('total: 0 passed, 1 failed');
+    process.exit(1);
+  }
+  return r;
+}
+
+function addonLoads() {
+  try {
+    require('node-gyp-build')(root);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+step('typescript', bin('tsc'), ['-p', '.']);
+if (!addonLoads()) step('build addon (cmake-js)', bin('cmake-js'), ['build']);
+
+const sanitize = process.env.NCP_TEST_SANITIZE ?? 'address,undefined';
+step('configure native tests', 'cmake', ['-S', '.', '-B', 'build-test', '-DNCP_ADDON=OFF', '-DNCP_CUDA=off', `-DNCP_SANITIZE=${sanitize}`, '-DCMAKE_BUILD_TYPE=RelWithDebInfo'], { capture: true });
+step('build native tests', 'cmake', ['--build', 'build-test', '-j', '2']);
+const nativeRun = step('native tests (sanitizers: ' + (sanitize || 'none') + ')', join(root, 'build-test', 'ncp_tests'), [], {
+  capture: true,
+  allowFail: true,
+  env: { ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
+});
+const nm = /native: (\d+) passed, (\d+) failed/.exec(nativeRun.stdout ?? '');
+let passed = nm ? Number(nm[1]) : 0;
+let failed = nm ? Number(nm[2]) : 1;
+if (nativeRun.status !== 0 && failed === 0) failed = 1; // a sanitizer report or a crash
+
+const ava = step('ava', bin('ava'), ['--tap'], { capture: true, allowFail: true });
+const count = (label) => Number((new RegExp(`^# ${label} (\\d+)$`, 'm').exec(ava.stdout ?? '') ?? [])[1] ?? 0);
+passed += count('pass');
+const avaFailed = count('fail');
+failed += avaFailed || (ava.status !== 0 ? 1 : 0);
+const skipped = count('skip') + count('todo');
+
+console.log(`\ntotal: ${passed} passed, ${failed} failed, ${skipped} skipped`);
+process.exit(failed ? 1 : 0);

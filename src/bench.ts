@@ -1,0 +1,37 @@
+// `ncp-native bench ops`: the CPU kernels' throughput, as a table (or JSON). Figures are median GFLOP/s.
+import { cpus } from 'node:os';
+import { benchConv2d, benchGemm, info } from './index.js';
+
+export interface BenchRow {
+  name: string;
+  gflops: number;
+}
+
+export interface BenchReport {
+  machine: string;
+  threads: number;
+  gemm: string;
+  rows: BenchRow[];
+}
+
+const conv320 = { n: 2, cin: 320, h: 32, w: 32, cout: 320, k: 3, stride: 1, pad: 1 };
+
+export async function benchOps(reps = 5): Promise<BenchReport> {
+  const i = info();
+  const rows: BenchRow[] = [];
+  rows.push({ name: 'sgemm 1024x1024x1024', gflops: await benchGemm(1024, 1024, 1024, reps) });
+  rows.push({ name: 'sgemm 2048x2048x2048', gflops: await benchGemm(2048, 2048, 2048, reps) });
+  rows.push({ name: 'conv2d 3x3 320->320 32x32 b2 forward', gflops: await benchConv2d(conv320, false, reps) });
+  rows.push({ name: 'conv2d 3x3 320->320 32x32 b2 backward', gflops: await benchConv2d(conv320, true, reps) });
+  return { machine: `${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`, threads: i.threads, gemm: i.gemm, rows };
+}
+
+export function formatBench(r: BenchReport): string {
+  const width = Math.max(...r.rows.map((x) => x.name.length)) + 2;
+  const lines = [
+    `machine: ${r.machine}, threads: ${r.threads}, gemm: ${r.gemm}`,
+    `${'kernel'.padEnd(width)}GFLOP/s`,
+    ...r.rows.map((x) => `${x.name.padEnd(width)}${x.gflops.toFixed(1).padStart(7)}`),
+  ];
+  return lines.join('\n');
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+// The ncp-native command line. Each command is a thin shell over the typed API in index.ts.
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { info, setThreads } from './index.js';
+import { benchOps, formatBench } from './bench.js';
+
+/** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
+const EXIT_USAGE = 2;
+
+class UsageError extends Error {
+  readonly exitCode = EXIT_USAGE;
+}
+
+// Commands whose implementation lands with later issues; listed so `--help` shows the whole tool.
+const planned: Array<[string, string]> = [
+  ['forward', 'run the U-Net (or another component) of a diffusers folder on tensors from a safetensors file'],
+  ['grad', 'gradients of a training objective with respect to LoRA weights, for checks'],
+  ['tokenize', 'CLIP-tokenize prompts with the model folder\'s tokenizer'],
+  ['encode', 'encode prompts (CLIP) and images (VAE) into a training cache'],
+  ['train', 'fine-tune a LoRA with NCP/latent DPO, CPO or SFT'],
+  ['sample', 'generate images with the base model and a LoRA'],
+];
+
+function formatInfo(i: ReturnType<typeof info>): string {
+  const c = i.backends.cuda;
+  const cuda = c.usable
+    ? `usable: ${c.device} (sm ${c.computeCapability}), gemm: ${c.gemm}`
+    : `${c.compiled ? 'compiled' : 'not compiled'}, not usable: ${c.reason}`;
+  return [
+    `ncp-native ${i.version}`,
+    `cpu:     usable, ${i.threads} threads, avx2 ${i.cpu.avx2 ? 'yes' : 'no'}, avx512f ${i.cpu.avx512f ? 'yes' : 'no'}`,
+    `gemm:    ${i.gemm}`,
+    `cuda:    ${cuda}`,
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<void> {
+  let parser = yargs(argv)
+    .scriptName('ncp-native')
+    .usage('$0 <command> [options]')
+    .option('threads', { type: 'number', describe: 'CPU threads (default: all cores, or NCP_NUM_THREADS)' })
+    .middleware((args) => {
+      if (args.threads !== undefined) {
+        if (!Number.isInteger(args.threads) || args.threads < 1) throw new UsageError('--threads must be a positive integer');
+        setThreads(args.threads);
+      }
+    })
+    .command(
+      'info',
+      'print version, backends (compiled, usable, why not), GEMM provider and threads',
+      (y) => y.option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+      (args) => {
+        const i = info();
+        process.stdout.write((args.json ? JSON.stringify(i, null, 2) : formatInfo(i)) + '\n');
+      },
+    )
+    .command(
+      'bench <what>',
+      'benchmarks: `ops` (GEMM and conv2d GFLOP/s)',
+      (y) =>
+        y
+          .positional('what', { choices: ['ops'] as const, describe: 'what to measure' })
+          .option('json', { type: 'boolean', default: false })
+          .option('reps', { type: 'number', default: 5, describe: 'timed repetitions (median reported)' }),
+      async (args) => {
+        const report = await benchOps(args.reps);
+        process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatBench(report)) + '\n');
+      },
+    );
+  for (const [name, describe] of planned) {
+    parser = parser.command(name, `${describe} (not in this build yet)`, {}, () => {
+      throw new UsageError(`'${name}' is not available in this build of ncp-native yet`);
+    });
+  }
+  await parser
+    .demandCommand(1, 'Name a command (see --help).')
+    .strict()
+    .fail((msg, err, y) => {
+      if (err) throw err;
+      process.stderr.write(`ncp-native: ${msg}\nRun 'ncp-native --help' for the commands and options.\n`);
+      process.exit(EXIT_USAGE);
+    })
+    .help()
+    .version(false)
+    .wrap(Math.min(110, process.stdout.columns || 110))
+    .parseAsync();
+}
+
+main(hideBin(process.argv)).catch((err: Error & { code?: string; exitCode?: number }) => {
+  process.stderr.write(`ncp-native: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+  process.exit(err.exitCode ?? 1);
+});
