@@ -2,7 +2,7 @@
 // The ncp-native command line. Each command is a thin shell over the typed API in index.ts.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { info, setThreads } from './index.js';
+import { forwardFile, info, setThreads } from './index.js';
 import { benchOps, formatBench } from './bench.js';
 
 /** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
@@ -14,7 +14,6 @@ class UsageError extends Error {
 
 // Commands whose implementation lands with later issues; listed so `--help` shows the whole tool.
 const planned: Array<[string, string]> = [
-  ['forward', 'run the U-Net (or another component) of a diffusers folder on tensors from a safetensors file'],
   ['grad', 'gradients of a training objective with respect to LoRA weights, for checks'],
   ['tokenize', 'CLIP-tokenize prompts with the model folder\'s tokenizer'],
   ['encode', 'encode prompts (CLIP) and images (VAE) into a training cache'],
@@ -53,6 +52,24 @@ export async function main(argv: string[]): Promise<void> {
       (args) => {
         const i = info();
         process.stdout.write((args.json ? JSON.stringify(i, null, 2) : formatInfo(i)) + '\n');
+      },
+    )
+    .command(
+      'forward',
+      'run a component of a diffusers folder on in.* tensors from a safetensors file, writing out.* (and trace.*)',
+      (y) =>
+        y
+          .option('model', { type: 'string', demandOption: true, describe: 'diffusers model folder' })
+          .option('component', { choices: ['unet'] as const, default: 'unet' as const, describe: 'which network' })
+          .option('input', { type: 'string', demandOption: true, describe: 'safetensors file with in.* tensors' })
+          .option('output', { type: 'string', demandOption: true, describe: 'safetensors file to write' })
+          .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16 (default: plain, else fp16)' })
+          .option('trace', { type: 'boolean', default: false, describe: 'also write trace.* intermediates' }),
+      async (args) => {
+        const start = performance.now();
+        const names = await forwardFile({ model: args.model, input: args.input, output: args.output, trace: args.trace, variant: args.variant ?? '' });
+        const seconds = ((performance.now() - start) / 1000).toFixed(2);
+        process.stdout.write(`wrote ${names.length} tensors to ${args.output} in ${seconds} s: ${names.join(', ')}\n`);
       },
     )
     .command(

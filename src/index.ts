@@ -1,8 +1,9 @@
 // The typed public API of ncp-native. Numerics run in the native core; every long call returns a Promise and
 // runs off the event loop.
-import { native, type CudaStatus, type NativeInfo, type Tensor, type Conv2dBenchShape } from './native.js';
+import { native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
 
-export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape } from './native.js';
+export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
+export type UNet = NativeUNet;
 
 /** Errors from the native core carry a stable `code` (NCP_EINVAL, NCP_ESHAPE, NCP_EDTYPE, NCP_EUNSUPPORTED, ...). */
 export interface NcpError extends Error {
@@ -67,4 +68,26 @@ export function benchConv2d(shape: Conv2dBenchShape, backward = false, reps = 5)
  */
 export function cudaParity(): Promise<Record<string, number>> {
   return native().cudaParity();
+}
+
+/**
+ * Loads the U-Net of a diffusers model folder (`<dir>/unet`: config.json and one safetensors file, an fp16/bf16
+ * variant such as `variant: 'fp16'`, or shards with an index) into float32.
+ */
+export async function loadUNet(modelDir: string, options: { variant?: string } = {}): Promise<UNet> {
+  return native().loadUNet(modelDir, options.variant ?? '');
+}
+
+/**
+ * `ncp-native forward`: reads `in.*` tensors from a safetensors file, runs the model's U-Net and writes `out.sample`
+ * (and with `trace`, every `trace.*` intermediate) atomically to `output`. Resolves to the names written.
+ */
+export async function forwardFile(options: {
+  model: string;
+  input: string;
+  output: string;
+  trace?: boolean;
+  variant?: string;
+}): Promise<string[]> {
+  return native().unetForwardFile(options);
 }

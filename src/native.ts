@@ -43,6 +43,33 @@ export interface Conv2dBenchShape {
   pad: number;
 }
 
+/** Inputs of a U-Net forward pass: diffusers' argument names. SDXL also needs text_embeds and time_ids. */
+export interface UNetInputs {
+  sample: Tensor;
+  timestep: Tensor;
+  encoder_hidden_states: Tensor;
+  text_embeds?: Tensor;
+  time_ids?: Tensor;
+}
+
+export interface UNetConfigSummary {
+  inChannels: number;
+  outChannels: number;
+  blockOutChannels: number[];
+  numAttentionHeads: number[];
+  transformerLayersPerBlock: number[];
+  crossAttentionDim: number;
+  sdxl: boolean;
+  pooledDim: number;
+  parameters: number;
+}
+
+export interface NativeUNet {
+  forward(inputs: UNetInputs, options?: { trace?: boolean }): Promise<{ sample: Tensor; trace?: Record<string, Tensor> }>;
+  encode(inputs: UNetInputs, layer?: 'mid' | 'down'): Promise<Tensor>;
+  config(): UNetConfigSummary;
+}
+
 /** The raw binding. Prefer the typed wrappers in index.ts. */
 export interface NativeBinding {
   info(): NativeInfo;
@@ -56,6 +83,8 @@ export interface NativeBinding {
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;
   cudaParity(): Promise<Record<string, number>>;
+  loadUNet(modelDir: string, variant?: string): Promise<NativeUNet>;
+  unetForwardFile(options: { model: string; input: string; output: string; trace?: boolean; variant?: string }): Promise<string[]>;
 }
 
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');

@@ -392,10 +392,11 @@ void training_cases(Recorder& r) {
   }
   {
     const int64_t n = 1001, step = 3;
-    // Parameters of the update's magnitude, so one ulp of the new parameter is small against the update.
-    Vec param = random_vec(n, 710, -0.01, 0.01), m = random_vec(n, 711, -0.1, 0.1), v = random_vec(n, 712, 0.0, 0.01);
+    // Parameters near the update's magnitude, so one ulp of the new parameter is small against the update,
+    // and a weight decay large enough that dropping it would show (lr wd param ~ 5% of the update).
+    Vec param = random_vec(n, 710, -0.05, 0.05), m = random_vec(n, 711, -0.1, 0.1), v = random_vec(n, 712, 0.0, 0.01);
     const Vec param0 = param, grad = random_vec(n, 713);
-    const cpu::AdamWConfig c{1e-2, 0.9, 0.999, 1e-8, 1e-2};
+    const cpu::AdamWConfig c{1e-2, 0.9, 0.999, 1e-8, 1.0};
     const ncp_cuda_adamw_config gc{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay};
     Buffer gparam(t, param), gm(t, m), gv(t, v), ggrad(t, grad);
     cpu::adamw_step<float>(param.data(), grad.data(), m.data(), v.data(), n, step, c);

@@ -88,7 +88,6 @@ void openblas_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
 }
 #endif
 
-template <class T>
 void check_args(bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc) {
   check(M >= 0 && N >= 0 && K >= 0, "NCP_EINVAL",
         "gemm: negative size M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
@@ -139,7 +138,7 @@ const char* gemm_provider() {
 template <class T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
-  check_args<T>(ta, tb, M, N, K, lda, ldb, ldc);
+  check_args(ta, tb, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == T(0)) {
     // Nothing to multiply: C = beta C, where beta == 0 clears C without reading it (it may hold NaN).

@@ -111,7 +111,9 @@ template <class T, int MR, int NR, class PackA, class PackB>
 void blocked_gemm(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const PackB& pack_b, T beta, T* C,
                   int64_t ldc, MicroKernel<T> ukr, const Blocking& bk, int threads) {
   static_assert(MR > 0 && NR > 0, "tile");
-  const int64_t kc_max = std::min(bk.kc, K);
+  // Equal k blocks (1024 = 6 x 171, not 5 x 192 + 64): a short last block would pay the C tile traffic of
+  // a full one for a fraction of the work. The same goes for each thread's m blocks below.
+  const int64_t k_blocks = (K + bk.kc - 1) / bk.kc, kc_max = (K + k_blocks - 1) / k_blocks;
   const int64_t nc_max = std::min((bk.nc + NR - 1) / NR * NR, (N + NR - 1) / NR * NR);
   const int64_t mc_max = bk.mc / MR * MR;
   static thread_local Scratch<T> b_scratch;
@@ -135,14 +137,16 @@ void blocked_gemm(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const Pa
       const int64_t i_end = split_m ? std::min(M, m_panels * (tid + 1) / team * MR) : M;
       const int64_t jp_begin = split_m ? 0 : n_panels * tid / team;
       const int64_t jp_end = split_m ? n_panels : n_panels * (tid + 1) / team;
+      const int64_t m_blocks = std::max<int64_t>(1, (i_end - i_begin + mc_max - 1) / mc_max);
+      const int64_t mc_step = ((i_end - i_begin + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
       for (int64_t pc = 0; pc < K; pc += kc_max) {
         const int64_t kc = std::min(kc_max, K - pc);
         const int64_t pb0 = n_panels * tid / team, pb1 = n_panels * (tid + 1) / team;
         if (pb1 > pb0) pack_b(bbuf + pb0 * NR * kc, jc + pb0 * NR, std::min(nc, pb1 * NR) - pb0 * NR, pc, kc);
         if (team > 1) barrier.wait();
         const T beta_now = pc == 0 ? beta : T(1);
-        for (int64_t ic = i_begin; ic < i_end; ic += mc_max) {
-          const int64_t mc = std::min(mc_max, i_end - ic);
+        for (int64_t ic = i_begin; ic < i_end; ic += mc_step) {
+          const int64_t mc = std::min(mc_step, i_end - ic);
           pack_a(abuf, ic, mc, pc, kc);
           for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
             const T* bp = bbuf + jp * NR * kc;
@@ -151,6 +155,11 @@ void blocked_gemm(int64_t M, int64_t N, int64_t K, const PackA& pack_a, const Pa
               const T* ap = abuf + i * kc;
               T* c = C + (ic + i) * ldc + j;
               const int64_t mm = std::min<int64_t>(MR, mc - i);
+              // C tiles live in L3 or memory: fetch the next one while this one multiplies.
+              for (int64_t r = MR; r < std::min<int64_t>(2 * MR, mc - i); ++r) {
+                __builtin_prefetch(c + r * ldc, 1, 3);
+                __builtin_prefetch(c + r * ldc + nn - 1, 1, 3);
+              }
               if (mm == MR && nn == NR) {
                 ukr(kc, ap, bp, c, ldc, beta_now);
                 continue;

@@ -24,6 +24,53 @@ void moments(const T* x, int64_t n, double eps, double& mean, double& rstd) {
   rstd = 1.0 / std::sqrt(var + eps);
 }
 
+// gamma and beta as arrays even when absent (identity affine), so the row loops carry no branches.
+template <class T>
+const T* or_filled(const T* p, std::vector<T>& storage, int64_t C, T value) {
+  if (p) return p;
+  storage.assign(C, value);
+  return storage.data();
+}
+
+// The row kernels take plain pointers and values: read through a lambda's captured references, the loop
+// invariants could alias the stores and the loops would not vectorise.
+template <class T>
+void layer_norm_row(T* y, const T* x, const T* gamma, const T* beta, T mean, T rstd, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - mean) * rstd * gamma[c] + beta[c];
+}
+
+// dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy gamma, xhat = (x - mean) rstd.
+template <class T>
+void layer_norm_dx_row(T* dx, const T* dy, const T* x, const T* gamma, double mean, double rstd, int64_t C) {
+  const double sg = vec::sum(C, [&](int64_t c) { return double(dy[c]) * double(gamma[c]); });
+  const double sgx =
+      vec::sum(C, [&](int64_t c) { return double(dy[c]) * double(gamma[c]) * (double(x[c]) - mean); });
+  const T tr = T(rstd), tm = T(mean), a = T(sg / double(C)), b = T(sgx * rstd * rstd / double(C));
+  for (int64_t c = 0; c < C; ++c) dx[c] += tr * (dy[c] * gamma[c] - a - (x[c] - tm) * b);
+}
+
+// dgamma[c] += sum_r dy xhat, dbeta[c] += sum_r dy over the columns [c0, c1), in double.
+template <class T>
+void layer_norm_param_grads(T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean, const T* rstd,
+                            int64_t rows, int64_t C, int64_t c0, int64_t c1) {
+  std::vector<double> dg(c1 - c0, 0.0), db(c1 - c0, 0.0);
+  double* g = dg.data();
+  double* b = db.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* d = dy + r * C + c0;
+    const T* xr = x + r * C + c0;
+    const double m = mean[r], rs = rstd[r];
+    for (int64_t c = 0; c < c1 - c0; ++c) {
+      g[c] += double(d[c]) * ((double(xr[c]) - m) * rs);
+      b[c] += double(d[c]);
+    }
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    if (dgamma) dgamma[c] += T(g[c - c0]);
+    if (dbeta) dbeta[c] += T(b[c - c0]);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -107,21 +154,16 @@ void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 template <class T>
 void layer_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta,
                         int64_t rows, int64_t C, double eps) {
+  std::vector<T> ones, zeros;
+  gamma = or_filled(gamma, ones, C, T(1));
+  beta = or_filled(beta, zeros, C, T(0));
   parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * C;
-      T* yr = y + r * C;
       double mean, rstd;
-      moments(xr, C, eps, mean, rstd);
+      moments(x + r * C, C, eps, mean, rstd);
       saved_mean[r] = T(mean);
       saved_rstd[r] = T(rstd);
-      const T tm = T(mean), tr = T(rstd);
-      if (gamma && beta) {
-        for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - tm) * tr * gamma[c] + beta[c];
-      } else {
-        for (int64_t c = 0; c < C; ++c)
-          yr[c] = (xr[c] - tm) * tr * (gamma ? gamma[c] : T(1)) + (beta ? beta[c] : T(0));
-      }
+      layer_norm_row(y + r * C, x + r * C, gamma, beta, T(mean), T(rstd), C);
     }
   });
 }
@@ -129,40 +171,19 @@ void layer_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T*
 template <class T>
 void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
                          const T* saved_rstd, const T* gamma, int64_t rows, int64_t C) {
-  const int64_t row_grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
   if (dx) {
-    parallel_for(rows, row_grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* d = dy + r * C;
-        const T* xr = x + r * C;
-        const double mean = saved_mean[r], rstd = saved_rstd[r];
-        auto g = [&](int64_t c) { return double(d[c]) * (gamma ? double(gamma[c]) : 1.0); };
-        const double sg = vec::sum(C, g);
-        const double sgx = vec::sum(C, [&](int64_t c) { return g(c) * (double(xr[c]) - mean); }) * rstd;
-        const T tr = T(rstd), tm = T(mean), a = T(sg / double(C)), b = T(sgx * rstd / double(C));
-        T* out = dx + r * C;
-        for (int64_t c = 0; c < C; ++c)
-          out[c] += tr * (d[c] * (gamma ? gamma[c] : T(1)) - a - (xr[c] - tm) * b);
-      }
+    std::vector<T> ones;
+    gamma = or_filled(gamma, ones, C, T(1));
+    parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        layer_norm_dx_row(dx + r * C, dy + r * C, x + r * C, gamma, double(saved_mean[r]), double(saved_rstd[r]),
+                          C);
     });
   }
   if (!dgamma && !dbeta) return;
   // Columns are independent sums over rows: split the columns so no two threads touch the same parameter.
   parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
-    std::vector<double> dg(c1 - c0, 0.0), db(c1 - c0, 0.0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* d = dy + r * C;
-      const T* xr = x + r * C;
-      const double mean = saved_mean[r], rstd = saved_rstd[r];
-      for (int64_t c = c0; c < c1; ++c) {
-        dg[c - c0] += double(d[c]) * (double(xr[c]) - mean) * rstd;
-        db[c - c0] += double(d[c]);
-      }
-    }
-    for (int64_t c = c0; c < c1; ++c) {
-      if (dgamma) dgamma[c] += T(dg[c - c0]);
-      if (dbeta) dbeta[c] += T(db[c - c0]);
-    }
+    layer_norm_param_grads(dgamma, dbeta, dy, x, saved_mean, saved_rstd, rows, C, c0, c1);
   });
 }
 

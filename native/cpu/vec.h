@@ -1,7 +1,8 @@
 // Scalar building blocks written so that g++ -O3 vectorises the loops that call them: float exp/erf/tanh
-// without libm calls (libm's are scalar and dominate softmax and GELU), and ordered double-precision sums and
-// float maxima in eight lanes (the compiler may not reassociate a single floating-point accumulator). The
-// double overloads use libm: they serve the float64 gradient checks, where accuracy is all that matters.
+// without libm calls (libm's are scalar and dominate softmax and GELU), ordered double-precision sums in eight
+// lanes (the compiler may not reassociate one floating-point accumulator) and a float max on integer compares.
+// The double overloads use libm and plain loops: they serve the float64 gradient checks, where accuracy is
+// all that matters.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -11,11 +12,11 @@
 namespace ncp::cpu::vec {
 
 // e^x for float, within ~1e-7 relative; flushed to 0 below x ~ -87.7 and to inf above ~88.4, where e^x is
-// within a factor of 2 of leaving the normal float range; NaN stays NaN. Cephes' expf scheme: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for e^r,
-// 2^n assembled in the exponent bits. Written for the vectoriser: under g++'s default -ftrapping-math it
-// will not if-convert ordered float compares, nor a branch that guards float arithmetic (clamping x first
-// leads it to split the loop body into such branches), so the range is handled by integer compares on n,
-// selecting between values that are all computed unconditionally.
+// within a factor of 2 of leaving the normal float range; NaN stays NaN. Cephes' expf scheme: x = n ln2 + r
+// with |r| <= ln2 / 2, a degree-6 polynomial for e^r, 2^n assembled in the exponent bits. Written for the
+// vectoriser: under g++'s default -ftrapping-math it will not if-convert ordered float compares, nor a branch
+// that guards float arithmetic (clamping x first leads it to split the loop body into such branches), so the
+// range is handled by integer compares on n, selecting between values that are all computed unconditionally.
 inline float exp(float x) {
   // Adding 1.5 * 2^23 rounds x log2(e) to an integer n held in the low mantissa bits of t. Outside
   // |x log2(e)| < 2^22 the bits of t are no longer n, but they still land beyond the limits tested below.
@@ -102,16 +103,21 @@ double sum(int64_t n, F term) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
-// max_{i < n} x[i] for n >= 1.
-template <class T>
-T max(const T* x, int64_t n) {
-  T acc[8];
-  std::fill(acc, acc + 8, x[0]);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] = std::max(acc[k], x[i + k]);
-  for (; i < n; ++i) acc[0] = std::max(acc[0], x[i]);
-  return *std::max_element(acc, acc + 8);
+// max_{i < n} x[i] for n >= 1. For float the compares run on integers: flipping the magnitude bits of
+// negative floats makes the signed order of bit patterns the float order (NaNs land beyond the infinities).
+inline int32_t ordered_bits(float x) {
+  int32_t i;
+  std::memcpy(&i, &x, sizeof i);
+  return i ^ ((i >> 31) & 0x7FFFFFFF);
 }
+inline float max(const float* x, int64_t n) {
+  int32_t best = ordered_bits(x[0]);
+  for (int64_t i = 1; i < n; ++i) best = std::max(best, ordered_bits(x[i]));
+  best ^= (best >> 31) & 0x7FFFFFFF;  // the mapping is its own inverse
+  float out;
+  std::memcpy(&out, &best, sizeof out);
+  return out;
+}
+inline double max(const double* x, int64_t n) { return *std::max_element(x, x + n); }
 
 }  // namespace ncp::cpu::vec

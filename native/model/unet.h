@@ -3,7 +3,7 @@
 // text_time added embedding) alike.
 //
 // The module holds raw pointers into the WeightMap it was built from, which must outlive it. Activations live in
-// buffers allocated per call, so one UNet may serve concurrent calls.
+// buffers allocated per call; the module itself holds no per-call state.
 #pragma once
 #include <cstdint>
 #include <map>

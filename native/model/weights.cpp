@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
@@ -8,6 +10,22 @@
 #include "model/safetensors.h"
 
 namespace ncp::model {
+
+namespace {
+
+// A model's worth of float32 is ~10^6 fresh 4 KiB pages, and on virtual machines the page faults cost more than
+// the conversion itself (measured: ~20 us each, 30 of 42 s for a 1.7 GB fp16 U-Net). Asking for transparent huge
+// pages before the first touch cuts the faults 512-fold where the kernel allows it (THP "madvise" mode).
+void allocate(std::vector<float>& v, size_t n) {
+  v.reserve(n);
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const auto begin = (uintptr_t(v.data()) + kHuge - 1) & ~(kHuge - 1);
+  const auto end = (uintptr_t(v.data()) + n * sizeof(float)) & ~(kHuge - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), size_t(end - begin), MADV_HUGEPAGE);
+  v.resize(n);
+}
+
+}  // namespace
 
 const float* WeightMap::get(const std::string& name, const std::vector<int64_t>& shape) const {
   const auto it = tensors_.find(name);
@@ -84,7 +102,7 @@ WeightMap load_weights(const Manifest& manifest, const std::vector<std::string>&
     for (const auto& job : list) {
       Tensor32 t;
       t.shape = job.second->shape;
-      t.data.resize(size_t(job.first->numel()));
+      allocate(t.data, size_t(job.first->numel()));
       opened[f].read_f32_into(*job.first, t.data.data());
       opened[f].release(*job.first);
       out.put(job.second->name, std::move(t));

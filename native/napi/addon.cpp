@@ -8,6 +8,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ncp::napi::register_bench(env, exports);
   ncp::napi::register_dtype(env, exports);
   ncp::napi::register_cuda(env, exports);
+  ncp::napi::register_unet(env, exports);
   return exports;
 }
 

@@ -9,5 +9,6 @@ void register_ops(Napi::Env env, Napi::Object exports);    // runOp
 void register_bench(Napi::Env env, Napi::Object exports);  // benchGemm, benchConv2d
 void register_dtype(Napi::Env env, Napi::Object exports);  // toFloat32, fromFloat32
 void register_cuda(Napi::Env env, Napi::Object exports);   // cudaStatus, cudaParity
+void register_unet(Napi::Env env, Napi::Object exports);   // loadUNet, unetForwardFile
 
 }  // namespace ncp::napi

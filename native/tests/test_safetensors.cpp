@@ -70,7 +70,7 @@ NCP_TEST("safetensors: write then read F32/F16/BF16/I64/F64 tensors and metadata
   // expected floats are known without calling any conversion.
   const std::vector<float> f32 = {1.5f, -2.25f, 3.0e-7f, 1e30f, -0.0f, 42.0f};
   const std::vector<float> f16_vals = {0.5f, -2.25f, 1024.0f, 6.103515625e-05f, 5.9604644775390625e-08f};
-  const std::vector<float> bf16_vals = {1.0f, -3.5f, 1.5e38f};
+  const std::vector<float> bf16_vals = {1.0f, -3.5f, 0x1.8p126f};
   const std::vector<int64_t> i64 = {37, 811, -5, int64_t(1) << 40};
   const std::vector<double> f64 = {0.25, -8.0};
   const auto f16 = to_half(f16_vals, DType::F16), bf16 = to_half(bf16_vals, DType::BF16);

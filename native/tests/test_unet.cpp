@@ -168,7 +168,7 @@ NCP_TEST("unet batch-1 tiny-sdxl") { batch_one("tiny-sdxl"); }
 // Nothing in the network tells height from width except the conv kernels (attention and the norms do not see
 // token order), so transposing the latent and every 3x3 kernel transposes the output exactly:
 // UNet_W(x)^T = UNet_{W^T}(x^T). A 16x8 latent run both ways catches any mix-up of H and W. Each batch row must
-// also equal its own batch-1 run.
+// also equal its own batch-1 run. The text length differs from the golden one, too.
 void non_square(const std::string& m) {
   Model model(m);
   const int64_t B = 2, C = model.config.in_channels, H = 16, W = 8, Co = model.config.out_channels;
@@ -181,11 +181,13 @@ void non_square(const std::string& m) {
   }
   const UNet unet_t(model.config, transposed);
 
-  std::vector<float> x(B * C * H * W), xt(x.size());
+  const int64_t L = 5;  // a text length other than the golden 7
+  std::vector<float> x(B * C * H * W), xt(x.size()), context(B * L * model.config.cross_attention_dim);
   fill_uniform(x, 99);
+  fill_uniform(context, 100);
   transpose_batched(xt.data(), x.data(), B * C, H, W);
   UNetInputs in = model.inputs();
-  in.height = H, in.width = W, in.sample = x.data();
+  in.height = H, in.width = W, in.sample = x.data(), in.text_len = L, in.encoder_hidden_states = context.data();
   UNetInputs in_t = in;
   in_t.height = W, in_t.width = H, in_t.sample = xt.data();
 
@@ -198,7 +200,8 @@ void non_square(const std::string& m) {
   const int64_t per_row = Co * H * W;
   for (int64_t row = 0; row < B; ++row) {
     UNetInputs one = model.inputs(row, 1);
-    one.height = H, one.width = W, one.sample = x.data() + row * C * H * W;
+    one.height = H, one.width = W, one.sample = x.data() + row * C * H * W, one.text_len = L;
+    one.encoder_hidden_states = context.data() + row * L * model.config.cross_attention_dim;
     std::vector<float> y1(per_row);
     model.unet->forward(one, y1.data());
     expect_close(m + " 16x8 batch-1 row " + std::to_string(row), y1.data(), y.data() + row * per_row, per_row,

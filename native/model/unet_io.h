@@ -1,0 +1,38 @@
+// A U-Net loaded from a diffusers folder, and the forward pass between safetensors files that
+// `ncp-native forward` runs (inputs in.*, outputs out.* and trace.*, the golden files' names).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/unet.h"
+
+namespace ncp::model {
+
+struct LoadedUNet {
+  std::string model_dir;
+  std::vector<std::string> weight_files;
+  UNetConfig config;
+  WeightMap weights;
+  std::unique_ptr<UNet> unet;  // points into weights
+};
+
+// Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards) into float32.
+std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::string& variant = "");
+
+// Host copies of a forward pass's inputs, as read from a file or handed over by JavaScript.
+struct UNetInputTensors {
+  Tensor32 sample, timestep, encoder_hidden_states, text_embeds, time_ids;
+};
+
+// Checks the inputs against the model (ranks, channels, batch agreement, SDXL conditions) and returns the view
+// the U-Net takes. Errors (NCP_ESHAPE, NCP_EMISSING) name `source`, the tensor and the shapes.
+UNetInputs bind_inputs(const UNet& unet, const UNetInputTensors& t, const std::string& source);
+
+// Reads in.sample, in.timestep (int64 or float), in.encoder_hidden_states and for SDXL in.text_embeds and
+// in.time_ids from `input`; writes out.sample (and with `trace` every trace.*) to `output` atomically.
+// Returns the names written.
+std::vector<std::string> unet_forward_file(const LoadedUNet& model, const std::string& input,
+                                           const std::string& output, bool trace);
+
+}  // namespace ncp::model
