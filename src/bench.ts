@@ -1,6 +1,6 @@
 // `ncp-native bench ops`: the CPU kernels' throughput, as a table (or JSON). Figures are median GFLOP/s.
 import { cpus } from 'node:os';
-import { benchConv2d, benchGemm, info } from './index.js';
+import { benchConv2d, benchGemm, benchUNet, info } from './index.js';
 
 export interface BenchRow {
   name: string;
@@ -34,4 +34,41 @@ export function formatBench(r: BenchReport): string {
     ...r.rows.map((x) => `${x.name.padEnd(width)}${x.gflops.toFixed(1).padStart(7)}`),
   ];
   return lines.join('\n');
+}
+
+export interface UNetBenchReport {
+  machine: string;
+  threads: number;
+  preset: string;
+  latent: number;
+  batch: number;
+  parameters: number;
+  medianSeconds: number;
+  bestSeconds: number;
+  gflop: number;
+  gflops: number;
+}
+
+export async function benchUNetReport(preset: 'sd15' | 'sdxl', latent: number, batch: number, reps: number): Promise<UNetBenchReport> {
+  const r = await benchUNet(preset, latent, batch, reps);
+  return {
+    machine: `${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
+    threads: info().threads,
+    preset,
+    latent,
+    batch,
+    parameters: r.parameters,
+    medianSeconds: r.medianSeconds,
+    bestSeconds: r.bestSeconds,
+    gflop: r.gflop,
+    gflops: r.gflops,
+  };
+}
+
+export function formatUNetBench(r: UNetBenchReport): string {
+  return [
+    `machine: ${r.machine}, threads: ${r.threads}`,
+    `unet ${r.preset} (${(r.parameters / 1e6).toFixed(0)} M parameters), latent ${r.latent}x${r.latent}, batch ${r.batch}, 77 tokens`,
+    `forward: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), ${r.gflop.toFixed(1)} GFLOP, ${r.gflops.toFixed(1)} GFLOP/s`,
+  ].join('\n');
 }

@@ -3,7 +3,7 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { forwardFile, info, setThreads } from './index.js';
-import { benchOps, formatBench } from './bench.js';
+import { benchOps, benchUNetReport, formatBench, formatUNetBench } from './bench.js';
 
 /** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
 const EXIT_USAGE = 2;
@@ -74,14 +74,24 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command(
       'bench <what>',
-      'benchmarks: `ops` (GEMM and conv2d GFLOP/s)',
+      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights)',
       (y) =>
         y
-          .positional('what', { choices: ['ops'] as const, describe: 'what to measure' })
+          .positional('what', { choices: ['ops', 'unet'] as const, describe: 'what to measure' })
           .option('json', { type: 'boolean', default: false })
-          .option('reps', { type: 'number', default: 5, describe: 'timed repetitions (median reported)' }),
+          .option('reps', { type: 'number', describe: 'timed repetitions, median reported (default: ops 5, unet 3)' })
+          .option('config', { choices: ['sd15', 'sdxl'] as const, default: 'sd15' as const, describe: 'unet: architecture' })
+          .option('latent', { type: 'number', default: 32, describe: 'unet: latent side (image side / 8)' })
+          .option('batch', { type: 'number', default: 2, describe: 'unet: batch size' }),
       async (args) => {
-        const report = await benchOps(args.reps);
+        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch]] as const)
+          if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
+        if (args.what === 'unet') {
+          const report = await benchUNetReport(args.config, args.latent, args.batch, args.reps ?? 3);
+          process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatUNetBench(report)) + '\n');
+          return;
+        }
+        const report = await benchOps(args.reps ?? 5);
         process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatBench(report)) + '\n');
       },
     );

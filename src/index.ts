@@ -2,6 +2,7 @@
 // runs off the event loop.
 import { native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
 
+export type { UNetBenchResult } from './native.js';
 export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
 export type UNet = NativeUNet;
 
@@ -60,6 +61,14 @@ export function benchGemm(m: number, n: number, k: number, reps = 5): Promise<nu
 /** Median GFLOP/s of a float32 conv2d on the CPU, forward or backward (data + weights). */
 export function benchConv2d(shape: Conv2dBenchShape, backward = false, reps = 5): Promise<number> {
   return native().benchConv2d(shape, backward, reps);
+}
+
+/**
+ * Median seconds and GFLOP/s of a U-Net forward pass with random weights of a real architecture ('sd15' or
+ * 'sdxl'), square latent of side `latent`, 77 text tokens.
+ */
+export async function benchUNet(preset: 'sd15' | 'sdxl', latent = 32, batch = 2, reps = 3) {
+  return native().benchUNet(preset, latent, batch, reps);
 }
 
 /**

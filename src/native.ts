@@ -70,6 +70,15 @@ export interface NativeUNet {
   config(): UNetConfigSummary;
 }
 
+export interface UNetBenchResult {
+  medianSeconds: number;
+  bestSeconds: number;
+  gflop: number;
+  gflops: number;
+  parameters: number;
+  weightsSeconds: number;
+}
+
 /** The raw binding. Prefer the typed wrappers in index.ts. */
 export interface NativeBinding {
   info(): NativeInfo;
@@ -79,6 +88,7 @@ export interface NativeBinding {
   >;
   benchGemm(m: number, n: number, k: number, reps: number): Promise<number>;
   benchConv2d(shape: Conv2dBenchShape, backward: boolean, reps: number): Promise<number>;
+  benchUNet(preset: string, latent: number, batch: number, reps: number): Promise<UNetBenchResult>;
   toFloat32(bytes: Uint8Array, dtype: string): Float32Array;
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;

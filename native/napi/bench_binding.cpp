@@ -1,6 +1,7 @@
 // benchGemm(M, N, K, reps) and benchConv2d({ n, cin, h, w, cout, k, stride, pad }, backward, reps): median GFLOP/s,
 // measured off the event loop. `npm run bench` prints them as a table.
 #include "cpu/bench.h"
+#include "model/unet_bench.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
 
@@ -37,11 +38,32 @@ Napi::Value BenchConv2d(const Napi::CallbackInfo& info) {
       [](Napi::Env e, double& g) -> Napi::Value { return Napi::Number::New(e, g); });
 }
 
+Napi::Value BenchUNet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw_error(env, "NCP_EINVAL", "benchUNet(preset, latent, batch, reps): preset must be a string");
+  const std::string preset = info[0].As<Napi::String>().Utf8Value();
+  const int64_t latent = positive(env, info[1], "latent"), batch = positive(env, info[2], "batch");
+  const int reps = int(positive(env, info[3], "reps"));
+  return PromiseWorker<model::UNetBenchResult>::Start(
+      env, [=] { return model::bench_unet(preset, latent, batch, reps); },
+      [](Napi::Env e, model::UNetBenchResult& r) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("medianSeconds", r.median_seconds);
+        o.Set("bestSeconds", r.best_seconds);
+        o.Set("gflop", r.gflop);
+        o.Set("gflops", r.gflop / r.median_seconds);
+        o.Set("parameters", double(r.parameters));
+        o.Set("weightsSeconds", r.load_seconds);
+        return o;
+      });
+}
+
 }  // namespace
 
 void register_bench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm, "benchGemm"));
   exports.Set("benchConv2d", Napi::Function::New(env, BenchConv2d, "benchConv2d"));
+  exports.Set("benchUNet", Napi::Function::New(env, BenchUNet, "benchUNet"));
 }
 
 }  // namespace ncp::napi

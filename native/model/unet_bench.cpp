@@ -1,0 +1,139 @@
+#include "model/unet_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "model/unet.h"
+#include "model/unet_presets.h"
+
+namespace ncp::model {
+namespace {
+
+struct FlopCounter {
+  int64_t B, T, cross;
+  bool linear_proj;
+  double total = 0;
+  void conv(int64_t cin, int64_t cout, int64_t k, int64_t hw_out) { total += 2.0 * B * cin * cout * k * k * hw_out; }
+  void linear(int64_t in, int64_t out, int64_t rows) { total += 2.0 * B * in * out * rows; }
+  void resnet(int64_t cin, int64_t cout, int64_t hw) {
+    conv(cin, cout, 3, hw);
+    conv(cout, cout, 3, hw);
+    if (cin != cout) conv(cin, cout, 1, hw);
+  }
+  void transformer(int64_t C, int64_t hw, int64_t depth) {
+    linear(C, C, hw);  // proj_in (1x1 conv or linear: the same work)
+    for (int64_t d = 0; d < depth; ++d) {
+      linear(C, 3 * C, hw);                        // self-attention q, k, v
+      total += 2.0 * B * 2 * hw * hw * C;          // scores and weighted sum
+      linear(C, C, hw);                            // to_out
+      linear(C, C, hw);                            // cross q
+      linear(cross, 2 * C, T);                     // cross k, v from the text
+      total += 2.0 * B * 2 * hw * T * C;
+      linear(C, C, hw);
+      linear(C, 8 * C, hw);                        // GEGLU projection to 2 x 4C
+      linear(4 * C, C, hw);
+    }
+    linear(C, C, hw);  // proj_out
+  }
+};
+
+}  // namespace
+
+double unet_forward_flops(const UNetConfig& c, int64_t batch, int64_t height, int64_t width, int64_t text_len) {
+  FlopCounter f{batch, text_len, c.cross_attention_dim, c.use_linear_projection};
+  const int64_t L = c.levels();
+  const auto& ch = c.block_out_channels;
+  int64_t h = height, w = width;
+  f.conv(c.in_channels, ch[0], 3, h * w);
+  std::vector<int64_t> skips{ch[0]};
+  int64_t cin = ch[0];
+  for (int64_t i = 0; i < L; ++i) {
+    for (int64_t r = 0; r < c.layers_per_block; ++r) {
+      f.resnet(cin, ch[i], h * w);
+      cin = ch[i];
+      if (c.down_block_types[i] == DownBlockType::CrossAttnDown)
+        f.transformer(ch[i], h * w, c.transformer_layers_per_block[i]);
+      skips.push_back(cin);
+    }
+    if (i + 1 < L) {
+      h = (h + 1) / 2;
+      w = (w + 1) / 2;
+      f.conv(cin, cin, 3, h * w);
+      skips.push_back(cin);
+    }
+  }
+  if (c.has_mid_block) {
+    f.resnet(cin, cin, h * w);
+    f.transformer(cin, h * w, c.transformer_layers_per_block[L - 1]);
+    f.resnet(cin, cin, h * w);
+  }
+  for (int64_t u = 0; u < L; ++u) {
+    const int64_t level = L - 1 - u, cout = ch[level];
+    for (int64_t r = 0; r <= c.layers_per_block; ++r) {
+      const int64_t skip = skips.back();
+      skips.pop_back();
+      f.resnet(cin + skip, cout, h * w);
+      cin = cout;
+      if (c.up_block_types[u] == UpBlockType::CrossAttnUp)
+        f.transformer(cout, h * w, c.transformer_layers_per_block[level]);
+    }
+    if (u + 1 < L) {
+      h *= 2;
+      w *= 2;
+      f.conv(cin, cin, 3, h * w);
+    }
+  }
+  f.conv(ch[0], c.out_channels, 3, h * w);
+  return f.total;
+}
+
+UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps) {
+  using clock = std::chrono::steady_clock;
+  const UNetConfig config = unet_preset(preset);
+  UNetBenchResult r;
+  auto t0 = clock::now();
+  const WeightMap weights = random_weights(UNet::manifest(config), 1234);
+  r.load_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  r.parameters = int64_t(weights.bytes() / sizeof(float));
+  const UNet unet(config, weights);
+
+  const int64_t text_len = 77;
+  const WeightMap inputs = random_weights(
+      {{"sample", {batch, config.in_channels, latent, latent}},
+       {"context", {batch, text_len, config.cross_attention_dim}},
+       {"text_embeds", {batch, std::max<int64_t>(unet.pooled_dim(), 1)}},
+       {"time_ids", {batch, 6}}},
+      99);
+  std::vector<float> timesteps(size_t(batch), 500.0f);
+  UNetInputs in;
+  in.batch = batch;
+  in.height = in.width = latent;
+  in.text_len = text_len;
+  in.sample = inputs.all().at("sample").data.data();
+  in.timesteps = timesteps.data();
+  in.encoder_hidden_states = inputs.all().at("context").data.data();
+  if (config.text_time_embedding) {
+    in.text_embeds = inputs.all().at("text_embeds").data.data();
+    in.time_ids = inputs.all().at("time_ids").data.data();
+  }
+  std::vector<int64_t> shape = unet.output_shape(in);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float> out(static_cast<size_t>(n));
+
+  unet.forward(in, out.data());  // warm-up: page in weights, size activation buffers
+  std::vector<double> times;
+  for (int i = 0; i < std::max(1, reps); ++i) {
+    auto t = clock::now();
+    unet.forward(in, out.data());
+    times.push_back(std::chrono::duration<double>(clock::now() - t).count());
+  }
+  std::sort(times.begin(), times.end());
+  r.median_seconds = times[times.size() / 2];
+  r.best_seconds = times.front();
+  r.gflop = unet_forward_flops(config, batch, latent, latent, text_len) / 1e9;
+  return r;
+}
+
+}  // namespace ncp::model
