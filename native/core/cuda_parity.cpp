@@ -76,7 +76,8 @@ class Buffer {
 struct Grad {
   Vec init, cpu;
   Buffer gpu;
-  Grad(const ncp_cuda_api* t, int64_t n, uint64_t seed) : init(random_vec(n, seed, -0.5, 0.5)), cpu(init), gpu(t, init) {}
+  Grad(const ncp_cuda_api* t, int64_t n, uint64_t seed)
+      : init(random_vec(n, seed, -0.5, 0.5)), cpu(init), gpu(t, init) {}
 };
 
 class Recorder {
@@ -136,14 +137,16 @@ void gemm_cases(Recorder& r) {
 void linear_case(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   const int64_t rows = 19, in = 37, out = 23;
-  const Vec x = random_vec(rows * in, 1), W = random_vec(out * in, 2), b = random_vec(out, 3), dy = random_vec(rows * out, 4);
+  const Vec x = random_vec(rows * in, 1), W = random_vec(out * in, 2), b = random_vec(out, 3),
+            dy = random_vec(rows * out, 4);
   Buffer gx(t, x), gW(t, W), gb(t, b), gdy(t, dy), gy(t, Vec(rows * out));
   Vec y(rows * out);
   cpu::linear_forward<float>(y.data(), x.data(), W.data(), b.data(), rows, in, out);
   r.call(t->linear_forward(gy.get(), gx.get(), gW.get(), gb.get(), rows, in, out), "linear_forward");
   r.compare("linear", "y", gy, y);
   Grad dx(t, rows * in, 5), dW(t, out * in, 6), db(t, out, 7);
-  cpu::linear_backward<float>(dx.cpu.data(), dW.cpu.data(), db.cpu.data(), dy.data(), x.data(), W.data(), rows, in, out);
+  cpu::linear_backward<float>(dx.cpu.data(), dW.cpu.data(), db.cpu.data(), dy.data(), x.data(), W.data(), rows, in,
+                              out);
   r.call(t->linear_backward(dx.gpu.get(), dW.gpu.get(), db.gpu.get(), gdy.get(), gx.get(), gW.get(), rows, in, out),
          "linear_backward");
   r.compare("linear", "dx", dx);
@@ -179,7 +182,8 @@ void conv2d_cases(Recorder& r) {
 void attention_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   uint64_t seed = 300;
-  for (const cpu::AttentionShape s : {cpu::AttentionShape{2, 67, 70, 3, 8, false}, cpu::AttentionShape{2, 11, 11, 2, 5, true}}) {
+  for (const cpu::AttentionShape s :
+       {cpu::AttentionShape{2, 67, 70, 3, 8, false}, cpu::AttentionShape{2, 11, 11, 2, 5, true}}) {
     const ncp_cuda_attention_shape gs{s.B, s.Lq, s.Lk, s.H, s.Dh, s.causal ? 1 : 0};
     const std::string tag = s.causal ? "causal." : "";
     const int64_t nq = s.B * s.Lq * s.H * s.Dh, nk = s.B * s.Lk * s.H * s.Dh, np = s.B * s.H * s.Lq * s.Lk;
@@ -245,7 +249,8 @@ void norm_cases(Recorder& r) {
     const Vec gamma = random_vec(C, 411, 0.5, 1.5), beta = random_vec(C, 412), dy = random_vec(n, 413);
     Buffer gx(t, x), gg(t, gamma), gb(t, beta), gdy(t, dy), gy(t, Vec(n)), gm(t, Vec(rows)), gr(t, Vec(rows));
     Vec y(n), mean(rows), rstd(rows);
-    cpu::layer_norm_forward<float>(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(), beta.data(), rows, C, eps);
+    cpu::layer_norm_forward<float>(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(), beta.data(), rows, C,
+                                   eps);
     r.call(t->layer_norm_forward(gy.get(), gm.get(), gr.get(), gx.get(), gg.get(), gb.get(), rows, C, eps),
            "layer_norm_forward");
     r.compare("layer_norm", "y", gy, y);
@@ -280,7 +285,8 @@ void activation_cases(Recorder& r) {
     r.compare(name, "y", gy, y);
     Grad dx(t, n, 502);
     cpu::activation_backward<float>(kind, dx.cpu.data(), dy.data(), x.data(), n);
-    r.call(t->activation_backward(int32_t(kind), dx.gpu.get(), gdy.get(), gx.get(), n), std::string(name) + " backward");
+    r.call(t->activation_backward(int32_t(kind), dx.gpu.get(), gdy.get(), gx.get(), n),
+           std::string(name) + " backward");
     r.compare(name, "dx", dx);
   }
   const int64_t rows = 7, D = 33;
@@ -335,7 +341,8 @@ void layout_cases(Recorder& r) {
     r.compare("concat_channels", "y", gy, y);
     Grad da(t, N * Ca * HW, 623), db(t, N * Cb * HW, 624);
     cpu::concat_channels_backward<float>(da.cpu.data(), db.cpu.data(), dy.data(), N, Ca, Cb, HW);
-    r.call(t->concat_channels_backward(da.gpu.get(), db.gpu.get(), gdy.get(), N, Ca, Cb, HW), "concat_channels_backward");
+    r.call(t->concat_channels_backward(da.gpu.get(), db.gpu.get(), gdy.get(), N, Ca, Cb, HW),
+           "concat_channels_backward");
     r.compare("concat_channels", "da", da);
     r.compare("concat_channels", "db", db);
   }

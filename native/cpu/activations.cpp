@@ -116,9 +116,10 @@ void geglu_backward(T* dx, const T* dy, const T* x, int64_t rows, int64_t D) {
       const T* g = dy + r * D;
       T* dhidden = dx + r * 2 * D;
       T* dgate = dhidden + D;
-      for (int64_t j = 0; j < D; ++j) {
-        dhidden[j] += g[j] * gelu_erf(gate[j]);
-        dgate[j] += g[j] * hidden[j] * gelu_erf_grad(gate[j]);
+      for (int64_t j = 0; j < D; ++j) {  // gelu and its derivative share Phi(gate), one erf per element
+        const T z = gate[j], phi_cdf = T(0.5) * (T(1) + vec::erf(z * T(kSqrt1_2)));
+        dhidden[j] += g[j] * z * phi_cdf;
+        dgate[j] += g[j] * hidden[j] * (phi_cdf + z * T(kInvSqrt2Pi) * vec::exp(T(-0.5) * z * z));
       }
     }
   });

@@ -21,39 +21,35 @@ using gemm_detail::Scratch;
 
 int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }
 
-// d[t * ds] = row[iw0 + t * stride] for t < len, zero where the index leaves [0, W).
-template <class T>
-void copy_row(T* d, int64_t ds, const T* row, int64_t iw0, int64_t stride, int64_t len, int64_t W) {
-  const int64_t lo = std::clamp<int64_t>(ceil_div(-iw0, stride), 0, len);
-  const int64_t hi = std::clamp<int64_t>(ceil_div(W - iw0, stride), lo, len);
-  for (int64_t t = 0; t < lo; ++t) d[t * ds] = T(0);
-  if (ds == 1 && stride == 1)
-    std::copy(row + iw0 + lo, row + iw0 + hi, d + lo);
-  else
-    for (int64_t t = lo; t < hi; ++t) d[t * ds] = row[iw0 + t * stride];
-  for (int64_t t = hi; t < len; ++t) d[t * ds] = T(0);
-}
-
-// The column matrix of images img [batch, C, H, W] for a k x k window: row r = (c, kh, kw) of C k k, column
-// q = (n, oh, ow) of batch Ho Wo, col[r][q] = img[n, c, oh stride - pad + kh, ow stride - pad + kw] (0 outside).
+// The column matrix of images for a k x k window: row r = (c, kh, kw) of C k k, column q = (n, oh, ow) of
+// batch Ho Wo, col[r][q] = img[n, c, oh stride + kh + shift, ow stride + kw + shift]. img [batch, C, Hp, Wp] is
+// padded (make_columns) so that every window lies inside it: the packers copy runs without bounds checks.
 template <class T>
 struct Columns {
   const T* img;
-  int64_t C, H, W, k, stride, pad, Ho, Wo;
+  int64_t C, Hp, Wp, k, stride, shift, Ho, Wo;
 
   int64_t rows() const { return C * k * k; }
-  const T* image_row(int64_t n, int64_t c, int64_t ih) const { return img + ((n * C + c) * H + ih) * W; }
+  const T* at(int64_t n, int64_t c, int64_t kh, int64_t kw, int64_t oh, int64_t ow) const {
+    return img + ((n * C + c) * Hp + oh * stride + kh + shift) * Wp + ow * stride + kw + shift;
+  }
+  Columns image(int64_t n) const {
+    Columns one = *this;
+    one.img = img + n * C * Hp * Wp;
+    return one;
+  }
 
-  // d[t * ds] = col[r][q0 + t] for t < count: one pass per run of columns on the same output row.
-  void gather_row(int64_t r, int64_t q0, int64_t count, T* d, int64_t ds) const {
+  // d[t] = col[r][q0 + t] for t < count: one copy per run of columns on the same output row.
+  void gather_row(int64_t r, int64_t q0, int64_t count, T* d) const {
     const int64_t c = r / (k * k), kh = r / k % k, kw = r % k, HoWo = Ho * Wo;
     int64_t n = q0 / HoWo, oh = q0 % HoWo / Wo, ow = q0 % Wo;
     for (int64_t t = 0; t < count;) {
-      const int64_t len = std::min(count - t, Wo - ow), ih = oh * stride - pad + kh;
-      if (ih < 0 || ih >= H)
-        for (int64_t s = 0; s < len; ++s) d[(t + s) * ds] = T(0);
+      const int64_t len = std::min(count - t, Wo - ow);
+      const T* src = at(n, c, kh, kw, oh, ow);
+      if (stride == 1)
+        std::copy(src, src + len, d + t);
       else
-        copy_row(d + t * ds, ds, image_row(n, c, ih), ow * stride - pad + kw, stride, len, W);
+        for (int64_t i = 0; i < len; ++i) d[t + i] = src[i * stride];
       t += len;
       ow = 0;
       if (++oh == Ho) oh = 0, ++n;
@@ -78,18 +74,21 @@ struct Columns {
         t += len;
         q += len;
       }
+      const bool one_row = nruns == 1 && width == NR && stride == 1;  // the common case: Wo a multiple of NR
       int64_t c = p0 / (k * k), kh = p0 / k % k, kw = p0 % k;
       for (int64_t p = 0; p < kc; ++p) {
         T* d = dst + p * NR;
-        for (int i = 0; i < nruns; ++i) {
-          const Run& u = runs[i];
-          const int64_t ih = u.oh * stride - pad + kh;
-          if (ih < 0 || ih >= H)
-            std::fill(d + u.t, d + u.t + u.len, T(0));
-          else
-            copy_row(d + u.t, 1, image_row(u.n, c, ih), u.ow * stride - pad + kw, stride, u.len, W);
+        if (one_row) {
+          const T* src = at(runs[0].n, c, kh, kw, runs[0].oh, runs[0].ow);
+          for (int i = 0; i < NR; ++i) d[i] = src[i];
+        } else {
+          for (int i = 0; i < nruns; ++i) {
+            const Run& u = runs[i];
+            const T* src = at(u.n, c, kh, kw, u.oh, u.ow);
+            for (int64_t t = 0; t < u.len; ++t) d[u.t + t] = src[t * stride];
+          }
+          std::fill(d + width, d + NR, T(0));
         }
-        std::fill(d + width, d + NR, T(0));
         if (++kw == k) {
           kw = 0;
           if (++kh == k) kh = 0, ++c;
@@ -98,6 +97,32 @@ struct Columns {
     }
   }
 };
+
+// Columns of img [batch, C, H, W] for a k x k window with stride and zero padding `pad`. A positive pad is
+// materialised into `padded` once (an input-sized copy, cheap next to the GEMM); pad <= 0 (the stride-1 data
+// gradient of a conv with pad > k - 1) only crops, so the window stays inside the image and just shifts.
+template <class T>
+Columns<T> make_columns(const T* img, int64_t batch, int64_t C, int64_t H, int64_t W, int64_t k, int64_t stride,
+                        int64_t pad, Scratch<T>& padded) {
+  const int64_t Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+  if (pad <= 0) return {img, C, H, W, k, stride, -pad, Ho, Wo};
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
+  T* out = padded.get(batch * C * Hp * Wp);
+  parallel_for(batch * C, std::max<int64_t>(1, 4096 / (Hp * Wp)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T* plane = out + i * Hp * Wp;
+      std::fill(plane, plane + pad * Wp, T(0));
+      for (int64_t h = 0; h < H; ++h) {
+        T* row = plane + (h + pad) * Wp;
+        std::fill(row, row + pad, T(0));
+        std::copy(img + (i * H + h) * W, img + (i * H + h + 1) * W, row + pad);
+        std::fill(row + pad + W, row + Wp, T(0));
+      }
+      std::fill(plane + (H + pad) * Wp, plane + Hp * Wp, T(0));
+    }
+  });
+  return {out, C, Hp, Wp, k, stride, 0, Ho, Wo};
+}
 
 // C[M, cols] = beta C + A[M, K] col (K = col rows, lda = K) on ncp's kernels.
 template <class T>
@@ -115,13 +140,15 @@ void gemm_with_columns(T* C, int64_t ldc, int64_t M, const T* A, const Columns<T
   });
 }
 
-// out[n, m, q] (+)= sum_r A[m, r] col[r, (n, q)] (+ bias[m]) for every image n of the batch. One GEMM over the
-// whole batch packs A once but needs a staging copy; it pays off when A's rows are longer than an image.
+// out[n, m, q] (+)= sum_r A[m, r] col[r, (n, q)] (+ bias[m]) for every image n of the batch. One GEMM per
+// image repacks A (M x K) each time; one GEMM over the whole batch packs it once but stages its output
+// (M x HoWo per image) through a copy, which costs about as much per element as packing ~4 of A's: so the
+// batch goes in one GEMM when A's rows are much longer than an image (deep, low-resolution layers).
 template <class T>
 void conv_as_gemm(T* out, bool accumulate, const T* bias, const T* A, int64_t M, const Columns<T>& col,
                   int64_t batch) {
   const int64_t HoWo = col.Ho * col.Wo;
-  if (batch > 1 && col.rows() >= HoWo) {
+  if (batch > 1 && col.rows() >= 4 * HoWo) {
     static thread_local Scratch<T> staging;
     T* tmp = staging.get(M * batch * HoWo);
     gemm_with_columns(tmp, batch * HoWo, M, A, col, batch * HoWo, T(0));
@@ -136,11 +163,8 @@ void conv_as_gemm(T* out, bool accumulate, const T* bias, const T* A, int64_t M,
     });
     return;
   }
-  for (int64_t n = 0; n < batch; ++n) {
-    Columns<T> one = col;
-    one.img = col.img + n * col.C * col.H * col.W;
-    gemm_with_columns(out + n * M * HoWo, HoWo, M, A, one, HoWo, accumulate ? T(1) : T(0));
-  }
+  for (int64_t n = 0; n < batch; ++n)
+    gemm_with_columns(out + n * M * HoWo, HoWo, M, A, col.image(n), HoWo, accumulate ? T(1) : T(0));
   if (bias)
     parallel_for(batch * M, std::max<int64_t>(1, 4096 / HoWo), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
@@ -185,7 +209,8 @@ void col2im_add(T* dx, const T* dcol, const Conv2dShape& s) {
 template <class T>
 void conv2d_forward(T* y, const T* x, const T* W, const T* b, const Conv2dShape& s) {
   check_shape(s, "conv2d_forward");
-  const Columns<T> col{x, s.Cin, s.H, s.W, s.k, s.stride, s.pad, s.Ho(), s.Wo()};
+  static thread_local Scratch<T> padded;
+  const auto col = make_columns(x, s.N, s.Cin, s.H, s.W, s.k, s.stride, s.pad, padded);
   conv_as_gemm(y, false, b, W, s.Cout, col, s.N);
 }
 
@@ -207,7 +232,8 @@ void conv2d_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, c
   if (dW) {
     // dW[Cout, K] += dy[Cout, (n, q)] col(x)^T[(n, q), K]: A is dy with its batch folded into k, B the
     // transposed column matrix, each of its rows gathered along q.
-    const Columns<T> col{x, s.Cin, s.H, s.W, k, s.stride, s.pad, Ho, Wo};
+    static thread_local Scratch<T> padded;
+    const auto col = make_columns(x, s.N, s.Cin, s.H, s.W, k, s.stride, s.pad, padded);
     gemm_detail::with_own_kernel<T>([&](auto mr, auto nr, MicroKernel<T> ukr, const Blocking& bk) {
       constexpr int MR = decltype(mr)::value, NR = decltype(nr)::value;
       auto pack_a = [&](T* dst, int64_t i0, int64_t rows, int64_t p0, int64_t kc) {
@@ -218,11 +244,14 @@ void conv2d_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, c
           p += len;
         }
       };
+      // Gather NR rows of col contiguously, then transpose them into the panel in register blocks.
       auto pack_b = [&](T* dst, int64_t j0, int64_t cols, int64_t p0, int64_t kc) {
+        static thread_local Scratch<T> rows;
+        T* tmp = rows.get(NR * kc);
         for (int64_t j = 0; j < cols; j += NR, dst += NR * kc) {
           const int64_t width = std::min<int64_t>(NR, cols - j);
-          for (int64_t r = 0; r < width; ++r) col.gather_row(j0 + j + r, p0, kc, dst + r, NR);
-          for (int64_t p = 0; p < kc; ++p) std::fill(dst + p * NR + width, dst + (p + 1) * NR, T(0));
+          for (int64_t r = 0; r < width; ++r) col.gather_row(j0 + j + r, p0, kc, tmp + r * kc);
+          pack_panels<NR>(dst, NR * kc, tmp, kc, 1, width, kc, T(1));
         }
       };
       gemm_detail::blocked_gemm<T, MR, NR>(s.Cout, K, s.N * HoWo, pack_a, pack_b, T(1), dW, K, ukr, bk,
@@ -241,7 +270,8 @@ void conv2d_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, c
         for (int64_t co = 0; co < s.Cout; ++co)
           for (int64_t r = 0; r < kk; ++r) Wt[(ci * s.Cout + co) * kk + r] = W[(co * s.Cin + ci) * kk + kk - 1 - r];
     });
-    const Columns<T> col{dy, s.Cout, Ho, Wo, k, 1, k - 1 - s.pad, s.H, s.W};
+    static thread_local Scratch<T> padded;
+    const auto col = make_columns(dy, s.N, s.Cout, Ho, Wo, k, int64_t(1), k - 1 - s.pad, padded);
     conv_as_gemm(dx, true, static_cast<const T*>(nullptr), Wt, s.Cin, col, s.N);
     return;
   }

@@ -22,6 +22,7 @@
 
 #include "core/threads.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/gemm_pack.h"
 
 namespace ncp::cpu::gemm_detail {
 
@@ -78,32 +79,6 @@ class SpinBarrier {
   const int n_;
   std::atomic<int> arrived_{0}, generation_{0};
 };
-
-// Packs `rows` rows (the MR or NR side) by kc columns of a strided matrix, element (r, p) at
-// src[r * rs + p * ps], into panels of width R: dst[panel * panel_stride + p * R + r], scaled by alpha,
-// zero-padded to R. panel_stride is R * kc for a whole block; larger when a caller packs it in k slices.
-template <int R, class T>
-void pack_panels(T* dst, int64_t panel_stride, const T* src, int64_t rs, int64_t ps, int64_t rows, int64_t kc,
-                 T alpha) {
-  for (int64_t r0 = 0; r0 < rows; r0 += R, dst += panel_stride, src += R * rs) {
-    const int64_t nr = std::min<int64_t>(R, rows - r0);
-    if (rs == 1 && nr == R) {
-      for (int64_t p = 0; p < kc; ++p)
-        for (int r = 0; r < R; ++r) dst[p * R + r] = alpha * src[p * ps + r];
-    } else {
-      // Transposing copy: read along p (contiguous when ps == 1) a few steps at a time, so the strided
-      // writes stay within a handful of cache lines.
-      constexpr int64_t kStep = 16;
-      for (int64_t p0 = 0; p0 < kc; p0 += kStep) {
-        const int64_t p1 = std::min(kc, p0 + kStep);
-        for (int64_t r = 0; r < nr; ++r)
-          for (int64_t p = p0; p < p1; ++p) dst[p * R + r] = alpha * src[r * rs + p * ps];
-        for (int64_t r = nr; r < R; ++r)
-          for (int64_t p = p0; p < p1; ++p) dst[p * R + r] = T(0);
-      }
-    }
-  }
-}
 
 // C[M, N] = op(A) op(B) + beta C with op(A), op(B) (and alpha) supplied by the packers. threads: the team
 // size wanted (1 = serial); a nested call (already inside parallel_for) runs serially on its caller.

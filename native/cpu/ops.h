@@ -72,7 +72,8 @@ template <class T>
 void geglu_backward(T* dx, const T* dy, const T* x, int64_t rows, int64_t D);
 
 // ---- Multi-head softmax attention. q [B, Lq, H*Dh], k and v [B, Lk, H*Dh] -> out [B, Lq, H*Dh],
-// scale = 1/sqrt(Dh); causal masks key j > query i. saved_probs: [B, H, Lq, Lk] (the softmax).
+// scale = 1/sqrt(Dh); causal masks key j > query i. saved_probs: [B, H, Lq, Lk] (the softmax), or nullptr for
+// inference (backward then needs it recomputed by a forward with a buffer).
 struct AttentionShape {
   int64_t B, Lq, Lk, H, Dh;
   bool causal;

@@ -7,9 +7,11 @@
  *
  * Every function returns an ncp_cuda_status (0 = ok); on failure last_error() names the op, the argument or
  * the CUDA error. The ops mirror native/cpu/ops.h for float32: same argument order and meaning, with device
- * pointers; backward functions ADD into the gradient buffers they are given and skip NULL ones. Calls are
- * asynchronous on the device's legacy default stream (only memcpy_d2h, synchronize and mse_forward wait), and
- * the library is meant to be driven by one host thread at a time (it keeps one scratch arena). */
+ * pointers; backward functions ADD into the gradient buffers they are given and skip NULL ones. Ops are queued
+ * on the device's legacy default stream and return before they finish (memcpy_h2d/d2h, mem_free, synchronize
+ * and mse_forward wait for the device); a kernel fault therefore surfaces at the next waiting call. The
+ * library keeps process-wide state (scratch arenas, the cuBLAS handle, the GEMM choice): drive it from one
+ * host thread at a time, on the device selected before the first op. */
 #ifndef NCP_CUDA_API_H
 #define NCP_CUDA_API_H
 

@@ -106,14 +106,9 @@ int gemm_batched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
   NCP_REQUIRE(grid_m <= 65535 && batch <= 65535, "gemm: M %lld or batch %lld too large for one launch",
               (long long)M, (long long)batch);
   const dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned(grid_m), unsigned(batch));
-  if (!ta && !tb)
-    sgemm_tiled<false, false><<<grid, 256>>>(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
-  else if (!ta && tb)
-    sgemm_tiled<false, true><<<grid, 256>>>(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
-  else if (ta && !tb)
-    sgemm_tiled<true, false><<<grid, 256>>>(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
-  else
-    sgemm_tiled<true, true><<<grid, 256>>>(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
+  auto kernel = ta ? (tb ? sgemm_tiled<true, true> : sgemm_tiled<true, false>)
+                   : (tb ? sgemm_tiled<false, true> : sgemm_tiled<false, false>);
+  kernel<<<grid, 256>>>(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
   return check_launch("gemm");
 }
 

@@ -234,7 +234,8 @@ UNetConfig parse_unet_config(const std::string& json_text, const std::string& so
                         "reverse_transformer_layers_per_block", "time_embedding_dim", "time_embedding_act_fn",
                         "timestep_post_act", "cross_attention_norm"})
     r.only_null(f);
-  for (const char* f : {"upcast_attention", "dual_cross_attention", "only_cross_attention"}) r.only_false(f);
+  // upcast_attention (SD2.x) asks for float32 attention scores: every score here is float32 already, so accept it.
+  for (const char* f : {"dual_cross_attention", "only_cross_attention"}) r.only_false(f);
   r.only_number("conv_in_kernel", 3);
   r.only_number("conv_out_kernel", 3);
   r.only_number("downsample_padding", 1);

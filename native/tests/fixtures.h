@@ -10,8 +10,8 @@
 
 namespace ncp::test {
 
-// The golden vectors: $NCP_GOLDEN_DIR, else ../shared/golden beside the repository root. The root is found from
-// this header's own path so the tests pass from any working directory.
+// The golden vectors (made by diffusers, see test/fixtures/golden/README.md): $NCP_GOLDEN_DIR, else the copy in
+// test/fixtures/golden. The root is found from this header's own path so the tests pass from any directory.
 inline std::string golden_path(const std::string& relative) {
   const char* env = std::getenv("NCP_GOLDEN_DIR");
   std::string dir;
@@ -21,7 +21,7 @@ inline std::string golden_path(const std::string& relative) {
     const std::string self = __FILE__;  // <root>/native/tests/fixtures.h
     const size_t at = self.rfind("native/tests/fixtures.h");
     const std::string root = at == std::string::npos || at == 0 ? "./" : self.substr(0, at);
-    dir = root + "../shared/golden";
+    dir = root + "test/fixtures/golden";
   }
   return dir + "/" + relative;
 }

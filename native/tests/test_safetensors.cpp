@@ -3,6 +3,7 @@
 // corrupt file per header check, and every way a weight set can disagree with a manifest.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -218,6 +219,8 @@ NCP_TEST("safetensors: each corrupt header is an error with its code, the file a
       {"empty file", "", "NCP_EFORMAT", {"0 bytes"}},
       {"header length beyond file", raw_file(good_header, data8, 999999), "NCP_EFORMAT",
        {"header length 999999 exceeds file size " + std::to_string(8 + good_header.size() + 8)}},
+      {"header length one past the file", raw_file(good_header, data8, good_header.size() + 9), "NCP_EFORMAT",
+       {"header length " + std::to_string(good_header.size() + 9) + " exceeds file size"}},
       {"header length ~2^64", raw_file(good_header, data8, ~uint64_t(0)), "NCP_EFORMAT", {"exceeds file size"}},
       {"header not JSON", raw_file("{\"a\": nope}", data8), "NCP_EFORMAT", {"invalid JSON at byte 6"}},
       {"header not an object", raw_file("[1, 2]  ", data8), "NCP_EFORMAT", {"not a JSON object"}},

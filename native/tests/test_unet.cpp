@@ -16,6 +16,7 @@
 #include "model/unet.h"
 #include "model/unet_config.h"
 #include "model/weights.h"
+#include "tests/fixtures.h"
 #include "tests/harness.h"
 
 namespace {
@@ -27,10 +28,7 @@ constexpr double kGoldenTol = 1e-4;
 // Same weights, same float32 engine, only the summation order differs (batch split, token order).
 constexpr double kSelfTol = 1e-5;
 
-std::string golden_dir() {
-  const char* env = std::getenv("NCP_GOLDEN_DIR");
-  return env && *env ? env : "../shared/golden";
-}
+std::string golden_dir() { return ncp::test::golden_path(""); }
 
 std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -113,7 +113,6 @@ NCP_TEST("unet_config: each unsupported or malformed field is NCP_ECONFIG naming
       {{{"resnet_time_scale_shift", "\"scale_shift\""}}, {"resnet_time_scale_shift = \"scale_shift\""}},
       {{{"conv_in_kernel", "5"}}, {"conv_in_kernel = 5", "only 3"}},
       {{{"conv_out_kernel", "1"}}, {"conv_out_kernel = 1"}},
-      {{{"upcast_attention", "true"}}, {"upcast_attention = true"}},
       {{{"dual_cross_attention", "true"}}, {"dual_cross_attention = true"}},
       {{{"only_cross_attention", "true"}}, {"only_cross_attention = true"}},
       {{{"only_cross_attention", "[false, true, false]"}}, {"only_cross_attention = [false, true, false]"}},
@@ -178,3 +177,8 @@ NCP_TEST("unet_config: text that is not JSON is NCP_ECONFIG with the byte offset
 }
 
 }  // namespace
+
+NCP_TEST("unet_config: upcast_attention (SD2.x) is accepted: attention is float32 throughout") {
+  const UNetConfig c = parse_unet_config(sd15_with({{"upcast_attention", "true"}}), "sd2-style config");
+  NCP_EXPECT(c.num_attention_heads == V({4, 4, 4}), ncp::shape_str(c.num_attention_heads));
+}
