@@ -3,7 +3,7 @@
 //   for jc in N step nc:                 B block (kc x nc) packed once, shared by the team, lives in L3
 //     for pc in K step kc:
 //       for ic in M step mc:             A block (mc x kc) packed per thread, lives in L2
-//         for jr, ir:                    one kc x NR micro-panel of B stays in L1 while A panels stream
+//         for jr, ir:                    one kc x NR micro-panel of B stays in L1/L2 while A panels stream
 //           micro-kernel (MR x NR tile of C)
 //
 // Operands arrive through packing callbacks, so a caller can pack straight from its own layout (conv2d packs
@@ -59,8 +59,8 @@ class Scratch {
   int64_t capacity_ = 0;
 };
 
-// Barrier for the team inside one parallel_for region. Spinning is right here: the team never exceeds the
-// pool, whose threads each own a core, and the waits are short (one packing step).
+// Barrier for the team inside one parallel_for region. The waits are short (one packing step or the tail of
+// a block), so it spins, and yields once a wait gets long (a teammate descheduled on a busy machine).
 class SpinBarrier {
  public:
   explicit SpinBarrier(int n) : n_(n) {}

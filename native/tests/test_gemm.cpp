@@ -43,11 +43,11 @@ struct Case {
   int64_t M, N, K;
 };
 
-// Shapes around the tile edges (MR 6/14, NR 8/16/32), past the cache blocks (kc 160..256, mc 168..336,
-// nc 2048/4096) and big enough to run multithreaded, splitting M or N.
-const Case kCases[] = {{1, 1, 1},     {1, 37, 5},     {13, 1, 9},     {37, 29, 1},   {15, 33, 17},
-                       {14, 32, 192}, {65, 67, 129},  {100, 33, 261}, {29, 4133, 3}, {701, 45, 400},
-                       {28, 300, 300}, {300, 301, 302}};
+// Shapes around the tile edges (MR 6/14, NR 8/16/32), past the cache blocks (kc 160..512, mc 168..288,
+// nc 2048/4096) and big enough (>= 2^20 multiply-adds) to run multithreaded, splitting M or N.
+const Case kCases[] = {{1, 1, 1},       {1, 37, 5},     {13, 1, 9},     {37, 29, 1},    {15, 33, 17},
+                       {14, 32, 192},   {65, 67, 129},  {100, 33, 261}, {29, 4133, 9},  {701, 45, 400},
+                       {28, 300, 300},  {300, 301, 302}, {33, 40, 1100}, {130, 70, 1030}};
 
 // Runs one gemm with padded leading dimensions and checks every element against a long-double reference
 // with the rounding bound (K + 2) u sum |alpha a b| + |beta c| (u = unit roundoff of T), the overall relative
