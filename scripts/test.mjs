@@ -2,13 +2,11 @@
 // AddressSanitizer + UndefinedBehaviorSanitizer (gradient checks, reference values, file-format cases), then the
 // ava suite. Ends with one line "total: N passed, N failed, N skipped".
 import { spawnSync } from 'node:child_process';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = (name) => join(root, 'node_modules', '.bin', name);
-const require = createRequire(import.meta.url);
 
 function step(title, cmd, args, opts = {}) {
   console.log(`\n== ${title}`);
@@ -22,17 +20,9 @@ function step(title, cmd, args, opts = {}) {
   return r;
 }
 
-function addonLoads() {
-  try {
-    require('node-gyp-build')(root);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 step('typescript', bin('tsc'), ['-p', '.']);
-if (!addonLoads()) step('build addon (cmake-js)', bin('cmake-js'), ['build']);
+// Always the source build (incremental): the tests must exercise this tree's code, never a stale prebuild.
+step('build addon (cmake-js)', bin('cmake-js'), ['build']);
 
 const sanitize = process.env.NCP_TEST_SANITIZE ?? 'address,undefined';
 step('configure native tests', 'cmake', ['-S', '.', '-B', 'build-test', '-DNCP_ADDON=OFF', '-DNCP_CUDA=off', `-DNCP_SANITIZE=${sanitize}`, '-DCMAKE_BUILD_TYPE=RelWithDebInfo'], { capture: true });

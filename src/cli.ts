@@ -27,7 +27,7 @@ function formatInfo(i: ReturnType<typeof info>): string {
     ? `usable: ${c.device} (sm ${c.computeCapability}), gemm: ${c.gemm}`
     : `${c.compiled ? 'compiled' : 'not compiled'}, not usable: ${c.reason}`;
   return [
-    `ncp-native ${i.version}`,
+    `ncp-native ${i.version} (${i.addon})`,
     `cpu:     usable, ${i.threads} threads, avx2 ${i.cpu.avx2 ? 'yes' : 'no'}, avx512f ${i.cpu.avx512f ? 'yes' : 'no'}`,
     `gemm:    ${i.gemm}`,
     `cuda:    ${cuda}`,

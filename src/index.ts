@@ -1,6 +1,6 @@
 // The typed public API of ncp-native. Numerics run in the native core; every long call returns a Promise and
 // runs off the event loop.
-import { native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
+import { addonPath, native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
 
 export type { UNetBenchResult } from './native.js';
 export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
@@ -12,13 +12,14 @@ export interface NcpError extends Error {
 }
 
 export interface Info extends NativeInfo {
+  addon: string;
   backends: { cpu: { compiled: true; usable: true }; cuda: CudaStatus };
 }
 
 /** Version, threads, GEMM provider, CPU features and the state of each backend. */
 export function info(): Info {
   const n = native();
-  return { ...n.info(), backends: { cpu: { compiled: true, usable: true }, cuda: n.cudaStatus() } };
+  return { ...n.info(), addon: addonPath(), backends: { cpu: { compiled: true, usable: true }, cuda: n.cudaStatus() } };
 }
 
 /** Sets the number of CPU threads the core uses (defaults to the core count, or NCP_NUM_THREADS). */

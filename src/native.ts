@@ -100,13 +100,21 @@ export interface NativeBinding {
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 let cached: NativeBinding | undefined;
+let cachedPath = '';
+
+/** The file the addon was loaded from (a source build in build/Release, or a prebuild). */
+export function addonPath(): string {
+  native();
+  return cachedPath;
+}
 
 export function native(): NativeBinding {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
-  const load = require('node-gyp-build') as (dir: string) => NativeBinding;
+  const load = require('node-gyp-build') as { resolve(dir: string): string };
   try {
-    cached = load(packageRoot);
+    cachedPath = load.resolve(packageRoot);
+    cached = require(cachedPath) as NativeBinding;
   } catch (err) {
     const e = new Error(
       `ncp-native: no usable native addon in ${packageRoot} (looked in build/Release and prebuilds/${process.platform}-${process.arch}). ` +
