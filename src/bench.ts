@@ -1,5 +1,7 @@
 // `ncp-native bench ops`: the CPU kernels' throughput, as a table (or JSON). Figures are median GFLOP/s.
-import { cpus } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native } from './native.js';
 import { benchConv2d, benchGemm, benchUNet, info } from './index.js';
 
 export interface BenchRow {
@@ -70,5 +72,16 @@ export function formatUNetBench(r: UNetBenchReport): string {
     `machine: ${r.machine}, threads: ${r.threads}`,
     `unet ${r.preset} (${(r.parameters / 1e6).toFixed(0)} M parameters), latent ${r.latent}x${r.latent}, batch ${r.batch}, 77 tokens`,
     `forward: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), ${r.gflop.toFixed(1)} GFLOP, ${r.gflops.toFixed(1)} GFLOP/s`,
+  ].join('\n');
+}
+
+/** Writes random SD weights as one fp16 (or bf16/f32) safetensors file, then times loading it into float32. */
+export async function benchLoad(preset: 'sd15' | 'sdxl', dtype: string, dir = tmpdir()): Promise<string> {
+  const path = join(dir, `ncp-bench-${process.pid}-${preset}.${dtype.toLowerCase()}.safetensors`);
+  const r = await native().benchUNetLoad(preset, dtype, path);
+  const gb = (b: number) => (b / 1e9).toFixed(2);
+  return [
+    `machine: ${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
+    `unet ${preset} ${dtype} file ${gb(r.fileBytes)} GB -> float32 ${gb(r.float32Bytes)} GB: load ${r.seconds.toFixed(2)} s, peak RSS ${gb(r.peakRssBytes)} GB`,
   ].join('\n');
 }

@@ -3,7 +3,7 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { forwardFile, info, setThreads } from './index.js';
-import { benchOps, benchUNetReport, formatBench, formatUNetBench } from './bench.js';
+import { benchLoad, benchOps, benchUNetReport, formatBench, formatUNetBench } from './bench.js';
 
 /** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
 const EXIT_USAGE = 2;
@@ -74,10 +74,11 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command(
       'bench <what>',
-      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights)',
+      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `load` (reading such weights from a safetensors file)',
       (y) =>
         y
-          .positional('what', { choices: ['ops', 'unet'] as const, describe: 'what to measure' })
+          .positional('what', { choices: ['ops', 'unet', 'load'] as const, describe: 'what to measure' })
+          .option('dtype', { choices: ['F16', 'BF16', 'F32'] as const, default: 'F16' as const, describe: 'load: file dtype' })
           .option('json', { type: 'boolean', default: false })
           .option('reps', { type: 'number', describe: 'timed repetitions, median reported (default: ops 5, unet 3)' })
           .option('config', { choices: ['sd15', 'sdxl'] as const, default: 'sd15' as const, describe: 'unet: architecture' })
@@ -86,6 +87,10 @@ export async function main(argv: string[]): Promise<void> {
       async (args) => {
         for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
+        if (args.what === 'load') {
+          process.stdout.write((await benchLoad(args.config, args.dtype)) + '\n');
+          return;
+        }
         if (args.what === 'unet') {
           const report = await benchUNetReport(args.config, args.latent, args.batch, args.reps ?? 3);
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatUNetBench(report)) + '\n');

@@ -89,6 +89,7 @@ export interface NativeBinding {
   benchGemm(m: number, n: number, k: number, reps: number): Promise<number>;
   benchConv2d(shape: Conv2dBenchShape, backward: boolean, reps: number): Promise<number>;
   benchUNet(preset: string, latent: number, batch: number, reps: number): Promise<UNetBenchResult>;
+  benchUNetLoad(preset: string, dtype: string, path: string): Promise<{ fileBytes: number; seconds: number; peakRssBytes: number; float32Bytes: number }>;
   toFloat32(bytes: Uint8Array, dtype: string): Float32Array;
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;

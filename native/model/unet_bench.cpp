@@ -4,6 +4,12 @@
 #include <chrono>
 #include <vector>
 
+#include <sys/resource.h>
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "model/safetensors.h"
 #include "model/unet.h"
 #include "model/unet_presets.h"
 
@@ -133,6 +139,44 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   r.median_seconds = times[times.size() / 2];
   r.best_seconds = times.front();
   r.gflop = unet_forward_flops(config, batch, latent, latent, text_len) / 1e9;
+  return r;
+}
+
+UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype_name, const std::string& path) {
+  using clock = std::chrono::steady_clock;
+  DType dtype;
+  if (!dtype_from_name(dtype_name, &dtype) || (dtype != DType::F16 && dtype != DType::BF16 && dtype != DType::F32))
+    throw Error("NCP_EDTYPE", "bench load: dtype must be F16, BF16 or F32, got '" + dtype_name + "'");
+  const UNetConfig config = unet_preset(preset);
+  const Manifest manifest = UNet::manifest(config);
+  {
+    // Converted one tensor at a time so the file's dtype copy is the only full copy held while writing.
+    std::vector<std::vector<unsigned char>> stored;
+    std::vector<TensorData> tensors;
+    for (size_t i = 0; i < manifest.size(); ++i) {
+      const WeightMap one = random_weights({manifest[i]}, 1234 + i);
+      const Tensor32& t = one.all().begin()->second;
+      stored.emplace_back(t.data.size() * dtype_size(dtype));
+      convert_from_f32(stored.back().data(), t.data.data(), dtype, int64_t(t.data.size()));
+    }
+    for (size_t i = 0; i < manifest.size(); ++i)
+      tensors.push_back({manifest[i].name, dtype, manifest[i].shape, stored[i].data(), stored[i].size()});
+    write_safetensors(path, tensors);
+  }
+  UNetLoadBenchResult r;
+  auto t0 = clock::now();
+  const WeightMap weights = load_weights(manifest, {path});
+  r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  r.float32_bytes = double(weights.bytes());
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  r.peak_rss_bytes = double(usage.ru_maxrss) * 1024.0;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    std::fseek(f, 0, SEEK_END);
+    r.file_bytes = double(std::ftell(f));
+    std::fclose(f);
+  }
+  std::remove(path.c_str());
   return r;
 }
 

@@ -20,4 +20,14 @@ struct UNetBenchResult {
 // Median over `reps` timed forwards after one warm-up, latent side `latent`, 77 text tokens.
 UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps);
 
+struct UNetLoadBenchResult {
+  double file_bytes = 0, seconds = 0;
+  double peak_rss_bytes = 0;     // of the whole process, after the load
+  double float32_bytes = 0;      // what one float32 copy of the weights takes
+};
+
+// Writes random weights of `preset` as one `dtype` (F16, BF16 or F32) safetensors file at `path`, then times
+// load_weights of it into float32 and reports the process' peak RSS (one float32 copy is the floor).
+UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype, const std::string& path);
+
 }  // namespace ncp::model

@@ -58,12 +58,30 @@ Napi::Value BenchUNet(const Napi::CallbackInfo& info) {
       });
 }
 
+Napi::Value BenchUNetLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsString() || !info[2].IsString())
+    throw_error(env, "NCP_EINVAL", "benchUNetLoad(preset, dtype, path): three strings");
+  const std::string preset = info[0].As<Napi::String>(), dtype = info[1].As<Napi::String>(), path = info[2].As<Napi::String>();
+  return PromiseWorker<model::UNetLoadBenchResult>::Start(
+      env, [=] { return model::bench_unet_load(preset, dtype, path); },
+      [](Napi::Env e, model::UNetLoadBenchResult& r) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("fileBytes", r.file_bytes);
+        o.Set("seconds", r.seconds);
+        o.Set("peakRssBytes", r.peak_rss_bytes);
+        o.Set("float32Bytes", r.float32_bytes);
+        return o;
+      });
+}
+
 }  // namespace
 
 void register_bench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm, "benchGemm"));
   exports.Set("benchConv2d", Napi::Function::New(env, BenchConv2d, "benchConv2d"));
   exports.Set("benchUNet", Napi::Function::New(env, BenchUNet, "benchUNet"));
+  exports.Set("benchUNetLoad", Napi::Function::New(env, BenchUNetLoad, "benchUNetLoad"));
 }
 
 }  // namespace ncp::napi
