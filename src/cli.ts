@@ -2,7 +2,8 @@
 // The ncp-native command line. Each command is a thin shell over the typed API in index.ts.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { forwardFile, info, setThreads } from './index.js';
+import { join } from 'node:path';
+import { ClipTokenizer, forwardFile, info, setThreads } from './index.js';
 import { benchLoad, benchOps, benchUNetReport, formatBench, formatUNetBench } from './bench.js';
 
 /** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
@@ -15,7 +16,6 @@ class UsageError extends Error {
 // Commands whose implementation lands with later issues; listed so `--help` shows the whole tool.
 const planned: Array<[string, string]> = [
   ['grad', 'gradients of a training objective with respect to LoRA weights, for checks'],
-  ['tokenize', 'CLIP-tokenize prompts with the model folder\'s tokenizer'],
   ['encode', 'encode prompts (CLIP) and images (VAE) into a training cache'],
   ['train', 'fine-tune a LoRA with NCP/latent DPO, CPO or SFT'],
   ['sample', 'generate images with the base model and a LoRA'],
@@ -70,6 +70,19 @@ export async function main(argv: string[]): Promise<void> {
         const names = await forwardFile({ model: args.model, input: args.input, output: args.output, trace: args.trace, variant: args.variant ?? '' });
         const seconds = ((performance.now() - start) / 1000).toFixed(2);
         process.stdout.write(`wrote ${names.length} tensors to ${args.output} in ${seconds} s: ${names.join(', ')}\n`);
+      },
+    )
+    .command(
+      'tokenize <text..>',
+      'CLIP-tokenize prompts with a model folder\'s tokenizer: one JSON array of 77 ids per text',
+      (y) =>
+        y
+          .positional('text', { type: 'string', array: true, demandOption: true })
+          .option('model', { type: 'string', demandOption: true, describe: 'diffusers model folder' })
+          .option('tokenizer', { choices: ['tokenizer', 'tokenizer_2'] as const, default: 'tokenizer' as const }),
+      async (args) => {
+        const tok = await ClipTokenizer.fromFolder(join(args.model, args.tokenizer));
+        for (const text of args.text) process.stdout.write(JSON.stringify(tok.encode(String(text))) + '\n');
       },
     )
     .command(

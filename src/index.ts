@@ -101,3 +101,5 @@ export async function forwardFile(options: {
 }): Promise<string[]> {
   return native().unetForwardFile(options);
 }
+
+export { ClipTokenizer } from './tokenizer.js';
