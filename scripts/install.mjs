@@ -36,9 +36,10 @@ if (process.env.NCP_FORCE_BUILD !== '1' && loads()) {
 const cmakeJs = join(root, 'node_modules', '.bin', 'cmake-js');
 if (has('cmake') && existsSync(cmakeJs) && run(cmakeJs, ['build'])) process.exit(0);
 
-const nodeGyp = join(root, 'node_modules', '.bin', 'node-gyp');
-if (has('g++') && (existsSync(nodeGyp) ? run(nodeGyp, ['rebuild']) : run('npx', ['--no-install', 'node-gyp', 'rebuild'])))
-  process.exit(0);
+// npm sets npm_config_node_gyp to its bundled node-gyp for lifecycle scripts (and npm_config_nodedir, when
+// configured, to local Node headers); otherwise try a node-gyp on PATH.
+const gyp = process.env.npm_config_node_gyp;
+if (has('g++') && (gyp ? run(process.execPath, [gyp, 'rebuild']) : run('node-gyp', ['rebuild']))) process.exit(0);
 
 console.error(
   'ncp-native: no prebuilt addon matches this platform and building from source failed.\n' +
