@@ -11,7 +11,7 @@
 namespace ncp {
 namespace {
 
-thread_local bool in_parallel_region = false;
+thread_local bool inside_region = false;
 
 class Pool {
  public:
@@ -38,9 +38,9 @@ class Pool {
       ++generation_;
     }
     wake_.notify_all();
-    in_parallel_region = true;
+    inside_region = true;
     task(0);
-    in_parallel_region = false;
+    inside_region = false;
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [this] { return pending_ == 0; });
     task_ = nullptr;
@@ -58,9 +58,9 @@ class Pool {
         seen = generation_;
         task = task_;
       }
-      in_parallel_region = true;
+      inside_region = true;
       (*task)(index);
-      in_parallel_region = false;
+      inside_region = false;
       {
         std::lock_guard<std::mutex> lock(mutex_);
         if (--pending_ == 0) done_.notify_one();
@@ -105,13 +105,15 @@ Pool& pool() {
 
 int num_threads() { return pool().size(); }
 
+bool in_parallel_region() { return inside_region; }
+
 void set_num_threads(int n) { pool().resize(n); }
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int threads = num_threads();
-  if (in_parallel_region || threads == 1 || n <= grain) {
+  if (inside_region || threads == 1 || n <= grain) {
     fn(0, n);
     return;
   }

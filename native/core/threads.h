@@ -14,4 +14,7 @@ void set_num_threads(int n);
 // small loops run inline on the caller. Nested calls run inline (no deadlock, no oversubscription).
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+// True on a thread that is running a chunk of a parallel_for (where nested parallelism must not start threads).
+bool in_parallel_region();
+
 }  // namespace ncp

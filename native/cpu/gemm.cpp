@@ -148,7 +148,9 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   }
 #ifdef NCP_HAVE_OPENBLAS
   if constexpr (std::is_same_v<T, float>) {
-    if (gemm_backend() == GemmBackend::OpenBLAS) {
+    // Inside a parallel_for chunk OpenBLAS would start its own threads on cores ours already use: our kernel
+    // runs inline there instead.
+    if (gemm_backend() == GemmBackend::OpenBLAS && !in_parallel_region()) {
       openblas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
       return;
     }

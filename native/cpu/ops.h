@@ -19,7 +19,7 @@ namespace ncp::cpu {
 template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
-// Name of the GEMM provider ("openblas 0.3.21 (Haswell)", "ncp-blocked avx512", ...).
+// Name of the GEMM provider in use, e.g. "ncp avx512 (2 threads)" or "openblas 0.3.21 Haswell".
 const char* gemm_provider();
 
 // ---- Linear: y[rows, out] = x[rows, in] W[out, in]^T + b[out] (b may be nullptr) ------------------------------
