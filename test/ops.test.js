@@ -97,6 +97,9 @@ test('bad arguments become coded errors, not crashes', async (t) => {
   t.regex(unknown.message, /unknown op 'fft'/);
   const kind = await t.throwsAsync(() => runOp('activation', { x: randomTensor([2], 1) }, { kind: 'relu6' }));
   t.regex(kind.message, /unknown kind 'relu6'/);
+  const empty = await t.throwsAsync(() => runOp('group_norm', { x: { data: new Float32Array(0), shape: [0, 4, 3] } }, { groups: 2 }));
+  t.is(empty.code, 'NCP_EINVAL');
+  t.regex(empty.message, /'x': shape\[0\] must be a positive integer/);
   const notFloat = await t.throwsAsync(() => runOp('activation', { x: { data: new Float64Array(2), shape: [2] } }));
   t.regex(notFloat.message, /'x': data must be a Float32Array/);
 });

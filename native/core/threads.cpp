@@ -21,6 +21,8 @@ class Pool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   void resize(int n) {
+    // Waits for a running parallel region (another thread's op) before replacing the workers under it.
+    std::lock_guard<std::mutex> call_lock(call_mutex_);
     n = std::max(1, n);
     if (n == size()) return;
     stop();

@@ -27,10 +27,10 @@ HostTensor read_tensor(Napi::Env env, const Napi::Object& obj, const std::string
   Napi::Array dims = shape.As<Napi::Array>();
   for (uint32_t i = 0; i < dims.Length(); ++i) {
     Napi::Value d = dims.Get(i);
-    if (!d.IsNumber() || d.As<Napi::Number>().DoubleValue() < 0 ||
+    if (!d.IsNumber() || d.As<Napi::Number>().DoubleValue() < 1 ||
         d.As<Napi::Number>().DoubleValue() != double(d.As<Napi::Number>().Int64Value()))
       throw_error(env, "NCP_EINVAL", "tensor '" + name + "': shape[" + std::to_string(i) +
-                                         "] must be a non-negative integer");
+                                         "] must be a positive integer");
     t.shape.push_back(d.As<Napi::Number>().Int64Value());
   }
   Napi::Float32Array arr = data.As<Napi::Float32Array>();

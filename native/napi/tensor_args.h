@@ -18,7 +18,9 @@ struct HostTensor {
 int64_t numel(const std::vector<int64_t>& shape);
 
 // Reads `obj[name]` as a float32 tensor (copied, so the work can run off the JS thread). Throws a JS Error with
-// code NCP_EINVAL naming `name` when missing, not a Float32Array, or when data length and shape disagree.
+// code NCP_EINVAL naming `name` when missing, not a Float32Array or with a dimension that is not a positive
+// integer (no op here has a use for empty tensors, and sizes are divided by), NCP_ESHAPE when data length and
+// shape disagree.
 HostTensor read_tensor(Napi::Env env, const Napi::Object& obj, const std::string& name, bool optional = false);
 Napi::Object write_tensor(Napi::Env env, const HostTensor& t);
 
