@@ -27,6 +27,12 @@ float* Buffer::ensure(int64_t n) {
   return data_.get();
 }
 
+float* Buffer::zeros(int64_t n) {
+  float* p = ensure(n);
+  std::fill(p, p + n, 0.0f);
+  return p;
+}
+
 void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
   constexpr int64_t kTile = 32;  // a 32x32 float tile of source and destination both stay in L1
   const int64_t rt = (rows + kTile - 1) / kTile, ct = (cols + kTile - 1) / kTile;
@@ -44,12 +50,43 @@ void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_
 
 // ---- Leaf layers -------------------------------------------------------------------------------------------
 Linear::Linear(ParamSource& p, const std::string& prefix, int64_t in_, int64_t out_, bool bias, bool conv1x1)
-    : in(in_), out(out_) {
+    : in(in_), out(out_), name(prefix) {
   W = p.take(prefix + ".weight", conv1x1 ? std::vector<int64_t>{out, in, 1, 1} : std::vector<int64_t>{out, in});
   if (bias) b = p.take(prefix + ".bias", {out});
 }
 
-void Linear::forward(float* y, const float* x, int64_t rows) const { cpu::linear_forward(y, x, W, b, rows, in, out); }
+namespace {
+// u [rows, r] = x A^T: the adapter's down projection, recomputed by backward rather than kept.
+void lora_down(std::vector<float>& u, const LoraAdapter& a, const float* x, int64_t rows) {
+  u.resize(size_t(rows * a.rank));
+  cpu::gemm<float>(false, true, rows, a.rank, a.in, 1.0f, x, a.in, a.A.data(), a.in, 0.0f, u.data(), a.rank);
+}
+}  // namespace
+
+void Linear::forward(float* y, const float* x, int64_t rows, bool lora_on) const {
+  cpu::linear_forward(y, x, W, b, rows, in, out);
+  if (lora_on && lora) {
+    static thread_local std::vector<float> u;
+    lora_down(u, *lora, x, rows);
+    cpu::gemm<float>(false, true, rows, out, lora->rank, lora->scale(), u.data(), lora->rank, lora->B.data(),
+                     lora->rank, 1.0f, y, out);
+  }
+}
+
+void Linear::backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const {
+  if (dx) cpu::linear_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out);
+  if (!(lora_on && lora)) return;
+  LoraAdapter& a = *lora;
+  const int64_t r = a.rank;
+  static thread_local std::vector<float> u, du;
+  lora_down(u, a, x, rows);
+  // y += s u B^T: dB += s dy^T u, du = s dy B; u = x A^T: dA += du^T x, dx += du A.
+  cpu::gemm<float>(true, false, out, r, rows, a.scale(), dy, out, u.data(), r, 1.0f, a.dB.data(), r);
+  du.resize(size_t(rows * r));
+  cpu::gemm<float>(false, false, rows, r, out, a.scale(), dy, out, a.B.data(), r, 0.0f, du.data(), r);
+  cpu::gemm<float>(true, false, r, in, rows, 1.0f, du.data(), r, x, in, 1.0f, a.dA.data(), in);
+  if (dx) cpu::gemm<float>(false, false, rows, in, r, 1.0f, du.data(), r, a.A.data(), in, 1.0f, dx, in);
+}
 
 Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t cout_, int64_t k_, int64_t stride_)
     : cin(cin_), cout(cout_), k(k_), stride(stride_), pad(k_ / 2) {
@@ -59,6 +96,10 @@ Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t 
 
 void Conv2d::forward(float* y, const float* x, int64_t N, int64_t H, int64_t Wd) const {
   cpu::conv2d_forward(y, x, W, b, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
+}
+
+void Conv2d::backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t Wd) const {
+  cpu::conv2d_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
 }
 
 GroupNorm::GroupNorm(ParamSource& p, const std::string& prefix, int64_t C_, int64_t groups_, double eps_)
@@ -75,6 +116,12 @@ void GroupNorm::forward(float* y, NormStats& s, const float* x, int64_t N, int64
                           groups, eps);
 }
 
+void GroupNorm::backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t N,
+                         int64_t HW) const {
+  cpu::group_norm_backward<float>(dx, nullptr, nullptr, dy, x, s.mean.data(), s.rstd.data(), gamma, N, C, HW,
+                                  groups);
+}
+
 LayerNorm::LayerNorm(ParamSource& p, const std::string& prefix, int64_t C_, double eps_) : C(C_), eps(eps_) {
   gamma = p.take(prefix + ".weight", {C});
   beta = p.take(prefix + ".bias", {C});
@@ -82,6 +129,10 @@ LayerNorm::LayerNorm(ParamSource& p, const std::string& prefix, int64_t C_, doub
 
 void LayerNorm::forward(float* y, NormStats& s, const float* x, int64_t rows) const {
   cpu::layer_norm_forward(y, s.mean.ensure(rows), s.rstd.ensure(rows), x, gamma, beta, rows, C, eps);
+}
+
+void LayerNorm::backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t rows) const {
+  cpu::layer_norm_backward<float>(dx, nullptr, nullptr, dy, x, s.mean.data(), s.rstd.data(), gamma, rows, C);
 }
 
 // ---- Blocks ------------------------------------------------------------------------------------------------
@@ -127,6 +178,28 @@ void ResnetBlock2D::forward(float* y, const float* x, const float* temb_act, int
   }
 }
 
+void ResnetBlock2D::backward(float* dx, const float* dy, const float* x, int64_t N, int64_t H, int64_t W,
+                             const Acts& a) const {
+  const int64_t HW = H * W, nin = N * cin * HW, nout = N * cout * HW;
+  Buffer g_out, g_in;  // gradients at cout and cin channel counts, reused along the chain
+  // Shortcut: y = conv2(...) + shortcut(x).
+  if (has_shortcut)
+    conv_shortcut.backward(dx, dy, N, H, W);
+  else
+    cpu::add_backward<float>(dx, nullptr, dy, nout);
+  float* g = g_out.zeros(nout);
+  conv2.backward(g, dy, N, H, W);                                             // d a2
+  float* g2 = g_in.zeros(std::max(nin, nout));
+  cpu::activation_backward<float>(Activation::SiLU, g2, g, a.n2.data(), nout);  // d n2
+  std::fill(g, g + nout, 0.0f);
+  norm2.backward(g, g2, a.c1.data(), a.s2, N, HW);                            // d c1 (the time bias passes it on)
+  std::fill(g2, g2 + nin, 0.0f);
+  conv1.backward(g2, g, N, H, W);                                             // d a1
+  float* g3 = g_out.zeros(nin);
+  cpu::activation_backward<float>(Activation::SiLU, g3, g2, a.n1.data(), nin);  // d n1
+  norm1.backward(dx, g3, x, a.s1, N, HW);
+}
+
 Attention::Attention(ParamSource& p, const std::string& prefix, int64_t query_dim, int64_t context_dim,
                      int64_t heads_, int64_t head_dim_)
     : heads(heads_), head_dim(head_dim_) {
@@ -138,14 +211,36 @@ Attention::Attention(ParamSource& p, const std::string& prefix, int64_t query_di
 }
 
 void Attention::forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk,
-                        Acts& a) const {
+                        Acts& a, bool lora) const {
   const int64_t inner = heads * head_dim;
-  to_q.forward(a.q.ensure(B * Lq * inner), x, B * Lq);
-  to_k.forward(a.k.ensure(B * Lk * inner), context, B * Lk);
-  to_v.forward(a.v.ensure(B * Lk * inner), context, B * Lk);
+  to_q.forward(a.q.ensure(B * Lq * inner), x, B * Lq, lora);
+  to_k.forward(a.k.ensure(B * Lk * inner), context, B * Lk, lora);
+  to_v.forward(a.v.ensure(B * Lk * inner), context, B * Lk, lora);
   cpu::attention_forward<float>(a.o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
                                 cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
-  to_out.forward(y, a.o.data(), B * Lq);
+  to_out.forward(y, a.o.data(), B * Lq, lora);
+}
+
+void Attention::backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context,
+                         int64_t B, int64_t Lq, int64_t Lk, const Acts& a, bool lora) const {
+  const int64_t inner = heads * head_dim, nq = Lq * inner, nk = Lk * inner;
+  Buffer d_o, dq, dk, dv, probs;
+  to_out.backward(d_o.zeros(B * nq), dy, a.o.data(), B * Lq, lora);
+  dq.zeros(B * nq), dk.zeros(B * nk), dv.zeros(B * nk);
+  // The probabilities of one batch row at a time: [heads, Lq, Lk] instead of B times that.
+  const cpu::AttentionShape row{1, Lq, Lk, heads, head_dim, false};
+  float* p = probs.ensure(heads * Lq * Lk);
+  Buffer o_scratch;
+  float* o = o_scratch.ensure(nq);
+  for (int64_t b = 0; b < B; ++b) {
+    cpu::attention_forward<float>(o, p, a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, row);
+    cpu::attention_backward<float>(dq.data() + b * nq, dk.data() + b * nk, dv.data() + b * nk,
+                                   d_o.data() + b * nq, a.q.data() + b * nq, a.k.data() + b * nk,
+                                   a.v.data() + b * nk, p, row);
+  }
+  to_q.backward(dx, dq.data(), x, B * Lq, lora);
+  to_k.backward(dcontext, dk.data(), context, B * Lk, lora);
+  to_v.backward(dcontext, dv.data(), context, B * Lk, lora);
 }
 
 BasicTransformerBlock::BasicTransformerBlock(ParamSource& p, const std::string& prefix, int64_t dim_,
@@ -161,20 +256,41 @@ BasicTransformerBlock::BasicTransformerBlock(ParamSource& p, const std::string& 
 }
 
 void BasicTransformerBlock::forward(float* y, const float* x, const float* context, int64_t B, int64_t L,
-                                    int64_t Lk, Acts& a) const {
+                                    int64_t Lk, Acts& a, bool lora) const {
   const int64_t rows = B * L, n = rows * dim;
   // Each sub-layer's output lands in the next residual buffer, which then takes the residual in place.
   norm1.forward(a.n1.ensure(n), a.s1, x, rows);
-  attn1.forward(a.h1.ensure(n), a.n1.data(), a.n1.data(), B, L, L, a.attn1);
+  attn1.forward(a.h1.ensure(n), a.n1.data(), a.n1.data(), B, L, L, a.attn1, lora);
   cpu::add_forward(a.h1.data(), a.h1.data(), x, n);
   norm2.forward(a.n2.ensure(n), a.s2, a.h1.data(), rows);
-  attn2.forward(a.h2.ensure(n), a.n2.data(), context, B, L, Lk, a.attn2);
+  attn2.forward(a.h2.ensure(n), a.n2.data(), context, B, L, Lk, a.attn2, lora);
   cpu::add_forward(a.h2.data(), a.h2.data(), a.h1.data(), n);
   norm3.forward(a.n3.ensure(n), a.s3, a.h2.data(), rows);
-  ff_proj.forward(a.ff_h.ensure(rows * 2 * ff_inner), a.n3.data(), rows);
+  ff_proj.forward(a.ff_h.ensure(rows * 2 * ff_inner), a.n3.data(), rows, lora);
   cpu::geglu_forward(a.ff_g.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
-  ff_out.forward(y, a.ff_g.data(), rows);
+  ff_out.forward(y, a.ff_g.data(), rows, lora);
   cpu::add_forward(y, y, a.h2.data(), n);
+}
+
+void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x, const float* context, int64_t B,
+                                     int64_t L, int64_t Lk, const Acts& a, bool lora) const {
+  const int64_t rows = B * L, n = rows * dim;
+  Buffer dh, dn, dg, dffh;
+  // y = h2 + ff(norm3 h2)
+  float* d_h2 = dh.ensure(n);
+  std::copy(dy, dy + n, d_h2);
+  ff_out.backward(dg.zeros(rows * ff_inner), dy, a.ff_g.data(), rows, lora);
+  cpu::geglu_backward<float>(dffh.zeros(rows * 2 * ff_inner), dg.data(), a.ff_h.data(), rows, ff_inner);
+  ff_proj.backward(dn.zeros(n), dffh.data(), a.n3.data(), rows, lora);
+  norm3.backward(d_h2, dn.data(), a.h2.data(), a.s3, rows);
+  // h2 = h1 + attn2(norm2 h1, context): no gradient to the text conditioning.
+  attn2.backward(dn.zeros(n), nullptr, d_h2, a.n2.data(), context, B, L, Lk, a.attn2, lora);
+  norm2.backward(d_h2, dn.data(), a.h1.data(), a.s2, rows);  // d_h2 now holds d h1
+  // h1 = x + attn1(norm1 x)
+  cpu::add_backward<float>(dx, nullptr, d_h2, n);
+  float* d_n1 = dn.zeros(n);
+  attn1.backward(d_n1, d_n1, d_h2, a.n1.data(), a.n1.data(), B, L, L, a.attn1, lora);
+  norm1.backward(dx, d_n1, x, a.s1, rows);
 }
 
 Transformer2DModel::Transformer2DModel(ParamSource& p, const std::string& prefix, int64_t channels, int64_t heads,
@@ -194,18 +310,47 @@ Transformer2DModel::Transformer2DModel(ParamSource& p, const std::string& prefix
 }
 
 void Transformer2DModel::forward(float* y, const float* x, const float* context, int64_t N, int64_t H, int64_t W,
-                                 int64_t Lk, Acts& a) const {
+                                 int64_t Lk, Acts& a, bool lora) const {
   const int64_t L = H * W, n = N * C * L, depth = int64_t(blocks.size());
   a.stream.resize(depth + 1);
   a.blocks.resize(depth);
   norm.forward(a.normed.ensure(n), a.s, x, N, L);
   transpose_batched(a.tokens.ensure(n), a.normed.data(), N, C, L);
-  proj_in.forward(a.stream[0].ensure(N * L * inner), a.tokens.data(), N * L);
+  proj_in.forward(a.stream[0].ensure(N * L * inner), a.tokens.data(), N * L, lora);
   for (int64_t i = 0; i < depth; ++i)
-    blocks[i].forward(a.stream[i + 1].ensure(N * L * inner), a.stream[i].data(), context, N, L, Lk, a.blocks[i]);
-  proj_out.forward(a.proj_out.ensure(n), a.stream[depth].data(), N * L);
+    blocks[i].forward(a.stream[i + 1].ensure(N * L * inner), a.stream[i].data(), context, N, L, Lk, a.blocks[i],
+                      lora);
+  proj_out.forward(a.proj_out.ensure(n), a.stream[depth].data(), N * L, lora);
   transpose_batched(y, a.proj_out.data(), N, L, C);
   cpu::add_forward(y, y, x, n);
+}
+
+void Transformer2DModel::backward(float* dx, const float* dy, const float* x, const float* context, int64_t N,
+                                  int64_t H, int64_t W, int64_t Lk, const Acts& a, bool lora) const {
+  const int64_t L = H * W, n = N * C * L, ni = N * L * inner, depth = int64_t(blocks.size());
+  cpu::add_backward<float>(dx, nullptr, dy, n);  // the residual
+  Buffer tok, ds[2];
+  transpose_batched(tok.ensure(n), dy, N, C, L);  // d proj_out output, NLC
+  float* d = ds[0].zeros(ni);
+  proj_out.backward(d, tok.data(), a.stream[depth].data(), N * L, lora);
+  for (int64_t i = depth - 1; i >= 0; --i) {
+    float* d_in = ds[(depth - i) % 2].zeros(ni);
+    blocks[i].backward(d_in, d, a.stream[i].data(), context, N, L, Lk, a.blocks[i], lora);
+    d = d_in;
+  }
+  proj_in.backward(tok.zeros(n), d, a.tokens.data(), N * L, lora);  // d tokens
+  Buffer dn;
+  transpose_batched(dn.ensure(n), tok.data(), N, L, C);          // d normed, NCHW
+  norm.backward(dx, dn.data(), x, a.s, N, L);
+}
+
+void Transformer2DModel::linears(std::vector<Linear*>& out) {
+  out.push_back(&proj_in);
+  for (BasicTransformerBlock& b : blocks)
+    for (Linear* l : {&b.attn1.to_q, &b.attn1.to_k, &b.attn1.to_v, &b.attn1.to_out, &b.attn2.to_q, &b.attn2.to_k,
+                      &b.attn2.to_v, &b.attn2.to_out, &b.ff_proj, &b.ff_out})
+      out.push_back(l);
+  out.push_back(&proj_out);
 }
 
 Downsample2D::Downsample2D(ParamSource& p, const std::string& prefix, int64_t channels)
@@ -222,6 +367,13 @@ void Upsample2D::forward(float* y, const float* x, int64_t N, int64_t H, int64_t
   const int64_t C = conv.cin;
   cpu::upsample_nearest2x_forward(a.up.ensure(N * C * 4 * H * W), x, N, C, H, W);
   conv.forward(y, a.up.data(), N, 2 * H, 2 * W);
+}
+
+void Upsample2D::backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t W, Buffer& scratch) const {
+  const int64_t C = conv.cin;
+  float* d_up = scratch.zeros(N * C * 4 * H * W);
+  conv.backward(d_up, dy, N, 2 * H, 2 * W);
+  cpu::upsample_nearest2x_backward<float>(dx, d_up, N, C, H, W);
 }
 
 }  // namespace ncp::model

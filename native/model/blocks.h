@@ -1,16 +1,22 @@
-// Building blocks of the diffusers U-Net (and, later, the VAE), in float32 on the CPU ops.
+// Building blocks of the diffusers U-Net (and the VAE), in float32 on the CPU ops.
 //
 // Each block is a small struct: constructed from a ParamSource (which either records its parameters' names and
 // shapes for a manifest, or binds them from a WeightMap), then forward(...) on raw pointers. Forward writes
 // every intermediate that a backward pass needs into the caller-owned Acts of the block, so a training step can
 // keep one Acts per block call while inference reuses a single Acts for all calls of a kind (Buffers only grow).
 // Attention probabilities are not kept: they are the largest activation and cheap to recompute.
+//
+// Backward passes exist for what training needs: the gradient with respect to the block's input (the NCP
+// encoder passes gradients to its input) and to LoRA parameters. Base weights are frozen, so no weight gradient
+// is ever computed or stored. Like the CPU ops, backward ADDS into dx (callers zero it), so residual branches
+// and skips accumulate without copies. `lora` selects the policy (LoRA on) or the reference (LoRA off) network.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "model/lora.h"
 #include "model/weights.h"
 
 namespace ncp::model {
@@ -30,10 +36,12 @@ class ParamSource {
 };
 
 // An activation buffer. Uninitialised: every op fully writes what it produces, so zero-filling would be a wasted
-// pass over memory. ensure(n) keeps the allocation when it is already large enough.
+// pass over memory. ensure(n) keeps the allocation when it is already large enough; zeros(n) is ensure + fill,
+// for gradient buffers that backward passes add into.
 class Buffer {
  public:
   float* ensure(int64_t n);
+  float* zeros(int64_t n);
   float* data() { return data_.get(); }
   const float* data() const { return data_.get(); }
   int64_t size() const { return size_; }
@@ -52,15 +60,21 @@ struct NormStats {
   Buffer mean, rstd;
 };
 
+// y = x W^T + b, plus (alpha / r) B (A x) when a LoRA adapter is attached and `lora` is on.
 struct Linear {
   int64_t in = 0, out = 0;
+  std::string name;          // diffusers module name ("...attn1.to_q"), to attach LoRA adapters by
   const float* W = nullptr;  // [out, in]
   const float* b = nullptr;  // [out] or nullptr
+  LoraAdapter* lora = nullptr;
   Linear() = default;
   // conv1x1: stored as a 1x1 convolution [out, in, 1, 1], which has the memory layout of [out, in].
   Linear(ParamSource& p, const std::string& prefix, int64_t in, int64_t out, bool bias = true,
          bool conv1x1 = false);
-  void forward(float* y, const float* x, int64_t rows) const;
+  void forward(float* y, const float* x, int64_t rows, bool lora_on = false) const;
+  // dx += dy W (+ the LoRA path); the adapter's dA, dB += their gradients. x: the forward input (read only
+  // when the adapter is on; A x is recomputed, which costs rank/out of the forward).
+  void backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const;
 };
 
 struct Conv2d {
@@ -71,6 +85,8 @@ struct Conv2d {
   Conv2d(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t k, int64_t stride = 1);
   int64_t out_size(int64_t n) const { return (n + 2 * pad - k) / stride + 1; }
   void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W) const;
+  // dx += conv^T dy (input gradient only: the weights are frozen). H, W: the input size.
+  void backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t W) const;
 };
 
 struct GroupNorm {
@@ -80,6 +96,7 @@ struct GroupNorm {
   GroupNorm() = default;
   GroupNorm(ParamSource& p, const std::string& prefix, int64_t C, int64_t groups, double eps);
   void forward(float* y, NormStats& s, const float* x, int64_t N, int64_t HW) const;
+  void backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t N, int64_t HW) const;
 };
 
 struct LayerNorm {
@@ -89,6 +106,7 @@ struct LayerNorm {
   LayerNorm() = default;
   LayerNorm(ParamSource& p, const std::string& prefix, int64_t C, double eps);
   void forward(float* y, NormStats& s, const float* x, int64_t rows) const;
+  void backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t rows) const;
 };
 
 // ---- diffusers blocks --------------------------------------------------------------------------------------
@@ -120,6 +138,9 @@ struct ResnetBlock2D {
                 int64_t groups, double eps);
   // x [N, cin, H, W] -> y [N, cout, H, W]; temb_act [N, temb_dim] is SiLU(emb), shared by every resnet.
   void forward(float* y, const float* x, const float* temb_act, int64_t N, int64_t H, int64_t W, Acts& a) const;
+  // dx += d(y)/d(x)^T dy; x and a: as given to and left by forward. Needs no time-embedding gradient (the time
+  // embedding is data here).
+  void backward(float* dx, const float* dy, const float* x, int64_t N, int64_t H, int64_t W, const Acts& a) const;
 };
 
 // diffusers Attention as BasicTransformerBlock uses it: to_q/to_k/to_v without bias, to_out.0 with bias.
@@ -133,7 +154,12 @@ struct Attention {
   Attention(ParamSource& p, const std::string& prefix, int64_t query_dim, int64_t context_dim, int64_t heads,
             int64_t head_dim);
   // x [B, Lq, query_dim], context [B, Lk, context_dim] -> y [B, Lq, query_dim].
-  void forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk, Acts& a) const;
+  void forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk, Acts& a,
+               bool lora) const;
+  // dx += gradient through to_q; dcontext += gradient through to_k/to_v (nullptr: none wanted; pass dx again
+  // for self-attention, where context is x). The softmax is recomputed one batch row at a time.
+  void backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context, int64_t B,
+                int64_t Lq, int64_t Lk, const Acts& a, bool lora) const;
 };
 
 // BasicTransformerBlock: x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x), with the GEGLU
@@ -152,7 +178,10 @@ struct BasicTransformerBlock {
   BasicTransformerBlock(ParamSource& p, const std::string& prefix, int64_t dim, int64_t context_dim, int64_t heads,
                         int64_t head_dim);
   // x, y [B, L, dim]; context [B, Lk, context_dim].
-  void forward(float* y, const float* x, const float* context, int64_t B, int64_t L, int64_t Lk, Acts& a) const;
+  void forward(float* y, const float* x, const float* context, int64_t B, int64_t L, int64_t Lk, Acts& a,
+               bool lora) const;
+  void backward(float* dx, const float* dy, const float* x, const float* context, int64_t B, int64_t L, int64_t Lk,
+                const Acts& a, bool lora) const;
 };
 
 // Transformer2DModel: GroupNorm (eps 1e-6) -> proj_in -> transformer_blocks -> proj_out, plus the input.
@@ -175,7 +204,11 @@ struct Transformer2DModel {
                      int64_t context_dim, int64_t groups, bool linear_projection);
   // x, y [N, C, H, W]; context [N, Lk, context_dim].
   void forward(float* y, const float* x, const float* context, int64_t N, int64_t H, int64_t W, int64_t Lk,
-               Acts& a) const;
+               Acts& a, bool lora) const;
+  void backward(float* dx, const float* dy, const float* x, const float* context, int64_t N, int64_t H, int64_t W,
+                int64_t Lk, const Acts& a, bool lora) const;
+  // Every Linear of the block (proj_in, attention projections, feed-forward), for attaching LoRA adapters.
+  void linears(std::vector<Linear*>& out);
 };
 
 // Downsample2D: conv3x3 stride 2 pad 1 ("downsamplers.0.conv").
@@ -185,6 +218,7 @@ struct Downsample2D {
   Downsample2D(ParamSource& p, const std::string& prefix, int64_t channels);
   // x [N, C, H, W] -> y [N, C, ceil(H/2), ceil(W/2)].
   void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W) const;
+  void backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t W) const { conv.backward(dx, dy, N, H, W); }
 };
 
 // Upsample2D: nearest 2x, then conv3x3 ("upsamplers.0.conv").
@@ -197,6 +231,8 @@ struct Upsample2D {
   Upsample2D(ParamSource& p, const std::string& prefix, int64_t channels);
   // x [N, C, H, W] -> y [N, C, 2H, 2W].
   void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Acts& a) const;
+  // Needs no saved activation: the conv's input gradient only reads its weights. scratch: [N, C, 2H, 2W].
+  void backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t W, Buffer& scratch) const;
 };
 
 }  // namespace ncp::model

@@ -30,12 +30,67 @@ void check_config(const UNetConfig& c) {
 
 std::string name(const char* kind, size_t i) { return std::string(kind) + "." + std::to_string(i); }
 
+// A growable list whose elements keep their addresses and allocations across rewinds.
+template <class T>
+class Pool {
+ public:
+  T& next() {
+    if (used_ == items_.size()) items_.push_back(std::make_unique<T>());
+    return *items_[used_++];
+  }
+  T& operator[](size_t i) { return *items_[i]; }
+  T& back() { return *items_[used_ - 1]; }
+  size_t size() const { return used_; }
+  void rewind() { used_ = 0; }
+
+ private:
+  std::vector<std::unique_ptr<T>> items_;
+  size_t used_ = 0;
+};
+
 struct Skip {
   Buffer x;
-  int64_t C, H, W;
+  int64_t C = 0, H = 0, W = 0;
+};
+
+// One recorded block call. x (and x2 for a concat) are its inputs, y its output, H x W the input's spatial size.
+struct Op {
+  enum Kind { ConvIn, Resnet, Attention, Downsample, Upsample, Concat, Head } kind;
+  const void* module;
+  size_t acts;  // index into the kind's activation pool
+  const float* x;
+  const float* x2;
+  const float* y;
+  int64_t C, C2, H, W;
 };
 
 }  // namespace
+
+struct UNetTape::State {
+  UNetInputs in;
+  bool lora = false, centered = false;
+  const float* result = nullptr;  // the pass's output, whose gradient backward starts from
+  int64_t result_size = 0;
+  std::vector<Op> ops;
+  Pool<Skip> skips;
+  Pool<Buffer> buffers;  // every other hidden state
+  Pool<ResnetBlock2D::Acts> resnets;
+  Pool<Transformer2DModel::Acts> attentions;
+  Pool<Upsample2D::Acts> upsamples;
+  NormStats head_stats;
+  Buffer head_normed, head_act, centered_sample;
+  // Backward's gradient buffers, keyed by the activation they belong to, and the free ones.
+  std::vector<std::pair<const float*, Buffer*>> grads;
+  Pool<Buffer> grad_pool;
+  std::vector<Buffer*> free_grads;
+  Buffer scratch;
+  void rewind() {
+    ops.clear(), skips.rewind(), buffers.rewind(), resnets.rewind(), attentions.rewind(), upsamples.rewind();
+  }
+};
+
+UNetTape::UNetTape() : s_(std::make_unique<State>()) {}
+UNetTape::~UNetTape() = default;
 
 Manifest UNet::manifest(const UNetConfig& config) {
   Manifest m;
@@ -140,15 +195,27 @@ void UNet::check_inputs(const UNetInputs& in) const {
             std::to_string(pooled_dim()) + "] and time_ids [batch, 6]");
 }
 
-void UNet::forward(const UNetInputs& in, float* out, Trace* trace) const { run(in, Stop::Full, out, trace); }
-
-void UNet::encode(const UNetInputs& in, EncoderLayer layer, float* out, Trace* trace) const {
-  check(layer == EncoderLayer::Down || config_.has_mid_block, "NCP_EINVAL",
-        "UNet encode: layer \"mid\" asked of a U-Net without a mid block");
-  run(in, layer == EncoderLayer::Mid ? Stop::Mid : Stop::Down, out, trace);
+void UNet::forward(const UNetInputs& in, float* out, Trace* trace, bool lora) const {
+  run(in, Stop::Full, out, trace, nullptr, lora);
 }
 
-void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace) const {
+void UNet::encode(const UNetInputs& in, EncoderLayer layer, float* out, Trace* trace, bool lora) const {
+  check(layer == EncoderLayer::Down || config_.has_mid_block, "NCP_EINVAL",
+        "UNet encode: layer \"mid\" asked of a U-Net without a mid block");
+  run(in, layer == EncoderLayer::Mid ? Stop::Mid : Stop::Down, out, trace, nullptr, lora);
+}
+
+void UNet::forward_train(const UNetInputs& in, float* out, UNetTape& tape, bool lora) const {
+  run(in, Stop::Full, out, nullptr, &tape, lora);
+}
+
+void UNet::encode_train(const UNetInputs& in, EncoderLayer layer, float* out, UNetTape& tape, bool lora) const {
+  check(layer == EncoderLayer::Down || config_.has_mid_block, "NCP_EINVAL",
+        "UNet encode: layer \"mid\" asked of a U-Net without a mid block");
+  run(in, layer == EncoderLayer::Mid ? Stop::Mid : Stop::Down, out, nullptr, &tape, lora);
+}
+
+void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTape* tape, bool lora) const {
   check_inputs(in);
   const UNetConfig& c = config_;
   const int64_t B = in.batch, T = c.time_embed_dim(), C0 = c.block_out_channels[0], L = in.text_len;
@@ -160,7 +227,35 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace) const 
     (*trace)[key] = Tensor32{std::move(shape), std::vector<float>(x, x + n)};
   };
 
-  // Time embedding (+ SDXL's text_time embedding), SiLU'd once here for every resnet's time_emb_proj.
+  // Inference reuses one set of activations per block kind and ping-pongs the hidden state between two
+  // buffers; training takes a fresh buffer from the tape for every block call and records the call.
+  UNetTape::State* t = tape ? tape->s_.get() : nullptr;
+  if (t) t->rewind(), t->in = in, t->lora = lora;
+  Pool<Skip> local_skips;
+  Pool<Skip>& skips = t ? t->skips : local_skips;
+  ResnetBlock2D::Acts shared_resnet;
+  Transformer2DModel::Acts shared_attention;
+  Upsample2D::Acts shared_upsample;
+  Buffer ping[2];
+  auto hidden = [&](const float* h) -> Buffer& {
+    if (t) return t->buffers.next();
+    return ping[0].data() == h ? ping[1] : ping[0];
+  };
+  auto resnet_acts = [&](size_t& index) -> ResnetBlock2D::Acts& {
+    index = t ? t->resnets.size() : 0;
+    return t ? t->resnets.next() : shared_resnet;
+  };
+  auto attention_acts = [&](size_t& index) -> Transformer2DModel::Acts& {
+    index = t ? t->attentions.size() : 0;
+    return t ? t->attentions.next() : shared_attention;
+  };
+  auto push_op = [&](Op op) {
+    if (t) t->ops.push_back(op);
+  };
+  int64_t H = in.height, W = in.width;
+
+  // Time embedding (+ SDXL's text_time embedding), SiLU'd once here for every resnet's time_emb_proj. No LoRA
+  // and no gradient here: timesteps and added conditions are data.
   Buffer sinusoid, emb, emb_act;
   TimestepEmbedding::Acts time_acts;
   cpu::timestep_embedding(sinusoid.ensure(B * C0), in.timesteps, B, C0, c.flip_sin_to_cos, c.freq_shift);
@@ -180,115 +275,275 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace) const 
     record("add_embedding", aug.data(), {B, T});
     cpu::add_forward(emb.data(), emb.data(), aug.data(), B * T);
   }
+  // Kept on the tape too: resnets read it in forward only, but it must outlive this call for nothing else.
   cpu::activation_forward(Activation::SiLU, emb_act.ensure(B * T), emb.data(), B * T);
   const float* temb = emb_act.data();
 
-  // Every down-path output is kept as a skip; the latest one is the current hidden state.
-  std::vector<Skip> skips;
-  skips.reserve(size_t(c.levels() * (c.layers_per_block + 1) + 1));
-  int64_t H = in.height, W = in.width;
   const float* sample = in.sample;
-  Buffer centered;
+  Buffer local_centered;
   if (c.center_input_sample) {
     const int64_t n = B * c.in_channels * H * W;
-    float* x = centered.ensure(n);
+    float* x = (t ? t->centered_sample : local_centered).ensure(n);
     for (int64_t i = 0; i < n; ++i) x[i] = 2.0f * sample[i] - 1.0f;
     sample = x;
   }
-  auto push = [&](Buffer&& x, int64_t C) { skips.push_back({std::move(x), C, H, W}); };
+  if (t) t->centered = c.center_input_sample;
+
+  // Every down-path output is kept as a skip; the latest one is the current hidden state.
+  auto push_skip = [&](int64_t C) -> Skip& {
+    Skip& s = skips.next();
+    s.C = C, s.H = H, s.W = W;
+    s.x.ensure(B * C * H * W);
+    return s;
+  };
   {
-    Buffer x;
-    conv_in_.forward(x.ensure(B * C0 * H * W), sample, B, H, W);
-    record("conv_in", x.data(), {B, C0, H, W});
-    push(std::move(x), C0);
+    Skip& s = push_skip(C0);
+    conv_in_.forward(s.x.data(), sample, B, H, W);
+    push_op({Op::ConvIn, &conv_in_, 0, sample, nullptr, s.x.data(), c.in_channels, 0, H, W});
+    record("conv_in", s.x.data(), {B, C0, H, W});
   }
 
-  ResnetBlock2D::Acts resnet_acts;
-  Transformer2DModel::Acts attn_acts;
   for (size_t i = 0; i < down_.size(); ++i) {
     const DownBlock& d = down_[i];
     for (size_t j = 0; j < d.resnets.size(); ++j) {
       const int64_t C = d.resnets[j].cout, n = B * C * H * W;
-      Buffer x;
-      d.resnets[j].forward(x.ensure(n), skips.back().x.data(), temb, B, H, W, resnet_acts);
-      if (!d.attentions.empty()) {
-        Buffer y;
-        d.attentions[j].forward(y.ensure(n), x.data(), context, B, H, W, L, attn_acts);
-        x = std::move(y);
+      const float* x = skips.back().x.data();
+      const int64_t Cx = skips.back().C;
+      Skip& s = push_skip(C);
+      size_t ra = 0;
+      if (d.attentions.empty()) {
+        d.resnets[j].forward(s.x.data(), x, temb, B, H, W, resnet_acts(ra));
+        push_op({Op::Resnet, &d.resnets[j], ra, x, nullptr, s.x.data(), Cx, 0, H, W});
+      } else {
+        Buffer& r = hidden(nullptr);
+        d.resnets[j].forward(r.ensure(n), x, temb, B, H, W, resnet_acts(ra));
+        push_op({Op::Resnet, &d.resnets[j], ra, x, nullptr, r.data(), Cx, 0, H, W});
+        size_t aa = 0;
+        d.attentions[j].forward(s.x.data(), r.data(), context, B, H, W, L, attention_acts(aa), lora);
+        push_op({Op::Attention, &d.attentions[j], aa, r.data(), nullptr, s.x.data(), C, 0, H, W});
       }
-      push(std::move(x), C);
     }
     if (d.has_downsampler) {
-      const int64_t C = skips.back().C, Ho = d.downsampler.conv.out_size(H), Wo = d.downsampler.conv.out_size(W);
-      Buffer x;
-      d.downsampler.forward(x.ensure(B * C * Ho * Wo), skips.back().x.data(), B, H, W);
-      H = Ho, W = Wo;
-      push(std::move(x), C);
+      const float* x = skips.back().x.data();
+      const int64_t C = skips.back().C, Hi = H, Wi = W;
+      H = d.downsampler.conv.out_size(H), W = d.downsampler.conv.out_size(W);
+      Skip& s = push_skip(C);
+      d.downsampler.forward(s.x.data(), x, B, Hi, Wi);
+      push_op({Op::Downsample, &d.downsampler, 0, x, nullptr, s.x.data(), C, 0, Hi, Wi});
     }
     record(name("down_blocks", i), skips.back().x.data(), {B, skips.back().C, H, W});
   }
   const int64_t Cd = skips.back().C;
-  if (stop == Stop::Down) {
-    std::copy(skips.back().x.data(), skips.back().x.data() + B * Cd * H * W, out);
-    return;
-  }
+  auto finish = [&](const float* h, int64_t n) {
+    if (out) std::copy(h, h + n, out);
+    if (t) t->result = h, t->result_size = n;
+  };
+  if (stop == Stop::Down) return finish(skips.back().x.data(), B * Cd * H * W);
 
-  // The up path ping-pongs between two buffers; h is the current hidden state [B, Ch, H, W].
-  Buffer ping[2];
-  auto spare = [&](const float* h) -> Buffer& { return ping[0].data() == h ? ping[1] : ping[0]; };
   const float* h = skips.back().x.data();
   int64_t Ch = Cd;
   if (c.has_mid_block) {
     const int64_t n = B * Ch * H * W;
-    Buffer& r0 = spare(h);
-    mid_.resnet0.forward(r0.ensure(n), h, temb, B, H, W, resnet_acts);
-    Buffer& a = spare(r0.data());
-    mid_.attention.forward(a.ensure(n), r0.data(), context, B, H, W, L, attn_acts);
-    Buffer& r1 = spare(a.data());
-    mid_.resnet1.forward(r1.ensure(n), a.data(), temb, B, H, W, resnet_acts);
+    size_t ra = 0, aa = 0;
+    Buffer& r0 = hidden(h);
+    mid_.resnet0.forward(r0.ensure(n), h, temb, B, H, W, resnet_acts(ra));
+    push_op({Op::Resnet, &mid_.resnet0, ra, h, nullptr, r0.data(), Ch, 0, H, W});
+    Buffer& a = hidden(r0.data());
+    mid_.attention.forward(a.ensure(n), r0.data(), context, B, H, W, L, attention_acts(aa), lora);
+    push_op({Op::Attention, &mid_.attention, aa, r0.data(), nullptr, a.data(), Ch, 0, H, W});
+    Buffer& r1 = hidden(a.data());
+    mid_.resnet1.forward(r1.ensure(n), a.data(), temb, B, H, W, resnet_acts(ra));
+    push_op({Op::Resnet, &mid_.resnet1, ra, a.data(), nullptr, r1.data(), Ch, 0, H, W});
     h = r1.data();
     record("mid_block", h, {B, Ch, H, W});
-    if (stop == Stop::Mid) {
-      std::copy(h, h + n, out);
-      return;
-    }
+    if (stop == Stop::Mid) return finish(h, n);
   }
 
-  Buffer cat;
-  Upsample2D::Acts up_acts;
+  // The up path takes the skips from the last one down. Inference frees each once read.
+  Buffer local_cat;
+  size_t next_skip = skips.size();
   for (size_t i = 0; i < up_.size(); ++i) {
     const UpBlock& u = up_[i];
     for (size_t j = 0; j < u.resnets.size(); ++j) {
-      // Popped into a local: without a mid block h may still be this very skip.
-      Skip s = std::move(skips.back());
-      skips.pop_back();
+      Skip& s = skips[--next_skip];
       const int64_t HW = H * W, C = u.resnets[j].cout;
+      Buffer& cat = t ? t->buffers.next() : local_cat;
       cpu::concat_channels_forward(cat.ensure(B * (Ch + s.C) * HW), h, s.x.data(), B, Ch, s.C, HW);
-      Buffer& r = spare(h);
-      u.resnets[j].forward(r.ensure(B * C * HW), cat.data(), temb, B, H, W, resnet_acts);
+      push_op({Op::Concat, nullptr, 0, h, s.x.data(), cat.data(), Ch, s.C, H, W});
+      if (!t) s.x = Buffer();
+      size_t ra = 0;
+      Buffer& r = hidden(h);
+      u.resnets[j].forward(r.ensure(B * C * HW), cat.data(), temb, B, H, W, resnet_acts(ra));
+      push_op({Op::Resnet, &u.resnets[j], ra, cat.data(), nullptr, r.data(), Ch + s.C, 0, H, W});
       h = r.data();
       if (!u.attentions.empty()) {
-        Buffer& a = spare(h);
-        u.attentions[j].forward(a.ensure(B * C * HW), h, context, B, H, W, L, attn_acts);
+        size_t aa = 0;
+        Buffer& a = hidden(h);
+        u.attentions[j].forward(a.ensure(B * C * HW), h, context, B, H, W, L, attention_acts(aa), lora);
+        push_op({Op::Attention, &u.attentions[j], aa, h, nullptr, a.data(), C, 0, H, W});
         h = a.data();
       }
       Ch = C;
     }
     if (u.has_upsampler) {
-      Buffer& y = spare(h);
-      u.upsampler.forward(y.ensure(B * Ch * 4 * H * W), h, B, H, W, up_acts);
+      Buffer& y = hidden(h);
+      const size_t ua = t ? t->upsamples.size() : 0;
+      u.upsampler.forward(y.ensure(B * Ch * 4 * H * W), h, B, H, W, t ? t->upsamples.next() : shared_upsample);
+      push_op({Op::Upsample, &u.upsampler, ua, h, nullptr, y.data(), Ch, 0, H, W});
       h = y.data();
       H *= 2, W *= 2;
     }
     record(name("up_blocks", i), h, {B, Ch, H, W});
   }
 
+  // Head: GroupNorm -> SiLU -> conv_out.
   const int64_t n = B * C0 * H * W;
-  Buffer normed, act;
-  NormStats stats;
-  conv_norm_out_.forward(normed.ensure(n), stats, h, B, H * W);
+  Buffer local_normed, local_act;
+  NormStats local_stats;
+  Buffer& normed = t ? t->head_normed : local_normed;
+  Buffer& act = t ? t->head_act : local_act;
+  conv_norm_out_.forward(normed.ensure(n), t ? t->head_stats : local_stats, h, B, H * W);
   cpu::activation_forward(Activation::SiLU, act.ensure(n), normed.data(), n);
   conv_out_.forward(out, act.data(), B, H, W);
+  push_op({Op::Head, nullptr, 0, h, nullptr, out, C0, 0, H, W});
+  if (t) t->result = out, t->result_size = B * c.out_channels * H * W;
+}
+
+void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
+  UNetTape::State& t = *tape.s_;
+  check(!t.ops.empty() && t.result, "NCP_EINVAL", "UNet backward: the tape holds no training forward");
+  const int64_t B = t.in.batch, L = t.in.text_len;
+  const float* context = t.in.encoder_hidden_states;
+  const bool lora = t.lora;
+
+  // Gradient buffers keyed by the activation they belong to; one is recycled as soon as the op that produced
+  // its activation has been walked back.
+  t.grads.clear();
+  t.free_grads.clear();
+  t.grad_pool.rewind();
+  auto grad_of = [&](const float* x, int64_t n) -> float* {
+    for (auto& [key, buf] : t.grads)
+      if (key == x) return buf->data();
+    Buffer* b = nullptr;
+    if (!t.free_grads.empty()) {
+      b = t.free_grads.back();
+      t.free_grads.pop_back();
+    } else {
+      b = &t.grad_pool.next();
+    }
+    t.grads.emplace_back(x, b);
+    return b->zeros(n);
+  };
+  auto find_grad = [&](const float* y) -> float* {
+    for (auto& [key, buf] : t.grads)
+      if (key == y) return buf->data();
+    return nullptr;
+  };
+  auto release = [&](const float* y) {
+    for (size_t i = 0; i < t.grads.size(); ++i)
+      if (t.grads[i].first == y) {
+        t.free_grads.push_back(t.grads[i].second);
+        t.grads.erase(t.grads.begin() + long(i));
+        return;
+      }
+  };
+  std::copy(dout, dout + t.result_size, grad_of(t.result, t.result_size));
+
+  for (size_t k = t.ops.size(); k-- > 0;) {
+    const Op& op = t.ops[k];
+    const float* dy = find_grad(op.y);
+    if (!dy) continue;  // nothing downstream of this op reached the result
+    const int64_t HW = op.H * op.W;
+    switch (op.kind) {
+      case Op::Head: {
+        const int64_t n = B * op.C * HW;
+        float* d_act = t.scratch.zeros(2 * n);
+        conv_out_.backward(d_act, dy, B, op.H, op.W);
+        float* d_normed = d_act + n;
+        cpu::activation_backward<float>(Activation::SiLU, d_normed, d_act, t.head_normed.data(), n);
+        conv_norm_out_.backward(grad_of(op.x, n), d_normed, op.x, t.head_stats, B, HW);
+        break;
+      }
+      case Op::Upsample: {
+        const auto* m = static_cast<const Upsample2D*>(op.module);
+        m->backward(grad_of(op.x, B * op.C * HW), dy, B, op.H, op.W, t.scratch);
+        break;
+      }
+      case Op::Concat: {
+        float* da = grad_of(op.x, B * op.C * HW);
+        float* db = grad_of(op.x2, B * op.C2 * HW);
+        cpu::concat_channels_backward<float>(da, db, dy, B, op.C, op.C2, HW);
+        break;
+      }
+      case Op::Attention: {
+        const auto* m = static_cast<const Transformer2DModel*>(op.module);
+        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, context, B, op.H, op.W, L, t.attentions[op.acts],
+                    lora);
+        break;
+      }
+      case Op::Resnet: {
+        const auto* m = static_cast<const ResnetBlock2D*>(op.module);
+        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, B, op.H, op.W, t.resnets[op.acts]);
+        break;
+      }
+      case Op::Downsample: {
+        const auto* m = static_cast<const Downsample2D*>(op.module);
+        m->backward(grad_of(op.x, B * op.C * HW), dy, B, op.H, op.W);
+        break;
+      }
+      case Op::ConvIn: {
+        if (!dsample) break;
+        const int64_t n = B * op.C * HW;
+        float* d = t.scratch.zeros(n);
+        conv_in_.backward(d, dy, B, op.H, op.W);
+        const float f = t.centered ? 2.0f : 1.0f;  // centre_input_sample: x' = 2x - 1
+        for (int64_t i = 0; i < n; ++i) dsample[i] += f * d[i];
+        break;
+      }
+    }
+    release(op.y);
+  }
+}
+
+std::vector<Linear*> UNet::linears() {
+  std::vector<Linear*> out;
+  for (DownBlock& d : down_)
+    for (Transformer2DModel& a : d.attentions) a.linears(out);
+  if (config_.has_mid_block) mid_.attention.linears(out);
+  for (UpBlock& u : up_)
+    for (Transformer2DModel& a : u.attentions) a.linears(out);
+  return out;
+}
+
+size_t UNet::create_lora(LoraSet& set, const std::vector<std::string>& targets, int64_t rank, float alpha) {
+  size_t n = 0;
+  for (Linear* l : linears())
+    if (is_lora_target(l->name, targets)) {
+      set.add(l->name, rank, l->in, l->out, alpha);
+      ++n;
+    }
+  check(n > 0, "NCP_ELORA", "LoRA: no Linear layer of this U-Net matches the targets");
+  attach_lora(set);
+  return n;
+}
+
+void UNet::attach_lora(LoraSet& set) {
+  detach_lora();
+  std::map<std::string, Linear*> by_name;
+  for (Linear* l : linears()) by_name[l->name] = l;
+  for (const auto& a : set.adapters()) {
+    auto it = by_name.find(a->module);
+    check(it != by_name.end(), "NCP_ELORA", "LoRA module " + a->module + " is not a Linear layer of this U-Net");
+    Linear& l = *it->second;
+    check(l.in == a->in && l.out == a->out, "NCP_ELORA",
+          "LoRA module " + a->module + ": adapter is " + std::to_string(a->in) + " -> " + std::to_string(a->out) +
+              " features, the layer " + std::to_string(l.in) + " -> " + std::to_string(l.out));
+    l.lora = a.get();
+  }
+}
+
+void UNet::detach_lora() {
+  for (Linear* l : linears()) l->lora = nullptr;
 }
 
 }  // namespace ncp::model

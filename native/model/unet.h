@@ -3,10 +3,12 @@
 // text_time added embedding) alike.
 //
 // The module holds raw pointers into the WeightMap it was built from, which must outlive it. Activations live in
-// buffers allocated per call; the module itself holds no per-call state.
+// buffers allocated per call (inference) or in a UNetTape the caller keeps (training); the module itself holds no
+// per-call state. LoRA adapters attach to its Linear layers; each call says whether they are on.
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,23 @@ enum class EncoderLayer { Down, Mid };
 // (SDXL), "conv_in", "down_blocks.{i}", "mid_block", "up_blocks.{i}".
 using Trace = std::map<std::string, Tensor32>;
 
+// What a training forward keeps for its backward: the list of block calls it made (module, input, output,
+// sizes) and every activation they saved. Walking that list backwards is the backward pass, so the forward and
+// backward structures cannot drift apart. Reused across steps: buffers only grow, so steady-state steps
+// allocate nothing (fresh pages are slow to fault in on VMs).
+class UNetTape {
+ public:
+  UNetTape();
+  ~UNetTape();
+  UNetTape(const UNetTape&) = delete;
+  UNetTape& operator=(const UNetTape&) = delete;
+  struct State;
+
+ private:
+  friend class UNet;
+  std::unique_ptr<State> s_;
+};
+
 class UNet {
  public:
   // Every parameter the config implies, with its diffusers state-dict name and shape.
@@ -45,10 +64,28 @@ class UNet {
   std::vector<int64_t> output_shape(const UNetInputs& in) const;
   std::vector<int64_t> encode_shape(const UNetInputs& in, EncoderLayer layer) const;
 
-  // out: output_shape(in). trace, when given, receives the intermediates listed above.
-  void forward(const UNetInputs& in, float* out, Trace* trace = nullptr) const;
+  // out: output_shape(in). trace, when given, receives the intermediates listed above. lora: adapters on.
+  void forward(const UNetInputs& in, float* out, Trace* trace = nullptr, bool lora = false) const;
   // Time embedding -> conv_in -> down blocks (-> mid block): the NCP encoder. out: encode_shape(in, layer).
-  void encode(const UNetInputs& in, EncoderLayer layer, float* out, Trace* trace = nullptr) const;
+  void encode(const UNetInputs& in, EncoderLayer layer, float* out, Trace* trace = nullptr, bool lora = false) const;
+
+  // Training: the same passes, keeping on `tape` what backward needs. The inputs' arrays must stay alive and
+  // unchanged until backward has run.
+  void forward_train(const UNetInputs& in, float* out, UNetTape& tape, bool lora) const;
+  void encode_train(const UNetInputs& in, EncoderLayer layer, float* out, UNetTape& tape, bool lora) const;
+  // Backward of the pass recorded on `tape`, from dout (the gradient of its output). Adds into the attached LoRA
+  // adapters' dA/dB when that pass had LoRA on, and into dsample [batch, in_channels, H, W] when not nullptr.
+  // Computes no gradient for frozen weights, the timesteps or the text conditioning.
+  void backward(const float* dout, UNetTape& tape, float* dsample) const;
+
+  // Every Linear in the network (attention projections, feed-forward, proj_in/out), for attaching adapters.
+  std::vector<Linear*> linears();
+  // Adds to `set` one adapter per Linear whose name ends in one of `targets`, and attaches them. Returns how many.
+  size_t create_lora(LoraSet& set, const std::vector<std::string>& targets, int64_t rank, float alpha);
+  // Attaches the adapters of `set` by module name: an adapter whose module does not exist, or whose in/out
+  // features differ from the layer's, is an error naming it (NCP_ELORA).
+  void attach_lora(LoraSet& set);
+  void detach_lora();
 
   struct DownBlock {
     std::vector<ResnetBlock2D> resnets;
@@ -71,7 +108,7 @@ class UNet {
   enum class Stop { Down, Mid, Full };
   UNet(const UNetConfig& config, ParamSource params);
   void check_inputs(const UNetInputs& in) const;
-  void run(const UNetInputs& in, Stop stop, float* out, Trace* trace) const;
+  void run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTape* tape, bool lora) const;
 
   UNetConfig config_;
   TimestepEmbedding time_embedding_, add_embedding_;

@@ -1,0 +1,70 @@
+#include "model/lora.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "model/rng.h"
+
+namespace ncp::model {
+
+void LoraAdapter::zero_grad() {
+  std::fill(dA.begin(), dA.end(), 0.0f);
+  std::fill(dB.begin(), dB.end(), 0.0f);
+}
+
+std::vector<std::string> default_lora_targets() { return {"to_q", "to_k", "to_v", "to_out.0"}; }
+
+bool is_lora_target(const std::string& module, const std::vector<std::string>& targets) {
+  for (const std::string& t : targets) {
+    if (module.size() < t.size() + 1) continue;
+    if (module.compare(module.size() - t.size(), t.size(), t) == 0 && module[module.size() - t.size() - 1] == '.')
+      return true;
+  }
+  return false;
+}
+
+LoraAdapter& LoraSet::add(const std::string& module, int64_t rank, int64_t in, int64_t out, float alpha) {
+  check(rank >= 1 && in >= 1 && out >= 1, "NCP_EINVAL",
+        "LoRA " + module + ": rank " + std::to_string(rank) + " and features must be >= 1");
+  check(!index_.count(module), "NCP_EINVAL", "LoRA " + module + ": adapter added twice");
+  auto a = std::make_unique<LoraAdapter>();
+  a->module = module, a->rank = rank, a->in = in, a->out = out, a->alpha = alpha;
+  a->A.assign(size_t(rank * in), 0.0f), a->dA.assign(a->A.size(), 0.0f);
+  a->B.assign(size_t(out * rank), 0.0f), a->dB.assign(a->B.size(), 0.0f);
+  LoraAdapter& ref = *a;
+  index_[module] = a.get();
+  adapters_.push_back(std::move(a));
+  return ref;
+}
+
+LoraAdapter* LoraSet::find(const std::string& module) {
+  auto it = index_.find(module);
+  return it == index_.end() ? nullptr : it->second;
+}
+
+void LoraSet::init(LoraInit init, uint64_t seed) {
+  Rng rng(seed);
+  for (auto& a : adapters_) {
+    if (init == LoraInit::Gaussian) {
+      const float sd = 1.0f / std::sqrt(float(a->rank));
+      for (float& v : a->A) v = sd * float(rng.normal());
+    } else {
+      const double bound = std::sqrt(6.0 / (6.0 * double(a->in)));
+      for (float& v : a->A) v = float((2.0 * rng.uniform() - 1.0) * bound);
+    }
+    std::fill(a->B.begin(), a->B.end(), 0.0f);
+  }
+}
+
+void LoraSet::zero_grad() {
+  for (auto& a : adapters_) a->zero_grad();
+}
+
+int64_t LoraSet::num_params() const {
+  int64_t n = 0;
+  for (const auto& a : adapters_) n += int64_t(a->A.size() + a->B.size());
+  return n;
+}
+
+}  // namespace ncp::model

@@ -1,0 +1,49 @@
+// LoRA adapters (PEFT / diffusers convention, METHOD.md section 5): y = W x + b + (alpha / r) B (A x), with
+// A [r, in] and B [out, r] trainable in float32 whatever the base weights' dtype, and their gradients beside them.
+//
+// The base network keeps one copy of its weights; a Linear points at its adapter, and each forward/backward call
+// says whether the adapter is on (policy) or off (reference). So the reference model costs no memory.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ncp::model {
+
+struct LoraAdapter {
+  std::string module;  // diffusers module name, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+  int64_t rank = 0, in = 0, out = 0;
+  float alpha = 0;
+  std::vector<float> A, B;    // [rank, in], [out, rank]
+  std::vector<float> dA, dB;  // gradients, same shapes; backward adds into them
+  float scale() const { return alpha / float(rank); }
+  void zero_grad();
+};
+
+// Which Linear layers get adapters: the suffixes of METHOD.md section 5 ("to_q", "to_k", "to_v", "to_out.0" by
+// default; "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2" optional).
+std::vector<std::string> default_lora_targets();
+bool is_lora_target(const std::string& module, const std::vector<std::string>& targets);
+
+enum class LoraInit { Gaussian, Kaiming };
+
+class LoraSet {
+ public:
+  // Adds an adapter for `module` with zero-initialised A and B (fill them, or call init()).
+  LoraAdapter& add(const std::string& module, int64_t rank, int64_t in, int64_t out, float alpha);
+  LoraAdapter* find(const std::string& module);
+  const std::vector<std::unique_ptr<LoraAdapter>>& adapters() const { return adapters_; }
+  // A ~ N(0, 1/r) (gaussian) or kaiming-uniform (bound sqrt(6 / ((1 + 5) in)) as torch's a = sqrt(5)); B = 0,
+  // so the policy starts equal to the reference. Deterministic under the seed.
+  void init(LoraInit init, uint64_t seed);
+  void zero_grad();
+  int64_t num_params() const;
+
+ private:
+  std::vector<std::unique_ptr<LoraAdapter>> adapters_;
+  std::map<std::string, LoraAdapter*> index_;
+};
+
+}  // namespace ncp::model
