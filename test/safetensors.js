@@ -1,27 +1,19 @@
-// A minimal safetensors reader/writer for the tests, independent of the native one (so each checks the other).
-import { readFileSync, writeFileSync } from 'node:fs';
+// The tests' safetensors helpers. Reading goes through the library's TypeScript reader (dist/safetensors.js), which
+// is independent of the native mmap reader, so each checks the other. Writing is raw on purpose: tests build
+// deliberately inconsistent files (a dtype that does not match the bytes, ...) to check the native reader's errors.
+import { writeFileSync } from 'node:fs';
+import { readSafetensorsSync, toFloat32 } from '../dist/safetensors.js';
 
-const decoders = {
-  F32: (buf) => new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength)),
-  I64: (buf) => Float32Array.from(new BigInt64Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength)), Number),
-};
-
+// { name: { shape, dtype, data: Float32Array } } (integer tensors converted by value), metadata left out.
 export function readSafetensors(path) {
-  const file = readFileSync(path);
-  const n = Number(file.readBigUInt64LE(0));
-  const header = JSON.parse(file.subarray(8, 8 + n).toString('utf8'));
   const out = {};
-  for (const [name, t] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
-    const [b, e] = t.data_offsets;
-    out[name] = { shape: t.shape, dtype: t.dtype, data: decoders[t.dtype](file.subarray(8 + n + b, 8 + n + e)) };
-  }
+  for (const [name, t] of readSafetensorsSync(path).tensors) out[name] = { shape: t.shape, dtype: t.dtype, data: toFloat32(t.bytes, t.dtype) };
   return out;
 }
 
-// tensors: { name: { dtype: 'F32' | 'I64' | 'F16', shape, bytes: Uint8Array } }
-export function writeSafetensors(path, tensors) {
-  const header = {};
+// tensors: { name: { dtype: 'F32' | 'I64' | 'F16' | ..., shape, bytes: Uint8Array } }, written as given, unchecked.
+export function writeSafetensors(path, tensors, metadata) {
+  const header = metadata ? { __metadata__: metadata } : {};
   const parts = [];
   let offset = 0;
   for (const [name, t] of Object.entries(tensors)) {
