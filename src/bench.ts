@@ -2,7 +2,7 @@
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from './native.js';
-import { benchConv2d, benchGemm, benchUNet, info } from './index.js';
+import { benchConv2d, benchGemm, benchStep, benchUNet, info } from './index.js';
 
 export interface BenchRow {
   name: string;
@@ -72,6 +72,49 @@ export function formatUNetBench(r: UNetBenchReport): string {
     `machine: ${r.machine}, threads: ${r.threads}`,
     `unet ${r.preset} (${(r.parameters / 1e6).toFixed(0)} M parameters), latent ${r.latent}x${r.latent}, batch ${r.batch}, 77 tokens`,
     `forward: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), ${r.gflop.toFixed(1)} GFLOP, ${r.gflops.toFixed(1)} GFLOP/s`,
+  ].join('\n');
+}
+
+export interface StepBenchReport {
+  machine: string;
+  threads: number;
+  preset: 'sd15' | 'sdxl';
+  latent: number;
+  pairs: number;
+  objective: 'sft' | 'dpo' | 'cpo';
+  space: 'latent' | 'ncp';
+  loraParameters: number;
+  medianSeconds: number;
+  bestSeconds: number;
+  peakRssBytes: number;
+}
+
+/** `bench step`: one optimiser step (policy fwd+bwd, reference fwd, NCP encoder passes, AdamW), LoRA r4. */
+export async function benchStepReport(o: {
+  preset: 'sd15' | 'sdxl';
+  latent: number;
+  pairs: number;
+  objective: 'sft' | 'dpo' | 'cpo';
+  space: 'latent' | 'ncp';
+  reps: number;
+}): Promise<StepBenchReport> {
+  const r = await benchStep(o);
+  return {
+    machine: `${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
+    threads: info().threads,
+    ...o,
+    loraParameters: r.loraParameters,
+    medianSeconds: r.medianSeconds,
+    bestSeconds: r.bestSeconds,
+    peakRssBytes: r.peakRssBytes,
+  };
+}
+
+export function formatStepBench(r: StepBenchReport): string {
+  return [
+    `machine: ${r.machine}, threads: ${r.threads}`,
+    `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)`,
+    `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB`,
   ].join('\n');
 }
 

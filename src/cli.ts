@@ -3,8 +3,8 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { join } from 'node:path';
-import { ClipTokenizer, forwardFile, info, setThreads } from './index.js';
-import { benchLoad, benchOps, benchUNetReport, formatBench, formatUNetBench } from './bench.js';
+import { ClipTokenizer, forwardComponents, forwardFile, gradFile, info, setThreads } from './index.js';
+import { benchLoad, benchOps, benchStepReport, benchUNetReport, formatBench, formatStepBench, formatUNetBench } from './bench.js';
 
 /** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
 const EXIT_USAGE = 2;
@@ -15,7 +15,6 @@ class UsageError extends Error {
 
 // Commands whose implementation lands with later issues; listed so `--help` shows the whole tool.
 const planned: Array<[string, string]> = [
-  ['grad', 'gradients of a training objective with respect to LoRA weights, for checks'],
   ['encode', 'encode prompts (CLIP) and images (VAE) into a training cache'],
   ['train', 'fine-tune a LoRA with NCP/latent DPO, CPO or SFT'],
   ['sample', 'generate images with the base model and a LoRA'],
@@ -60,14 +59,28 @@ export async function main(argv: string[]): Promise<void> {
       (y) =>
         y
           .option('model', { type: 'string', demandOption: true, describe: 'diffusers model folder' })
-          .option('component', { choices: ['unet'] as const, default: 'unet' as const, describe: 'which network' })
+          .option('component', {
+            choices: forwardComponents,
+            default: 'unet' as const,
+            describe: 'which network: unet, vae-encoder (in.image -> out.mean, out.logvar), vae-decoder (in.latent -> out.decoded), text-encoder / text-encoder-2 (in.input_ids -> out.last_hidden_state, out.penultimate_hidden_state, out.pooled, out.text_embeds)',
+          })
+          .option('slice', { type: 'number', describe: 'vae-*: batch rows per pass (default 1; 0 = all at once)' })
           .option('input', { type: 'string', demandOption: true, describe: 'safetensors file with in.* tensors' })
           .option('output', { type: 'string', demandOption: true, describe: 'safetensors file to write' })
           .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16 (default: plain, else fp16)' })
           .option('trace', { type: 'boolean', default: false, describe: 'also write trace.* intermediates' }),
       async (args) => {
         const start = performance.now();
-        const names = await forwardFile({ model: args.model, input: args.input, output: args.output, trace: args.trace, variant: args.variant ?? '' });
+        if (args.slice !== undefined && (!Number.isInteger(args.slice) || args.slice < 0)) throw new UsageError('--slice must be a whole number >= 0');
+        const names = await forwardFile({
+          model: args.model,
+          component: args.component,
+          input: args.input,
+          output: args.output,
+          trace: args.trace,
+          variant: args.variant ?? '',
+          slice: args.slice,
+        });
         const seconds = ((performance.now() - start) / 1000).toFixed(2);
         process.stdout.write(`wrote ${names.length} tensors to ${args.output} in ${seconds} s: ${names.join(', ')}\n`);
       },
@@ -86,11 +99,51 @@ export async function main(argv: string[]): Promise<void> {
       },
     )
     .command(
-      'bench <what>',
-      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `load` (reading such weights from a safetensors file)',
+      'grad',
+      'loss and LoRA gradients of one objective on a case file (in.* inputs, lora.* weights), for checks against a reference',
       (y) =>
         y
-          .positional('what', { choices: ['ops', 'unet', 'load'] as const, describe: 'what to measure' })
+          .option('model', { type: 'string', demandOption: true, describe: 'diffusers model folder (its unet/ is used)' })
+          .option('input', { type: 'string', demandOption: true, describe: 'case safetensors: in.x0_w, in.x0_l, in.noise, ..., lora.<module>.lora_A/B.weight' })
+          .option('output', { type: 'string', demandOption: true, describe: 'safetensors to write: out.loss, out.policy_losses, out.ref_losses, grad.*' })
+          .option('objective', { choices: ['sft', 'dpo', 'cpo'] as const, demandOption: true })
+          .option('space', { choices: ['latent', 'ncp'] as const, demandOption: true })
+          .option('ncp-layer', { choices: ['mid', 'down'] as const, default: 'mid' as const })
+          .option('ncp-timestep', { choices: ['prev', 'uniform'] as const, default: 'prev' as const })
+          .option('beta', { type: 'number', demandOption: true, describe: 'METHOD.md convention: DPO loss = -log sigmoid(beta * logits) (Diffusion-DPO beta_dpo = 2 beta)' })
+          .option('cpo-lambda', { type: 'number', default: 0, describe: 'CPO behaviour-cloning weight' })
+          .option('lora-alpha', { type: 'number', describe: 'LoRA alpha (default: the rank)' })
+          .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16' }),
+      async (args) => {
+        if (!Number.isFinite(args.beta)) throw new UsageError('--beta must be a number');
+        const start = performance.now();
+        const names = await gradFile({
+          model: args.model,
+          input: args.input,
+          output: args.output,
+          variant: args.variant,
+          objective: args.objective,
+          space: args.space,
+          ncpLayer: args['ncp-layer'],
+          ncpTimestep: args['ncp-timestep'],
+          beta: args.beta,
+          cpoLambda: args['cpo-lambda'],
+          loraAlpha: args['lora-alpha'],
+        });
+        const seconds = ((performance.now() - start) / 1000).toFixed(2);
+        const grads = names.filter((n) => n.startsWith('grad.')).length;
+        process.stdout.write(`wrote ${names.length} tensors (${grads} gradients) to ${args.output} in ${seconds} s\n`);
+      },
+    )
+    .command(
+      'bench <what>',
+      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `step` (one optimiser step: LoRA r4, the objective below), `load` (reading such weights from a safetensors file)',
+      (y) =>
+        y
+          .positional('what', { choices: ['ops', 'unet', 'step', 'load'] as const, describe: 'what to measure' })
+          .option('pairs', { type: 'number', default: 1, describe: 'step: preference pairs per step' })
+          .option('objective', { choices: ['sft', 'dpo', 'cpo'] as const, default: 'dpo' as const, describe: 'step: objective' })
+          .option('space', { choices: ['latent', 'ncp'] as const, default: 'ncp' as const, describe: 'step: error space' })
           .option('dtype', { choices: ['F16', 'BF16', 'F32'] as const, default: 'F16' as const, describe: 'load: file dtype' })
           .option('json', { type: 'boolean', default: false })
           .option('reps', { type: 'number', describe: 'timed repetitions, median reported (default: ops 5, unet 3)' })
@@ -98,8 +151,13 @@ export async function main(argv: string[]): Promise<void> {
           .option('latent', { type: 'number', default: 32, describe: 'unet: latent side (image side / 8)' })
           .option('batch', { type: 'number', default: 2, describe: 'unet: batch size' }),
       async (args) => {
-        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch]] as const)
+        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
+        if (args.what === 'step') {
+          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3 });
+          process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatStepBench(report)) + '\n');
+          return;
+        }
         if (args.what === 'load') {
           process.stdout.write((await benchLoad(args.config, args.dtype)) + '\n');
           return;

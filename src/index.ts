@@ -1,10 +1,12 @@
 // The typed public API of ncp-native. Numerics run in the native core; every long call returns a Promise and
 // runs off the event loop.
 import { addonPath, native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
+import type { NativeTextEncoder, NativeVae, TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
 
 export type { UNetBenchResult } from './native.js';
 export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
 export type UNet = NativeUNet;
+export type { TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
 
 /** Errors from the native core carry a stable `code` (NCP_EINVAL, NCP_ESHAPE, NCP_EDTYPE, NCP_EUNSUPPORTED, ...). */
 export interface NcpError extends Error {
@@ -98,8 +100,124 @@ export async function forwardFile(options: {
   output: string;
   trace?: boolean;
   variant?: string;
+  /** Which network (default 'unet'); the others read and write the names listed at ForwardComponent. */
+  component?: ForwardComponent;
+  /** VAE only: batch rows per pass (default 1, 0 = the whole batch at once), to bound memory on big images. */
+  slice?: number;
 }): Promise<string[]> {
+  const { component = 'unet' } = options;
+  if (component !== 'unet') return native().componentForwardFile({ ...options, component });
   return native().unetForwardFile(options);
 }
 
+/**
+ * Components `forward` runs, with their tensors: unet (see forwardFile); vae-encoder `in.image` [N,3,H,W] in [-1,1]
+ * -> `out.mean`, `out.logvar` (before scaling_factor); vae-decoder `in.latent` -> `out.decoded`; text-encoder
+ * (`<model>/text_encoder`) and text-encoder-2 (`<model>/text_encoder_2`) `in.input_ids` [B,L] -> `out.last_hidden_state`,
+ * `out.penultimate_hidden_state`, `out.pooled` and, with a projection, `out.text_embeds`.
+ */
+export const forwardComponents = ['unet', 'vae-encoder', 'vae-decoder', 'text-encoder', 'text-encoder-2'] as const;
+export type ForwardComponent = (typeof forwardComponents)[number];
+
+function invalid(message: string): NcpError {
+  return Object.assign(new Error(message), { code: 'NCP_EINVAL' });
+}
+
+/** Token ids: rows of ids (as ClipTokenizer.encode returns them), or a [batch, tokens] tensor of whole numbers. */
+export type TokenIds = number[][] | { data: Int32Array | BigInt64Array | Float32Array | Float64Array | number[]; shape: number[] };
+
+function toInt32Ids(ids: TokenIds): { data: Int32Array; shape: number[] } {
+  if (Array.isArray(ids)) {
+    const len = ids[0]?.length ?? 0;
+    if (ids.some((row) => !Array.isArray(row) || row.length !== len))
+      throw invalid('input_ids: rows of token ids must all have the same length');
+    return toInt32Ids({ data: ids.flat(), shape: [ids.length, len] });
+  }
+  const data = new Int32Array(ids.data.length);
+  for (let i = 0; i < ids.data.length; i++) {
+    const v = Number(ids.data[i]);
+    if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) throw invalid(`input_ids: element ${i} = ${String(ids.data[i])} is not a token id`);
+    data[i] = v;
+  }
+  return { data, shape: [...ids.shape] };
+}
+
+/** The CLIP text encoder of a diffusers folder (transformers' CLIPTextModel or CLIPTextModelWithProjection). */
+export interface TextEncoder {
+  /**
+   * Encodes [batch, tokens] ids (at most max_position_embeddings tokens, e.g. the tokenizer's 77). Resolves to
+   * last_hidden_state (after the final LayerNorm: SD1.x conditioning), penultimate_hidden_state (SDXL conditioning,
+   * concatenated over both encoders), pooled (row of each sequence's largest id, the eos) and text_embeds
+   * (pooled @ text_projection, with a projection only: SDXL's pooled condition from text_encoder_2).
+   */
+  encode(ids: TokenIds): Promise<TextEncoderOutputs>;
+  config(): TextEncoderConfigSummary;
+}
+
+class TextEncoderImpl implements TextEncoder {
+  constructor(private readonly handle: NativeTextEncoder) {}
+  async encode(ids: TokenIds): Promise<TextEncoderOutputs> {
+    return this.handle.encode({ input_ids: toInt32Ids(ids) });
+  }
+  config(): TextEncoderConfigSummary {
+    return this.handle.config();
+  }
+}
+
+/**
+ * Loads `<dir>/text_encoder` (or `text_encoder_2` for SDXL's second encoder): config.json and model.safetensors,
+ * an fp16 variant or shards, into float32. hidden_act, widths, layers and heads come from the config.
+ */
+export async function loadTextEncoder(
+  modelDir: string,
+  options: { component?: 'text_encoder' | 'text_encoder_2'; variant?: string } = {},
+): Promise<TextEncoder> {
+  return new TextEncoderImpl(await native().loadTextEncoder(modelDir, options.component ?? 'text_encoder', options.variant ?? ''));
+}
+
+/** The VAE (diffusers AutoencoderKL) of a diffusers folder. Latents are NOT scaled: multiply by config().scalingFactor. */
+export interface Vae {
+  /** image [N, 3, H, W] in [-1, 1] -> the latent Gaussian, mean and logvar [N, 4, H/8, W/8] (logvar clamped to [-30, 20]). */
+  encode(image: Tensor, options?: { slice?: number }): Promise<{ mean: Tensor; logvar: Tensor }>;
+  /** mean + exp(logvar / 2) * eps, eps ~ N(0, 1) from `seed` (reproducible here; not PyTorch's generator). */
+  sample(dist: { mean: Tensor; logvar: Tensor }, seed: number | bigint): Promise<Tensor>;
+  /** latent [N, 4, h, w] -> image [N, 3, 8h, 8w]; `slice` rows at a time (default 1; 0 = all) to bound memory. */
+  decode(latent: Tensor, options?: { slice?: number }): Promise<Tensor>;
+  config(): VaeConfigSummary;
+}
+
+class VaeImpl implements Vae {
+  constructor(private readonly handle: NativeVae) {}
+  async encode(image: Tensor, options: { slice?: number } = {}) {
+    return this.handle.encode({ image }, options);
+  }
+  async sample(dist: { mean: Tensor; logvar: Tensor }, seed: number | bigint) {
+    return this.handle.sample({ mean: dist.mean, logvar: dist.logvar }, seed);
+  }
+  async decode(latent: Tensor, options: { slice?: number } = {}) {
+    return this.handle.decode({ latent }, options);
+  }
+  config() {
+    return this.handle.config();
+  }
+}
+
+/** Loads `<dir>/vae` (config.json and diffusion_pytorch_model.safetensors, a variant or shards) into float32. */
+export async function loadVae(modelDir: string, options: { variant?: string } = {}): Promise<Vae> {
+  return new VaeImpl(await native().loadVae(modelDir, options.variant ?? ''));
+}
+
 export { ClipTokenizer } from './tokenizer.js';
+export { createTrainer, gradFile, benchStep } from './training.js';
+export type {
+  GradOptions,
+  LoraModuleTensors,
+  Trainer,
+  ObjectiveMetrics,
+  ObjectiveOptions,
+  PairBatch,
+  StepMetrics,
+  TrainerOptions,
+  TrainerState,
+  StepBenchResult,
+} from './training.js';

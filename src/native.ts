@@ -70,6 +70,55 @@ export interface NativeUNet {
   config(): UNetConfigSummary;
 }
 
+/** Outputs of the CLIP text encoder (transformers' names); text_embeds only with a text_projection. */
+export interface TextEncoderOutputs {
+  last_hidden_state: Tensor;
+  penultimate_hidden_state: Tensor;
+  pooled: Tensor;
+  text_embeds?: Tensor;
+}
+
+export interface TextEncoderConfigSummary {
+  component: 'text_encoder' | 'text_encoder_2';
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numHiddenLayers: number;
+  numAttentionHeads: number;
+  maxPositionEmbeddings: number;
+  hiddenAct: string;
+  hasProjection: boolean;
+  projectionDim: number;
+  eosTokenId: number;
+  parameters: number;
+}
+
+export interface NativeTextEncoder {
+  encode(inputs: { input_ids: { data: Int32Array; shape: number[] } }): Promise<TextEncoderOutputs>;
+  config(): TextEncoderConfigSummary;
+}
+
+export interface VaeConfigSummary {
+  inChannels: number;
+  outChannels: number;
+  latentChannels: number;
+  blockOutChannels: number[];
+  layersPerBlock: number;
+  normNumGroups: number;
+  scalingFactor: number;
+  shiftFactor: number;
+  /** Image side / latent side: 2^(levels - 1). */
+  downscale: number;
+  parameters: number;
+}
+
+export interface NativeVae {
+  encode(inputs: { image: Tensor }, options?: { slice?: number }): Promise<{ mean: Tensor; logvar: Tensor }>;
+  decode(inputs: { latent: Tensor }, options?: { slice?: number }): Promise<Tensor>;
+  sample(inputs: { mean: Tensor; logvar: Tensor }, seed: number | bigint): Promise<Tensor>;
+  config(): VaeConfigSummary;
+}
+
 export interface UNetBenchResult {
   medianSeconds: number;
   bestSeconds: number;
@@ -77,6 +126,99 @@ export interface UNetBenchResult {
   gflops: number;
   parameters: number;
   weightsSeconds: number;
+}
+
+/** The objective of METHOD.md sections 3-4 (beta in its convention: DPO loss = -log sigmoid(beta * logits)). */
+export interface ObjectiveOptions {
+  objective?: 'sft' | 'dpo' | 'cpo';
+  space?: 'latent' | 'ncp';
+  ncpLayer?: 'mid' | 'down';
+  ncpTimestep?: 'prev' | 'uniform';
+  beta?: number;
+  cpoLambda?: number;
+  ncpCoeff?: number;
+  ncpPool?: boolean;
+  /** Run the reference U-Net for SFT/CPO too, for the logged reference errors and implicit accuracy (default true). */
+  logReference?: boolean;
+}
+
+export interface TrainerOptions {
+  model: string;
+  variant?: string;
+  seed?: number;
+  lora?: { rank?: number; alpha?: number; targets?: string[]; init?: 'gaussian' | 'kaiming' };
+  objective?: ObjectiveOptions;
+  optimizer?: {
+    lr?: number;
+    beta1?: number;
+    beta2?: number;
+    eps?: number;
+    weightDecay?: number;
+    maxGradNorm?: number;
+    schedule?: 'constant' | 'constant_with_warmup' | 'linear' | 'cosine';
+    warmupSteps?: number;
+    totalSteps?: number;
+  };
+}
+
+/** P encoded pairs: VAE latents times scaling_factor [P, C, H, W], text conditioning [P, tokens, D], SDXL extras. */
+export interface PairBatch {
+  x0_w: Tensor;
+  x0_l: Tensor;
+  encoder_hidden_states: Tensor;
+  text_embeds?: Tensor;
+  time_ids?: Tensor;
+}
+
+export interface ObjectiveMetrics {
+  loss: number;
+  implicitAcc: number;
+  rewardW: number;
+  rewardL: number;
+  policyW: number;
+  policyL: number;
+  refW: number;
+  refL: number;
+}
+
+export interface StepMetrics extends ObjectiveMetrics {
+  step: number;
+  gradNorm: number;
+  lr: number;
+  seconds: number;
+}
+
+export interface LoraModuleTensors {
+  module: string;
+  rank: number;
+  alpha: number;
+  inFeatures: number;
+  outFeatures: number;
+  A: Tensor;
+  B: Tensor;
+}
+
+export interface TrainerState {
+  step: number;
+  rng: string[];
+  moments: Float32Array[];
+}
+
+export interface NativeTrainer {
+  step(microBatches: PairBatch[]): Promise<StepMetrics>;
+  evaluate(batch: PairBatch, seed?: number): Promise<ObjectiveMetrics>;
+  loraTensors(): LoraModuleTensors[];
+  setLoraTensors(list: Array<{ module: string; A: Tensor; B: Tensor }>): void;
+  state(): TrainerState;
+  setState(state: TrainerState): void;
+  info(): { loraParameters: number; loraModules: number; sdxl: boolean; latentChannels: number; crossAttentionDim: number; pooledDim: number; downscale: number };
+}
+
+export interface StepBenchResult {
+  medianSeconds: number;
+  bestSeconds: number;
+  peakRssBytes: number;
+  loraParameters: number;
 }
 
 /** The raw binding. Prefer the typed wrappers in index.ts. */
@@ -95,7 +237,21 @@ export interface NativeBinding {
   cudaStatus(): CudaStatus;
   cudaParity(): Promise<Record<string, number>>;
   loadUNet(modelDir: string, variant?: string): Promise<NativeUNet>;
+  createTrainer(options: TrainerOptions): Promise<NativeTrainer>;
+  gradFile(options: ObjectiveOptions & { model: string; input: string; output: string; variant?: string; loraAlpha?: number }): Promise<string[]>;
+  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number }): Promise<StepBenchResult>;
   unetForwardFile(options: { model: string; input: string; output: string; trace?: boolean; variant?: string }): Promise<string[]>;
+  loadTextEncoder(modelDir: string, component: string, variant: string): Promise<NativeTextEncoder>;
+  loadVae(modelDir: string, variant: string): Promise<NativeVae>;
+  componentForwardFile(options: {
+    model: string;
+    component: string;
+    input: string;
+    output: string;
+    trace?: boolean;
+    variant?: string;
+    slice?: number;
+  }): Promise<string[]>;
 }
 
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');

@@ -1,5 +1,7 @@
 #include "model/blocks.h"
 
+#include "model/activation_cache.h"
+
 #include <algorithm>
 
 #include "core/error.h"
@@ -18,13 +20,28 @@ const float* ParamSource::take(const std::string& name, std::vector<int64_t> sha
   return weights_->get(name, shape);
 }
 
+Buffer::~Buffer() { activation_cache::release(data_, capacity_); }
+
+Buffer::Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), capacity_(o.capacity_) {
+  o.data_ = nullptr, o.size_ = o.capacity_ = 0;
+}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    activation_cache::release(data_, capacity_);
+    data_ = o.data_, size_ = o.size_, capacity_ = o.capacity_;
+    o.data_ = nullptr, o.size_ = o.capacity_ = 0;
+  }
+  return *this;
+}
+
 float* Buffer::ensure(int64_t n) {
   if (n > capacity_) {
-    data_.reset(new float[size_t(n)]);
-    capacity_ = n;
+    activation_cache::release(data_, capacity_);
+    data_ = activation_cache::acquire(n, &capacity_);
   }
   size_ = n;
-  return data_.get();
+  return data_;
 }
 
 float* Buffer::zeros(int64_t n) {

@@ -9,6 +9,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ncp::napi::register_dtype(env, exports);
   ncp::napi::register_cuda(env, exports);
   ncp::napi::register_unet(env, exports);
+  ncp::napi::register_encoders(env, exports);
+  ncp::napi::register_train(env, exports);
   return exports;
 }
 

@@ -4,6 +4,8 @@
 #include "model/unet_bench.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
+#include "napi/tensor_args.h"
+#include "train/step_bench.h"
 
 namespace ncp::napi {
 namespace {
@@ -75,6 +77,29 @@ Napi::Value BenchUNetLoad(const Napi::CallbackInfo& info) {
       });
 }
 
+Napi::Value BenchStep(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject())
+    throw_error(env, "NCP_EINVAL", "benchStep({ preset, latent, pairs, objective, space, reps }): an object is required");
+  const Napi::Object o = info[0].As<Napi::Object>();
+  const std::string preset = string_attr(env, o, "preset", "sd15"), objective = string_attr(env, o, "objective", "dpo"),
+                    space = string_attr(env, o, "space", "ncp");
+  const double latent = number_attr(env, o, "latent", 32), pairs = number_attr(env, o, "pairs", 1),
+               reps = number_attr(env, o, "reps", 3);
+  if (!(latent >= 1 && pairs >= 1 && reps >= 1))
+    throw_error(env, "NCP_EINVAL", "benchStep: latent, pairs and reps must be >= 1");
+  return PromiseWorker<train::StepBenchResult>::Start(
+      env, [=] { return train::bench_step(preset, int64_t(latent), int64_t(pairs), objective, space, int(reps)); },
+      [](Napi::Env e, train::StepBenchResult& r) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(e);
+        out.Set("medianSeconds", r.median_seconds);
+        out.Set("bestSeconds", r.best_seconds);
+        out.Set("peakRssBytes", r.peak_rss_bytes);
+        out.Set("loraParameters", double(r.lora_parameters));
+        return out;
+      });
+}
+
 }  // namespace
 
 void register_bench(Napi::Env env, Napi::Object exports) {
@@ -82,6 +107,7 @@ void register_bench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchConv2d", Napi::Function::New(env, BenchConv2d, "benchConv2d"));
   exports.Set("benchUNet", Napi::Function::New(env, BenchUNet, "benchUNet"));
   exports.Set("benchUNetLoad", Napi::Function::New(env, BenchUNetLoad, "benchUNetLoad"));
+  exports.Set("benchStep", Napi::Function::New(env, BenchStep, "benchStep"));
 }
 
 }  // namespace ncp::napi

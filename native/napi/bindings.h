@@ -10,5 +10,7 @@ void register_bench(Napi::Env env, Napi::Object exports);  // benchGemm, benchCo
 void register_dtype(Napi::Env env, Napi::Object exports);  // toFloat32, fromFloat32
 void register_cuda(Napi::Env env, Napi::Object exports);   // cudaStatus, cudaParity
 void register_unet(Napi::Env env, Napi::Object exports);   // loadUNet, unetForwardFile
+void register_encoders(Napi::Env env, Napi::Object exports);  // loadTextEncoder, loadVae, componentForwardFile
+void register_train(Napi::Env env, Napi::Object exports);     // createTrainer, gradFile, benchStep
 
 }  // namespace ncp::napi

@@ -1,0 +1,57 @@
+// Editing copies of the golden model folders for the error-path tests: read every tensor of a safetensors file as
+// raw bytes, change, drop or rename some, write the result elsewhere.
+#pragma once
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "model/safetensors.h"
+
+namespace ncp::test {
+
+struct StoredTensor {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::vector<unsigned char> bytes;
+};
+using StoredTensors = std::map<std::string, StoredTensor>;
+
+inline StoredTensors read_stored(const std::string& path) {
+  const auto f = ncp::model::SafetensorsFile::open(path);
+  StoredTensors out;
+  for (const auto& t : f.tensors()) out[t.name] = {t.dtype, t.shape, std::vector<unsigned char>(t.data, t.data + t.nbytes)};
+  return out;
+}
+
+inline void write_stored(const std::string& path, const StoredTensors& tensors) {
+  std::vector<ncp::model::TensorData> list;
+  for (const auto& [name, t] : tensors) list.push_back({name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  ncp::model::write_safetensors(path, list);
+}
+
+// A float32 tensor of the given shape (all zeros): a stand-in with the wrong shape.
+inline StoredTensor zeros_f32(std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return {DType::F32, std::move(shape), std::vector<unsigned char>(size_t(n) * 4, 0)};
+}
+
+// The same values stored as float16 (round to nearest even).
+inline StoredTensor to_f16(const StoredTensor& t) {
+  const size_t n = t.bytes.size() / 4;
+  StoredTensor h{DType::F16, t.shape, std::vector<unsigned char>(n * 2)};
+  std::vector<float> v(n);
+  std::memcpy(v.data(), t.bytes.data(), n * 4);
+  convert_from_f32(h.bytes.data(), v.data(), DType::F16, int64_t(n));
+  return h;
+}
+
+inline void copy_file(const std::string& from, const std::string& to) {
+  std::filesystem::create_directories(std::filesystem::path(to).parent_path());
+  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
+}
+
+}  // namespace ncp::test

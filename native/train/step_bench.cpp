@@ -1,0 +1,66 @@
+#include "train/step_bench.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "model/unet_presets.h"
+#include "train/trainer.h"
+
+namespace ncp::train {
+
+StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
+                           const std::string& space, int reps) {
+  auto m = std::make_shared<model::LoadedUNet>();
+  m->model_dir = "<random " + preset + ">";
+  m->config = model::unet_preset(preset);
+  m->weights = model::random_weights(model::UNet::manifest(m->config), 1234);
+  m->unet = std::make_unique<model::UNet>(m->config, m->weights);
+
+  TrainerConfig c;
+  c.lora_rank = 4;
+  c.objective.objective = parse_objective(objective);
+  c.objective.space = parse_space(space);
+  c.objective.beta = 2500;
+  c.optimizer.schedule = LrSchedule::Constant;
+  Trainer trainer(c, m);
+  // B starts at zero, which makes the policy equal the reference; a non-zero B exercises the real arithmetic.
+  for (const auto& a : trainer.lora().adapters()) std::fill(a->B.begin(), a->B.end(), 1e-3f);
+
+  const int64_t text_len = 77;
+  const model::WeightMap data = model::random_weights(
+      {{"x0_w", {pairs, m->config.in_channels, latent, latent}},
+       {"x0_l", {pairs, m->config.in_channels, latent, latent}},
+       {"context", {pairs, text_len, m->config.cross_attention_dim}},
+       {"text_embeds", {pairs, std::max<int64_t>(m->unet->pooled_dim(), 1)}}},
+      77);
+  PairData d;
+  d.pairs = pairs, d.channels = m->config.in_channels, d.height = d.width = latent, d.text_len = text_len;
+  d.x0_w = data.all().at("x0_w").data, d.x0_l = data.all().at("x0_l").data;
+  d.encoder_hidden_states = data.all().at("context").data;
+  if (m->config.text_time_embedding) {
+    d.text_embeds = data.all().at("text_embeds").data;
+    d.time_ids.assign(size_t(pairs * 6), 0.0f);
+    for (int64_t p = 0; p < pairs; ++p) {
+      float* t = d.time_ids.data() + p * 6;
+      t[0] = t[1] = t[4] = t[5] = float(latent * 8);
+    }
+  }
+
+  StepBenchResult r;
+  r.lora_parameters = trainer.lora().num_params();
+  trainer.step({d});  // warm-up: size every buffer once
+  std::vector<double> times;
+  for (int i = 0; i < std::max(1, reps); ++i) times.push_back(trainer.step({d}).seconds);
+  std::sort(times.begin(), times.end());
+  r.median_seconds = times[times.size() / 2];
+  r.best_seconds = times.front();
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  r.peak_rss_bytes = double(usage.ru_maxrss) * 1024.0;
+  return r;
+}
+
+}  // namespace ncp::train

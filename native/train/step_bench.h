@@ -1,0 +1,18 @@
+// `ncp-native bench step`: one full optimiser step (policy forward + backward, reference forward, for ncp the
+// encoder passes, AdamW) on random weights of a real architecture with LoRA r4 on the attention projections.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace ncp::train {
+
+struct StepBenchResult {
+  double median_seconds = 0, best_seconds = 0;
+  double peak_rss_bytes = 0;  // of the process after the steps (the weights are one float32 copy)
+  int64_t lora_parameters = 0;
+};
+
+StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
+                           const std::string& space, int reps);
+
+}  // namespace ncp::train
