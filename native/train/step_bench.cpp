@@ -52,6 +52,8 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   StepBenchResult r;
   r.lora_parameters = trainer.lora().num_params();
   trainer.step({d});  // warm-up: size every buffer once
+  struct rusage before {};
+  getrusage(RUSAGE_SELF, &before);
   std::vector<double> times;
   for (int i = 0; i < std::max(1, reps); ++i) times.push_back(trainer.step({d}).seconds);
   std::sort(times.begin(), times.end());
@@ -60,6 +62,7 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   r.peak_rss_bytes = double(usage.ru_maxrss) * 1024.0;
+  r.page_faults_per_step = double(usage.ru_minflt - before.ru_minflt) / double(times.size());
   return r;
 }
 

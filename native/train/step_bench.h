@@ -10,6 +10,7 @@ struct StepBenchResult {
   double median_seconds = 0, best_seconds = 0;
   double peak_rss_bytes = 0;  // of the process after the steps (the weights are one float32 copy)
   int64_t lora_parameters = 0;
+  double page_faults_per_step = 0;  // minor faults: fresh memory touched per steady-state step
 };
 
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
