@@ -66,6 +66,11 @@ try {
   for (let i = 0; i < ref.length; i++) { num += (ours[i] - ref[i]) ** 2; den += ref[i] ** 2; }
   const err = Math.sqrt(num / den);
   check('the prebuild computes the golden SDXL U-Net output', err < 1e-4, `relative error ${err.toExponential(2)}`);
+
+  // The main job on the embedded default (bundled tiny model and pairs; sharp's prebuilt binary decodes them).
+  const run = join(work, 'run');
+  sh(cli, ['train', '--max-steps', '2', '--checkpoint-every', '0', '--output', run], { cwd: app, env });
+  check('train on the embedded default writes the LoRA, metrics and a checkpoint', ['lora.safetensors', 'metrics.jsonl', 'resolved-config.json', 'checkpoint-2'].every((f) => existsSync(join(run, f))));
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

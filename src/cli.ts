@@ -1,10 +1,16 @@
 #!/usr/bin/env node
 // The ncp-native command line. Each command is a thin shell over the typed API in index.ts.
 import yargs from 'yargs';
+import { trainCommand } from './cli-train.js';
 import { hideBin } from 'yargs/helpers';
 import { join } from 'node:path';
 import { ClipTokenizer, forwardComponents, forwardFile, gradFile, info, setThreads } from './index.js';
 import { benchLoad, benchOps, benchStepReport, benchUNetReport, formatBench, formatStepBench, formatUNetBench } from './bench.js';
+import { encodeDataset, formatEncodeProgress, formatEncodeReport } from './encode.js';
+import { CodedError } from './errors.js';
+import { ProgressBar } from './progress.js';
+import { sampleToFile } from './sampler.js';
+import { SCHEDULER_KINDS } from './schedulers.js';
 
 /** Exit codes: 0 ok, 1 the job failed, 2 the command line was wrong. */
 const EXIT_USAGE = 2;
@@ -14,11 +20,7 @@ class UsageError extends Error {
 }
 
 // Commands whose implementation lands with later issues; listed so `--help` shows the whole tool.
-const planned: Array<[string, string]> = [
-  ['encode', 'encode prompts (CLIP) and images (VAE) into a training cache'],
-  ['train', 'fine-tune a LoRA with NCP/latent DPO, CPO or SFT'],
-  ['sample', 'generate images with the base model and a LoRA'],
-];
+const planned: Array<[string, string]> = [];
 
 function formatInfo(i: ReturnType<typeof info>): string {
   const c = i.backends.cuda;
@@ -68,10 +70,14 @@ export async function main(argv: string[]): Promise<void> {
           .option('input', { type: 'string', demandOption: true, describe: 'safetensors file with in.* tensors' })
           .option('output', { type: 'string', demandOption: true, describe: 'safetensors file to write' })
           .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16 (default: plain, else fp16)' })
-          .option('trace', { type: 'boolean', default: false, describe: 'also write trace.* intermediates' }),
+          .option('trace', { type: 'boolean', default: false, describe: 'also write trace.* intermediates' })
+          .option('lora', { type: 'string', describe: 'unet: a LoRA file (kohya, diffusers or PEFT layout) to apply' })
+          .option('lora-scale', { type: 'number', default: 1, describe: 'unet: scale of the --lora update (0 = the plain network)' }),
       async (args) => {
         const start = performance.now();
         if (args.slice !== undefined && (!Number.isInteger(args.slice) || args.slice < 0)) throw new UsageError('--slice must be a whole number >= 0');
+        if (args.lora !== undefined && args.component !== 'unet') throw new UsageError('--lora applies to --component unet only');
+        if (!Number.isFinite(args['lora-scale'])) throw new UsageError('--lora-scale must be a number');
         const names = await forwardFile({
           model: args.model,
           component: args.component,
@@ -80,9 +86,56 @@ export async function main(argv: string[]): Promise<void> {
           trace: args.trace,
           variant: args.variant ?? '',
           slice: args.slice,
+          ...(args.lora !== undefined ? { lora: args.lora, loraScale: args['lora-scale'] } : {}),
         });
         const seconds = ((performance.now() - start) / 1000).toFixed(2);
         process.stdout.write(`wrote ${names.length} tensors to ${args.output} in ${seconds} s: ${names.join(', ')}\n`);
+      },
+    )
+    .command(
+      'sample',
+      'generate an image from a prompt with a diffusers folder (SD1.5 or SDXL), optionally with a LoRA: DDIM or Euler steps, classifier-free guidance, seeded; writes a PNG',
+      (y) =>
+        y
+          .option('model', { type: 'string', demandOption: true, describe: 'diffusers folder: unet, vae, text_encoder[_2], tokenizer[_2], scheduler' })
+          .option('prompt', { type: 'string', demandOption: true })
+          .option('negative', { type: 'string', describe: 'unconditional prompt for guidance (default: empty; SDXL: zero embeddings, as diffusers)' })
+          .option('lora', { type: 'string', describe: 'LoRA file (kohya, diffusers or PEFT layout)' })
+          .option('lora-scale', { type: 'number', default: 1, describe: 'scale of the LoRA update' })
+          .option('scheduler', { choices: SCHEDULER_KINDS, describe: 'default: the folder\'s scheduler class (EulerDiscreteScheduler -> euler, else ddim)' })
+          .option('steps', { type: 'number', default: 30, describe: 'denoising steps' })
+          .option('cfg', { type: 'number', default: 7.5, describe: 'classifier-free guidance scale (<= 1: no guidance)' })
+          .option('seed', { type: 'number', default: 0, describe: 'seeds the initial latents' })
+          .option('width', { type: 'number', describe: 'pixels (default: unet sample_size x the VAE downscale)' })
+          .option('height', { type: 'number', describe: 'pixels (default: unet sample_size x the VAE downscale)' })
+          .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16' })
+          .option('out', { type: 'string', demandOption: true, describe: 'PNG file to write' }),
+      async (args) => {
+        if (!Number.isInteger(args.steps) || args.steps < 1) throw new UsageError('--steps must be a positive integer');
+        if (!Number.isSafeInteger(args.seed) || args.seed < 0) throw new UsageError('--seed must be a whole number >= 0');
+        for (const [name, v] of [['cfg', args.cfg], ['lora-scale', args['lora-scale']]] as const)
+          if (!Number.isFinite(v)) throw new UsageError(`--${name} must be a number`);
+        for (const [name, v] of [['width', args.width], ['height', args.height]] as const)
+          if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
+        const start = performance.now();
+        let bar: ProgressBar | undefined;
+        const image = await sampleToFile({
+          model: args.model,
+          prompt: args.prompt,
+          ...(args.negative !== undefined ? { negative: args.negative } : {}),
+          ...(args.lora !== undefined ? { lora: args.lora, loraScale: args['lora-scale'] } : {}),
+          ...(args.scheduler !== undefined ? { scheduler: args.scheduler } : {}),
+          steps: args.steps,
+          cfg: args.cfg,
+          seed: args.seed,
+          ...(args.width !== undefined ? { width: args.width } : {}),
+          ...(args.height !== undefined ? { height: args.height } : {}),
+          variant: args.variant ?? '',
+          out: args.out,
+          onStep: (done, total) => (bar ??= new ProgressBar('sample', total)).update(done),
+        });
+        const seconds = ((performance.now() - start) / 1000).toFixed(2);
+        process.stdout.write(`wrote ${args.out} (${image.width}x${image.height}, ${image.scheduler}, ${image.timesteps.length} steps) in ${seconds} s\n`);
       },
     )
     .command(
@@ -136,6 +189,66 @@ export async function main(argv: string[]): Promise<void> {
       },
     )
     .command(
+      'encode',
+      'encode a dataset once (prompts through the text encoders, images through the VAE) into an encode cache that `--data` reads; the cache fixes the augmentation: centre crop, no flip, one VAE sample per image',
+      (y) =>
+        y
+          .option('model', { type: 'string', demandOption: true, describe: 'diffusers model folder (vae, text_encoder[_2], tokenizer[_2]; unet/config.json says SD1.5 or SDXL)' })
+          .option('data', { type: 'string', demandOption: true, describe: 'Pick-a-Pic .parquet file or folder of shards, or a .jsonl of {prompt, chosen, rejected}' })
+          .option('out', { type: 'string', demandOption: true, describe: 'cache folder to create (written to a temporary sibling, renamed when complete)' })
+          .option('resolution', { type: 'number', describe: 'image side (default: the VAE config sample_size, 512 for SD1.5, 1024 for SDXL)' })
+          .option('batch', { type: 'number', default: 4, describe: 'pairs per encoder pass' })
+          .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16' })
+          .option('max-pairs', { type: 'number', describe: 'stop after this many pairs' })
+          .option('seed', { type: 'number', default: 0, describe: 'seeds the VAE posterior samples' })
+          .option('dtype', { choices: ['F16', 'F32'] as const, default: 'F16' as const, describe: 'storage dtype of latents and text conditioning' })
+          .option('shard-pairs', { type: 'number', default: 256, describe: 'pairs per shard file' })
+          .option('vae-slice', { type: 'number', describe: 'images per VAE pass (default 1; 0 = the whole batch)' })
+          .option('max-corrupt-fraction', { type: 'number', default: 0.05, describe: 'fail when more than this fraction of pairs has an unusable image' })
+          .option('absolute-winners', { type: 'boolean', default: false, describe: 'parquet: keep only pairs whose preferred image won every comparison it took part in' })
+          .option('overwrite', { type: 'boolean', default: false, describe: 'replace a non-empty --out (only once the new cache is complete)' }),
+      async (args) => {
+        for (const [name, v] of [['batch', args.batch], ['max-pairs', args['max-pairs']], ['resolution', args.resolution], ['shard-pairs', args['shard-pairs']]] as const)
+          if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
+        if (!Number.isSafeInteger(args.seed) || args.seed < 0) throw new UsageError('--seed must be a whole number >= 0');
+        if (args['vae-slice'] !== undefined && (!Number.isInteger(args['vae-slice']) || args['vae-slice'] < 0)) throw new UsageError('--vae-slice must be a whole number >= 0');
+        const mcf = args['max-corrupt-fraction'];
+        if (!(mcf >= 0 && mcf <= 1)) throw new UsageError('--max-corrupt-fraction must be between 0 and 1');
+        // Ctrl-C: stop after the batch in flight; the temporary folder is removed, --out is untouched.
+        const abort = new AbortController();
+        const onSigint = (): void => abort.abort(Object.assign(new CodedError('NCP_EINTERRUPTED', `encode interrupted; nothing was written to ${args.out}`), { exitCode: 130 }));
+        process.once('SIGINT', onSigint);
+        const tty = process.stderr.isTTY === true;
+        try {
+          const report = await encodeDataset({
+            model: args.model,
+            data: args.data,
+            out: args.out,
+            resolution: args.resolution,
+            batch: args.batch,
+            variant: args.variant,
+            maxPairs: args['max-pairs'],
+            seed: args.seed,
+            dtype: args.dtype,
+            shardPairs: args['shard-pairs'],
+            vaeSlice: args['vae-slice'],
+            maxCorruptFraction: mcf,
+            absoluteWinners: args['absolute-winners'],
+            overwrite: args.overwrite,
+            signal: abort.signal,
+            onProgress: tty ? (p) => process.stderr.write(`\r\x1b[K${formatEncodeProgress(p)}`) : undefined,
+          });
+          if (tty) process.stderr.write('\r\x1b[K');
+          process.stdout.write(formatEncodeReport(report) + '\n');
+        } catch (err) {
+          if (tty) process.stderr.write('\n');
+          throw err;
+        } finally {
+          process.removeListener('SIGINT', onSigint);
+        }
+      },
+    )
+    .command(
       'bench <what>',
       'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `step` (one optimiser step: LoRA r4, the objective below), `load` (reading such weights from a safetensors file)',
       (y) =>
@@ -171,6 +284,7 @@ export async function main(argv: string[]): Promise<void> {
         process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatBench(report)) + '\n');
       },
     );
+  parser = trainCommand(parser);
   for (const [name, describe] of planned) {
     parser = parser.command(name, `${describe} (not in this build yet)`, {}, () => {
       throw new UsageError(`'${name}' is not available in this build of ncp-native yet`);

@@ -1,6 +1,7 @@
 // The typed public API of ncp-native. Numerics run in the native core; every long call returns a Promise and
 // runs off the event loop.
 import { addonPath, native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
+import { unetLoraForwardFile } from './unet-lora.js';
 import type { NativeTextEncoder, NativeVae, TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
 
 export type { UNetBenchResult } from './native.js';
@@ -104,9 +105,14 @@ export async function forwardFile(options: {
   component?: ForwardComponent;
   /** VAE only: batch rows per pass (default 1, 0 = the whole batch at once), to bound memory on big images. */
   slice?: number;
+  /** U-Net only: a LoRA file (kohya, diffusers or PEFT layout) applied at `loraScale` (default 1). */
+  lora?: string;
+  loraScale?: number;
 }): Promise<string[]> {
   const { component = 'unet' } = options;
+  if (options.lora !== undefined && component !== 'unet') throw invalid(`a LoRA applies to the U-Net only, not to component '${component}'`);
   if (component !== 'unet') return native().componentForwardFile({ ...options, component });
+  if (options.lora !== undefined) return unetLoraForwardFile({ ...options, lora: options.lora });
   return native().unetForwardFile(options);
 }
 
@@ -208,6 +214,12 @@ export async function loadVae(modelDir: string, options: { variant?: string } = 
 }
 
 export { ClipTokenizer } from './tokenizer.js';
+export { applyLoraFile, unetLoraModules, readUNetLora } from './unet-lora.js';
+export type { UNetLoraModule } from './native.js';
+export { sample, sampleToFile, encodePng, sizeRules } from './sampler.js';
+export type { SampleOptions, SampledImage, SizeRules } from './sampler.js';
+export { createScheduler, readSchedulerConfig, parseSchedulerConfig, SCHEDULER_KINDS } from './schedulers.js';
+export type { Scheduler, SchedulerConfig, SchedulerKind } from './schedulers.js';
 export { createTrainer, gradFile, benchStep } from './training.js';
 export type {
   GradOptions,

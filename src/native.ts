@@ -64,10 +64,29 @@ export interface UNetConfigSummary {
   parameters: number;
 }
 
+/** One LoRA adapter for UNet.setLora: A [r, in] and B [out, r] unscaled (1x1-conv [r, in, 1, 1] / [out, r, 1, 1] too). */
+export interface UNetLoraModule {
+  module: string;
+  A: Tensor;
+  B: Tensor;
+  /** The update is (alpha * scale / r) B A; default alpha = r. */
+  alpha?: number;
+}
+
 export interface NativeUNet {
   forward(inputs: UNetInputs, options?: { trace?: boolean }): Promise<{ sample: Tensor; trace?: Record<string, Tensor> }>;
   encode(inputs: UNetInputs, layer?: 'mid' | 'down'): Promise<Tensor>;
   config(): UNetConfigSummary;
+  /**
+   * Attaches LoRA adapters (replacing earlier ones) at `scale` (default 1): forward() and encode() then run with
+   * them. `setLora([], 0)` or scale 0 detaches. Throws NCP_EBUSY while a forward/encode call is running, NCP_ELORA
+   * for a module that is not a Linear of this U-Net or has other features.
+   */
+  setLora(modules: UNetLoraModule[], scale?: number): void;
+  /** Detaches the adapters: the plain network. Throws NCP_EBUSY while a call is running. */
+  clearLora(): void;
+  /** What forward() runs with now: attached modules (0 = none) and their scale. */
+  loraInfo(): { modules: number; scale: number };
 }
 
 /** Outputs of the CLIP text encoder (transformers' names); text_embeds only with a text_projection. */

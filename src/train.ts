@@ -5,7 +5,7 @@
 // per micro-batch derived from the run seed and the data position) and the timesteps and noise (the native
 // trainer's generator, saved in checkpoints). So an interrupted run resumed from its checkpoint continues exactly
 // as if it had not stopped.
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CodedError } from './errors.js';
 import { writeResolvedConfig, type TrainConfig } from './config.js';
@@ -13,11 +13,17 @@ import { openDataset, PairLoader, stackEncodedBatch, stackImageBatch, type DataP
 import { loraModulesFromWeights, loraWeightsFromModules, writeLoraFile } from './lora-file.js';
 import type { UNetArchConfig } from './lora-names.js';
 import { PairEncoder } from './pipeline.js';
+import { sampleToFile } from './sampler.js';
 import { ensureWritableDir, MetricsWriter, momentsToTensors, readCheckpoint, resolveResume, tensorsToMoments, writeCheckpoint } from './run-files.js';
 import { createTrainer, type PairBatch, type StepMetrics as NativeStepMetrics, type Trainer } from './training.js';
 import type { Tensor } from './native.js';
 
 export const LORA_FILE = 'lora.safetensors';
+export const SAMPLES_DIR = 'samples';
+// Validation samples: diffusers' usual DDIM settings. The sampler loads its own copy of the model for each round,
+// so a round costs one more set of weights in memory while it runs.
+const VALIDATION_STEPS = 25;
+const VALIDATION_CFG = 7.5;
 export const METRICS_FILE = 'metrics.jsonl';
 
 export interface TrainHooks {
@@ -165,6 +171,17 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       cfg.keepCheckpoints,
     );
   }
+  async function validate(): Promise<void> {
+    await mkdir(join(cfg.output, SAMPLES_DIR), { recursive: true });
+    const lora = join(cfg.output, SAMPLES_DIR, `.lora-step-${step}.safetensors`);
+    await writeLoraFile(lora, loraWeightsFromModules(trainer.loraTensors()), { layout: 'kohya' });
+    for (const [i, prompt] of cfg.validationPrompts.entries()) {
+      const out = join(cfg.output, SAMPLES_DIR, `step-${String(step).padStart(6, '0')}-${i}.png`);
+      await sampleToFile({ model: cfg.model!, variant: cfg.variant ?? undefined, prompt, lora, steps: VALIDATION_STEPS, cfg: VALIDATION_CFG, seed: cfg.validationSeed, out });
+      log(`validation sample: ${out}`);
+    }
+    await rm(lora, { force: true });
+  }
   try {
     const micro: PairBatch[] = [];
     let microStart = position;
@@ -196,6 +213,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       });
       hooks.onStep?.(m, cfg.maxSteps);
       if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) await checkpoint();
+      if (cfg.validateEvery > 0 && step % cfg.validateEvery === 0) await validate();
       if (hooks.signal?.aborted) {
         stoppedBy = 'signal';
         break;

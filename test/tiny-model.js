@@ -17,6 +17,7 @@ export const EOS = '<|endoftext|>';
 export const BOS_ID = 298;
 export const EOS_ID = 299;
 export const MAX_LENGTH = 16;
+export const VOCAB_SIZE = 300;
 
 const WORDS = [
   'a', 'the', 'of', 'in', 'on', 'and', 'with', 'photo', 'cat', 'dog', 'red', 'blue', 'green', 'car', 'tree',
@@ -121,5 +122,88 @@ export async function makeTinyModel(dir, { scheduler = {} } = {}) {
       2,
     ),
   );
+  return dir;
+}
+
+export const TINY_SDXL = fileURLToPath(new URL('fixtures/golden/tiny-sdxl', import.meta.url));
+
+/**
+ * Writes `<dir>/<component>/{config.json, model.safetensors}`: a CLIP text transformer with seeded random weights
+ * under transformers' names (vocab 300, 16 positions), `hidden` wide, with a text_projection to `projection`
+ * features when given (CLIPTextModelWithProjection, as SDXL's text_encoder_2).
+ */
+export async function writeRandomClipText(dir, component, { hidden, layers = 2, heads = 2, projection, seed = 1 }) {
+  const { writeSafetensors } = await import('../dist/safetensors.js');
+  const { Rng } = await import('../dist/rng.js');
+  const rng = new Rng(seed);
+  const inter = 4 * hidden;
+  const tensors = new Map();
+  const rand = (name, shape, scale, offset = 0) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    for (let i = 0; i < n; i++) data[i] = offset + scale * (2 * rng.uniform() - 1);
+    tensors.set(name, { data, shape });
+  };
+  const linear = (name, out, inp) => {
+    rand(`${name}.weight`, [out, inp], 1 / Math.sqrt(inp));
+    rand(`${name}.bias`, [out], 0.02);
+  };
+  const norm = (name) => {
+    rand(`${name}.weight`, [hidden], 0.1, 1);
+    rand(`${name}.bias`, [hidden], 0.05);
+  };
+  rand('text_model.embeddings.token_embedding.weight', [VOCAB_SIZE, hidden], 0.5);
+  rand('text_model.embeddings.position_embedding.weight', [MAX_LENGTH, hidden], 0.2);
+  for (let l = 0; l < layers; l++) {
+    const p = `text_model.encoder.layers.${l}`;
+    norm(`${p}.layer_norm1`);
+    norm(`${p}.layer_norm2`);
+    for (const q of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) linear(`${p}.self_attn.${q}`, hidden, hidden);
+    linear(`${p}.mlp.fc1`, inter, hidden);
+    linear(`${p}.mlp.fc2`, hidden, inter);
+  }
+  norm('text_model.final_layer_norm');
+  if (projection) rand('text_projection.weight', [projection, hidden], 1 / Math.sqrt(hidden));
+  const out = join(dir, component);
+  await mkdir(out, { recursive: true });
+  await writeSafetensors(join(out, 'model.safetensors'), new Map([...tensors].sort(([a], [b]) => (a < b ? -1 : 1))));
+  const config = {
+    architectures: [projection ? 'CLIPTextModelWithProjection' : 'CLIPTextModel'],
+    hidden_size: hidden,
+    intermediate_size: inter,
+    num_hidden_layers: layers,
+    num_attention_heads: heads,
+    max_position_embeddings: MAX_LENGTH,
+    vocab_size: VOCAB_SIZE,
+    hidden_act: 'gelu',
+    layer_norm_eps: 1e-5,
+    bos_token_id: BOS_ID,
+    eos_token_id: EOS_ID,
+  };
+  if (projection) config.projection_dim = projection;
+  await writeFile(join(out, 'config.json'), JSON.stringify(config, null, 2));
+}
+
+/**
+ * A tiny SDXL-style folder: the golden tiny-sdxl U-Net (cross_attention_dim 40, pooled 40), the tiny-sd15 VAE, two
+ * random text encoders whose penultimate states concatenate to 16 + 24 = 40 features (the second projecting its
+ * pooled output to 40), both tokenizers, an EulerDiscreteScheduler config as SDXL ships, and model_index.json.
+ */
+export async function makeTinySdxlModel(dir, { forceZeros } = {}) {
+  await mkdir(dir, { recursive: true });
+  await cp(join(TINY_SDXL, 'unet'), join(dir, 'unet'), { recursive: true });
+  await cp(join(TINY_SD15, 'vae'), join(dir, 'vae'), { recursive: true });
+  await writeRandomClipText(dir, 'text_encoder', { hidden: 16, seed: 11 });
+  await writeRandomClipText(dir, 'text_encoder_2', { hidden: 24, heads: 3, projection: 40, seed: 12 });
+  await writeTinyTokenizer(dir, 'tokenizer');
+  await writeTinyTokenizer(dir, 'tokenizer_2');
+  await mkdir(join(dir, 'scheduler'), { recursive: true });
+  await writeFile(
+    join(dir, 'scheduler', 'scheduler_config.json'),
+    JSON.stringify({ ...TINY_SCHEDULER_CONFIG, _class_name: 'EulerDiscreteScheduler', interpolation_type: 'linear', use_karras_sigmas: false }, null, 2),
+  );
+  const index = { _class_name: 'StableDiffusionXLPipeline' };
+  if (forceZeros !== undefined) index.force_zeros_for_empty_prompt = forceZeros;
+  await writeFile(join(dir, 'model_index.json'), JSON.stringify(index, null, 2));
   return dir;
 }
