@@ -72,6 +72,7 @@ export interface TrainConfig {
   // machine
   device: 'auto' | 'cpu' | 'cuda';
   threads: number | null;
+  gradientCheckpointing: boolean;
 }
 
 type Kind =
@@ -138,6 +139,7 @@ export const CONFIG_FIELDS: readonly ConfigField[] = [
   { name: 'validation-prompts', key: 'validationPrompts', kind: { type: 'list' }, default: [], describe: 'prompts for validation samples' },
   { name: 'validation-seed', key: 'validationSeed', kind: num({ integer: true, min: 0, max: Number.MAX_SAFE_INTEGER }), default: 0, describe: 'seed of the validation samples' },
   { name: 'device', key: 'device', kind: { type: 'enum', values: ['auto', 'cpu', 'cuda'] }, default: 'auto', describe: 'where the U-Net runs' },
+  { name: 'gradient-checkpointing', key: 'gradientCheckpointing', kind: { type: 'boolean' }, default: false, describe: 'recompute block activations in backward: much less memory, about a third more time' },
   { name: 'threads', key: 'threads', kind: num({ integer: true, min: 1, nullable: true }), default: null, describe: 'CPU threads (default: all cores)' },
 ];
 

@@ -66,9 +66,17 @@ struct Op {
 
 }  // namespace
 
+// Op::acts of a block whose activations were not kept (gradient checkpointing): backward recomputes them.
+constexpr size_t kRecompute = ~size_t(0);
+
 struct UNetTape::State {
   UNetInputs in;
   bool lora = false, centered = false;
+  bool checkpointing = false;
+  Buffer temb;  // SiLU(time embedding): resnets read it again when recomputed
+  ResnetBlock2D::Acts recompute_resnet;
+  Transformer2DModel::Acts recompute_attention;
+  Buffer recompute_out;
   const float* result = nullptr;  // the pass's output, whose gradient backward starts from
   int64_t result_size = 0;
   std::vector<Op> ops;
@@ -91,6 +99,8 @@ struct UNetTape::State {
 
 UNetTape::UNetTape() : s_(std::make_unique<State>()) {}
 UNetTape::~UNetTape() = default;
+void UNetTape::set_checkpointing(bool on) { s_->checkpointing = on; }
+bool UNetTape::checkpointing() const { return s_->checkpointing; }
 
 Manifest UNet::manifest(const UNetConfig& config) {
   Manifest m;
@@ -241,13 +251,16 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
     if (t) return t->buffers.next();
     return ping[0].data() == h ? ping[1] : ping[0];
   };
+  // With gradient checkpointing the blocks' internals go to the shared (inference) activations and backward
+  // recomputes them from the block's input, which the tape keeps.
+  const bool keep_acts = t && !t->checkpointing;
   auto resnet_acts = [&](size_t& index) -> ResnetBlock2D::Acts& {
-    index = t ? t->resnets.size() : 0;
-    return t ? t->resnets.next() : shared_resnet;
+    index = keep_acts ? t->resnets.size() : kRecompute;
+    return keep_acts ? t->resnets.next() : shared_resnet;
   };
   auto attention_acts = [&](size_t& index) -> Transformer2DModel::Acts& {
-    index = t ? t->attentions.size() : 0;
-    return t ? t->attentions.next() : shared_attention;
+    index = keep_acts ? t->attentions.size() : kRecompute;
+    return keep_acts ? t->attentions.next() : shared_attention;
   };
   auto push_op = [&](Op op) {
     if (t) t->ops.push_back(op);
@@ -275,9 +288,10 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
     record("add_embedding", aug.data(), {B, T});
     cpu::add_forward(emb.data(), emb.data(), aug.data(), B * T);
   }
-  // Kept on the tape too: resnets read it in forward only, but it must outlive this call for nothing else.
-  cpu::activation_forward(Activation::SiLU, emb_act.ensure(B * T), emb.data(), B * T);
-  const float* temb = emb_act.data();
+  // Kept on the tape: recomputed resnets (gradient checkpointing) read it again.
+  Buffer& temb_buf = t ? t->temb : emb_act;
+  cpu::activation_forward(Activation::SiLU, temb_buf.ensure(B * T), emb.data(), B * T);
+  const float* temb = temb_buf.data();
 
   const float* sample = in.sample;
   Buffer local_centered;
@@ -477,13 +491,18 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
       }
       case Op::Attention: {
         const auto* m = static_cast<const Transformer2DModel*>(op.module);
-        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, context, B, op.H, op.W, L, t.attentions[op.acts],
-                    lora);
+        Transformer2DModel::Acts* a = op.acts == kRecompute ? &t.recompute_attention : &t.attentions[op.acts];
+        if (op.acts == kRecompute)
+          m->forward(t.recompute_out.ensure(B * op.C * HW), op.x, context, B, op.H, op.W, L, *a, lora);
+        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, context, B, op.H, op.W, L, *a, lora);
         break;
       }
       case Op::Resnet: {
         const auto* m = static_cast<const ResnetBlock2D*>(op.module);
-        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, B, op.H, op.W, t.resnets[op.acts]);
+        ResnetBlock2D::Acts* a = op.acts == kRecompute ? &t.recompute_resnet : &t.resnets[op.acts];
+        if (op.acts == kRecompute)
+          m->forward(t.recompute_out.ensure(B * m->cout * HW), op.x, t.temb.data(), B, op.H, op.W, *a);
+        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, B, op.H, op.W, *a);
         break;
       }
       case Op::Downsample: {

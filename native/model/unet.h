@@ -45,6 +45,10 @@ class UNetTape {
   ~UNetTape();
   UNetTape(const UNetTape&) = delete;
   UNetTape& operator=(const UNetTape&) = delete;
+  // Gradient checkpointing: keep only each block's input and recompute its internals during backward (one more
+  // forward of every block, for a tape of block boundaries instead of every activation).
+  void set_checkpointing(bool on);
+  bool checkpointing() const;
   struct State;
 
  private:

@@ -46,6 +46,7 @@ train::TrainerConfig read_trainer_config(Napi::Env env, const Napi::Object& o) {
   if (c.model_dir.empty()) throw_error(env, "NCP_EINVAL", "createTrainer: 'model' (a diffusers folder) is required");
   c.variant = string_attr(env, o, "variant", "");
   c.seed = uint64_t(number_attr(env, o, "seed", 0));
+  c.gradient_checkpointing = bool_attr(env, o, "gradientCheckpointing", false);
   const Napi::Object lora = object_attr(env, o, "lora");
   c.lora_rank = int64_t(number_attr(env, lora, "rank", double(c.lora_rank)));
   c.lora_alpha = number_attr(env, lora, "alpha", NAN);

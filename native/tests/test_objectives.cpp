@@ -82,3 +82,20 @@ NCP_TEST("objectives golden tiny-sd15: 3 objectives x 4 spaces, loss, errors, Lo
 NCP_TEST("objectives golden tiny-sdxl: 3 objectives x 4 spaces, loss, errors, LoRA grads") { check_model("tiny-sdxl"); }
 
 }  // namespace
+
+NCP_TEST("objectives: gradient checkpointing recomputes the same gradients exactly (tiny-sdxl, dpo, ncp-mid-prev)") {
+  auto m = model::load_unet(test::golden_path("tiny-sdxl"));
+  const model::SafetensorsFile golden =
+      model::SafetensorsFile::open(test::golden_path("tiny-sdxl/objectives.safetensors"));
+  GradOptions o;
+  o.objective.objective = Objective::DPO, o.objective.space = Space::Ncp, o.objective.beta = 20000;
+  o.lora_alpha = 8;
+  const auto plain = grad_case(*m, golden, o);
+  o.gradient_checkpointing = true;
+  const auto recomputed = grad_case(*m, golden, o);
+  NCP_EXPECT(plain.size() == recomputed.size());
+  for (const auto& [name, t] : plain) {
+    const double e = rel_err(recomputed.at(name).data, t.data);
+    NCP_EXPECT(recomputed.at(name).data == t.data, name << " differs: relative " << e);
+  }
+}

@@ -20,6 +20,7 @@ namespace ncp::train {
 struct GradOptions {
   ObjectiveConfig objective;
   double lora_alpha = NAN;  // NaN: alpha = rank (scale 1)
+  bool gradient_checkpointing = false;
 };
 
 // The tensors `grad` writes, by name, computed from an open case file. The model's U-Net gets the case's

@@ -207,8 +207,9 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
     };
     const model::UNetInputs enc_other =
         enc_inputs(x_other_.data(), R_other, enc_context_, enc_text_embeds_, enc_time_ids_, enc_t_);
-    std::vector<float> pctx, pte, ptid, ptt;
-    const model::UNetInputs enc_pred = enc_inputs(x_pred_.data(), R, pctx, pte, ptid, ptt);
+    // Members, not locals: the encoder's backward (and its recompute under checkpointing) reads them again.
+    const model::UNetInputs enc_pred =
+        enc_inputs(x_pred_.data(), R, pred_context_, pred_text_embeds_, pred_time_ids_, pred_t_);
     const std::vector<int64_t> es = unet_.encode_shape(enc_pred, cfg.ncp_layer);
     enc_C = es[1], enc_HW = es[2] * es[3];
     const int64_t full = enc_C * enc_HW;

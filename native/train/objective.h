@@ -64,6 +64,11 @@ class ObjectiveRunner {
  public:
   ObjectiveRunner(const model::UNet& unet, NoiseSchedule schedule);
   const NoiseSchedule& schedule() const { return schedule_; }
+  // Gradient checkpointing for the policy and encoder tapes (see UNetTape::set_checkpointing).
+  void set_checkpointing(bool on) {
+    policy_tape_.set_checkpointing(on);
+    encoder_tape_.set_checkpointing(on);
+  }
   // Loss and logged values of the batch. With backward, adds grad_scale * d loss / d LoRA into the attached
   // adapters' dA/dB (grad_scale = 1 / accumulation steps when accumulating).
   ObjectiveResult run(const PairBatch& batch, const ObjectiveConfig& config, bool backward, double grad_scale = 1.0);
@@ -77,6 +82,7 @@ class ObjectiveRunner {
   std::vector<float> x0_, eps_, xt_, t_rows_, p_rows_, context_, text_embeds_, time_ids_;
   std::vector<float> e_pol_, e_ref_, target_, x_pred_, x_other_, enc_pred_, enc_other_, d_enc_, d_x_, d_e_;
   std::vector<float> enc_context_, enc_text_embeds_, enc_time_ids_, enc_t_;
+  std::vector<float> pred_context_, pred_text_embeds_, pred_time_ids_, pred_t_;
 };
 
 }  // namespace ncp::train

@@ -34,6 +34,7 @@ Trainer::Trainer(const TrainerConfig& config, std::shared_ptr<model::LoadedUNet>
   model_->unet->create_lora(lora_, config.lora_targets, config.lora_rank, alpha);
   lora_.init(config.lora_init, rng_.next());
   runner_ = std::make_unique<ObjectiveRunner>(*model_->unet, NoiseSchedule::from_model_folder(model_->model_dir));
+  runner_->set_checkpointing(config.gradient_checkpointing);
   optimizer_ = std::make_unique<LoraAdamW>(lora_, config.optimizer);
 }
 
