@@ -3,12 +3,14 @@
 #pragma once
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
 #include "model/safetensors.h"
+#include "tests/fixtures.h"
 
 namespace ncp::test {
 
@@ -47,6 +49,23 @@ inline StoredTensor to_f16(const StoredTensor& t) {
   std::memcpy(v.data(), t.bytes.data(), n * 4);
   convert_from_f32(h.bytes.data(), v.data(), DType::F16, int64_t(n));
   return h;
+}
+
+// A copy of golden component folder `component` ("tiny-sd15/vae") under dir/<its last name>, with its weights file
+// and config edited; returns dir (the model folder to load from).
+inline std::string edited_component(const std::string& dir, const std::string& component, const std::string& weights_file,
+                                    const std::function<void(StoredTensors&)>& edit_weights,
+                                    const std::function<void(std::string&)>& edit_config = nullptr) {
+  const std::string src = golden_path(component) + "/";
+  const std::string name = std::filesystem::path(component).filename().string();
+  StoredTensors t = read_stored(src + weights_file);
+  if (edit_weights) edit_weights(t);
+  std::filesystem::create_directories(dir + "/" + name);
+  write_stored(dir + "/" + name + "/" + weights_file, t);
+  std::string config = read_file(src + "config.json");
+  if (edit_config) edit_config(config);
+  write_file(dir + "/" + name + "/config.json", config);
+  return dir;
 }
 
 inline void copy_file(const std::string& from, const std::string& to) {

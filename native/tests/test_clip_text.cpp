@@ -216,15 +216,7 @@ NCP_TEST("clip text file path writes the golden names") {
 // A copy of tiny-sd15's text encoder with its weights or config edited.
 std::string broken(const TempDir& dir, const std::function<void(StoredTensors&)>& edit_weights,
                    const std::function<void(std::string&)>& edit_config = nullptr) {
-  const std::string src = golden_path("tiny-sd15/text_encoder/");
-  StoredTensors t = read_stored(src + "model.safetensors");
-  if (edit_weights) edit_weights(t);
-  std::filesystem::create_directories(dir / "text_encoder");
-  write_stored(dir / "text_encoder/model.safetensors", t);
-  std::string config = read_file(src + "config.json");
-  if (edit_config) edit_config(config);
-  write_file(dir / "text_encoder/config.json", config);
-  return dir.path();
+  return edited_component(dir.path(), "tiny-sd15/text_encoder", "model.safetensors", edit_weights, edit_config);
 }
 
 NCP_TEST("clip text errors name the tensor, the shape and the field") {

@@ -229,15 +229,7 @@ NCP_TEST("vae file path writes the golden names") {
 // A copy of tiny-sd15's VAE with its weights or config edited.
 std::string broken(const TempDir& dir, const std::function<void(StoredTensors&)>& edit_weights,
                    const std::function<void(std::string&)>& edit_config = nullptr) {
-  const std::string src = golden_path("tiny-sd15/vae/");
-  StoredTensors t = read_stored(src + "diffusion_pytorch_model.safetensors");
-  if (edit_weights) edit_weights(t);
-  std::filesystem::create_directories(dir / "vae");
-  write_stored(dir / "vae/diffusion_pytorch_model.safetensors", t);
-  std::string config = read_file(src + "config.json");
-  if (edit_config) edit_config(config);
-  write_file(dir / "vae/config.json", config);
-  return dir.path();
+  return edited_component(dir.path(), "tiny-sd15/vae", "diffusion_pytorch_model.safetensors", edit_weights, edit_config);
 }
 
 NCP_TEST("vae errors name the tensor, the shape and the field") {
