@@ -29,13 +29,45 @@ function fmt(x: number | null | undefined, digits = 4): string {
   return x === null || x === undefined || Number.isNaN(x) ? '-' : Number(x.toPrecision(digits)).toString();
 }
 
-/** One status line per step: overwritten in place on a terminal, every 10th step (and the last) otherwise. */
-function progress(tty: boolean): (m: StepMetrics, total: number | null) => void {
-  return (m, total) => {
-    const line = `step ${m.step}${total ? `/${total}` : ''}  loss ${fmt(m.loss)}  acc ${fmt(m.implicitAcc, 3)}  grad ${fmt(m.gradNorm, 3)}  lr ${fmt(m.lr, 3)}  ${m.seconds.toFixed(2)} s/step`;
-    if (tty) process.stderr.write(`\r${line}\x1b[K`);
-    else if (m.step % 10 === 0 || m.step === total || m.step === 1) process.stderr.write(line + '\n');
-  };
+function duration(seconds: number): string {
+  const s = Math.round(seconds);
+  return s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m` : s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}
+
+/**
+ * Progress: on a terminal one bar redrawn in place (step/total, loss, implicit accuracy, it/s, ETA); otherwise a
+ * plain line every 10th step (and the first and last). Keeps the accuracies for the end-of-run summary.
+ */
+class Progress {
+  readonly accuracies: number[] = [];
+  private readonly started = performance.now();
+  private firstStep: number | null = null;
+  constructor(private readonly tty: boolean) {}
+
+  update(m: StepMetrics, total: number | null): void {
+    this.accuracies.push(m.implicitAcc);
+    this.firstStep ??= m.step - 1;
+    const done = m.step - this.firstStep;
+    const rate = done / ((performance.now() - this.started) / 1000);
+    const eta = total ? ` ETA ${duration((total - m.step) / rate)}` : '';
+    const stats = `loss ${fmt(m.loss)}  acc ${fmt(m.implicitAcc, 3)}  grad ${fmt(m.gradNorm, 3)}  lr ${fmt(m.lr, 3)}  ${rate.toFixed(2)} it/s${eta}`;
+    if (this.tty) {
+      const width = 24, filled = total ? Math.round((width * m.step) / total) : 0;
+      const bar = total ? `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ` : '';
+      process.stderr.write(`\r${bar}step ${m.step}${total ? `/${total}` : ''}  ${stats}\x1b[K`);
+    } else if (m.step % 10 === 0 || m.step === total || m.step === 1) {
+      process.stderr.write(`step ${m.step}${total ? `/${total}` : ''}  ${stats}\n`);
+    }
+  }
+
+  /** Mean implicit accuracy of the first and the last tenth of the run (at least 5 steps each), or ''. */
+  trend(): string {
+    const a = this.accuracies.filter((x) => Number.isFinite(x));
+    if (a.length < 10) return '';
+    const k = Math.max(5, Math.floor(a.length / 10));
+    const mean = (xs: number[]): number => xs.reduce((x, y) => x + y, 0) / xs.length;
+    return `implicit accuracy: ${mean(a.slice(0, k)).toFixed(2)} over the first ${k} steps -> ${mean(a.slice(-k)).toFixed(2)} over the last ${k}`;
+  }
 }
 
 export function trainCommand<T>(y: Argv<T>): Argv<T> {
@@ -70,13 +102,15 @@ export function trainCommand<T>(y: Argv<T>): Argv<T> {
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
       try {
-        const s = await train(cfg, { onStep: progress(tty), signal: stop.signal, log: (l) => process.stderr.write((tty ? '\r\x1b[K' : '') + l + '\n') });
+        const bar = new Progress(tty);
+        const s = await train(cfg, { onStep: (m, total) => bar.update(m, total), signal: stop.signal, log: (l) => process.stderr.write((tty ? '\r\x1b[K' : '') + l + '\n') });
         if (tty) process.stderr.write('\n');
         const d = s.data;
         const dropped = Object.entries(d.dropped).map(([k, v]) => `${v} ${k}`).join(', ');
         process.stdout.write(
           [
             `trained ${s.steps} steps${s.resumedFrom !== null ? ` (resumed at ${s.resumedFrom})` : ''} in ${s.seconds.toFixed(1)} s, stopped by ${s.stoppedBy}`,
+            ...(bar.trend() ? [bar.trend()] : []),
             `data: ${d.pairs} pairs used, ${d.corrupt} skipped for unreadable images${dropped ? `, dropped: ${dropped}` : ''}`,
             ...d.corruptExamples.map((c) => `  skipped ${c.source} row ${c.row} (${c.image}): ${c.reason}`),
             `lora:    ${s.loraFile} (${cfg.loraFormat} layout)`,

@@ -233,3 +233,5 @@ export type {
   TrainerState,
   StepBenchResult,
 } from './training.js';
+export { train } from './train-api.js';
+export type { TrainOptions, TrainConfig, TrainHooks, TrainSummary } from './train-api.js';

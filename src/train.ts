@@ -194,7 +194,15 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       micro.push(await encode(batch.pairs, microStart));
       microStart = batch.position;
       if (micro.length < cfg.gradAccumulation) continue;
-      const m = await trainer.step(micro.splice(0));
+      let m: NativeStepMetrics;
+      try {
+        m = await trainer.step(micro.splice(0));
+      } catch (err) {
+        const e = err as Error & { code?: string };
+        if (e.code === 'NCP_ENONFINITE')
+          throw new CodedError('NCP_ENONFINITE', `step ${step + 1}: ${e.message}; the last good checkpoint is ${saved.last ?? 'none (no checkpoint was written yet)'}`, { cause: err });
+        throw err;
+      }
       step = m.step;
       position = batch.position;
       await metrics.write({

@@ -133,3 +133,32 @@ test('--validate-every: samples with the current LoRA at fixed prompts and seed'
   const bytes = readFileSync(join(out, 'samples', png[0]));
   t.is(bytes.subarray(1, 4).toString('latin1'), 'PNG');
 });
+
+test('library: train() with camelCase options, progress callbacks and an AbortSignal', async (t) => {
+  const { train } = await import('../dist/index.js');
+  const output = join(tmp, 'library');
+  const seen = [];
+  const stop = new AbortController();
+  const summary = await train(
+    { model: join(assets, 'tiny-sd15'), data: join(assets, 'tiny-pairs', 'pairs.jsonl'), resolution: 32, maxSteps: 50, warmupSteps: 0, checkpointEvery: 0, batchPairs: 2, output },
+    {
+      signal: stop.signal,
+      onStep: (m, total) => {
+        seen.push([m.step, total]);
+        if (m.step === 2) stop.abort();
+      },
+    },
+  );
+  t.deepEqual(seen, [[1, 50], [2, 50]]);
+  t.like(summary, { steps: 2, stoppedBy: 'signal', resumedFrom: null });
+  t.true(existsSync(summary.loraFile));
+  t.true(summary.lastCheckpoint.endsWith('checkpoint-2'));
+});
+
+test('a non-finite loss stops the run naming the step and the last good checkpoint', (t) => {
+  const out = join(tmp, 'nan');
+  const r = run('--lr', '1e30', '--max-steps', '20', '--checkpoint-every', '1', '--output', out);
+  t.is(r.status, 1, r.stdout);
+  t.regex(r.stderr, /step (\d+): .*not finite.*the last good checkpoint is .*checkpoint-\d+ \[NCP_ENONFINITE\]/);
+  t.false(/\n\s+at /.test(r.stderr), 'no stack trace');
+});
