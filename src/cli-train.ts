@@ -17,12 +17,12 @@ export const EMBEDDED_DATA = join(packageRoot, 'assets', 'tiny-pairs', 'pairs.js
 // What suits the tiny model (32 px images, 16 tokens) and a run of seconds; any flag or config field overrides.
 const EMBEDDED_FLAGS: Record<string, unknown> = {
   resolution: 32,
-  'max-steps': 40,
+  'max-steps': 200,
   'warmup-steps': 0,
   lr: 2e-3,
   beta: 5000,
   'batch-pairs': 4,
-  'checkpoint-every': 20,
+  'checkpoint-every': 50,
 };
 
 function fmt(x: number | null | undefined, digits = 4): string {
