@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/dtype.h"
 #include "model/safetensors.h"
 #include "model/unet_io.h"
 #include "tests/fixtures.h"
@@ -98,4 +99,45 @@ NCP_TEST("objectives: gradient checkpointing recomputes the same gradients exact
     const double e = rel_err(recomputed.at(name).data, t.data);
     NCP_EXPECT(recomputed.at(name).data == t.data, name << " differs: relative " << e);
   }
+}
+
+// A case with an adapter on a 1x1-conv projection (SD1.x proj_in), stored the PEFT way as [r, in, 1, 1] /
+// [out, r, 1, 1]: the same gradients as the [r, in] / [out, r] form, written back in the stored shape.
+NCP_TEST("grad: LoRA on a 1x1-conv proj_in, stored 4-D, gives the 2-D form's gradients in its own shape") {
+  auto m = model::load_unet(test::golden_path("tiny-sd15"));
+  const model::SafetensorsFile golden = model::SafetensorsFile::open(test::golden_path("tiny-sd15/objectives.safetensors"));
+  std::vector<std::vector<float>> keep;
+  auto tensors_with = [&](bool four_d) {
+    std::vector<model::TensorData> out;
+    for (const model::TensorInfo& t : golden.tensors()) {
+      if (t.name.rfind("in.", 0) != 0 && t.name.rfind("lora.", 0) != 0) continue;
+      keep.push_back(golden.read_f32(t.name));
+      out.push_back({t.name, DType::F32, t.shape, keep.back().data(), keep.back().size() * 4});
+    }
+    const std::string mod = "lora.down_blocks.0.attentions.0.proj_in";
+    std::vector<float> a(4 * 32), b(32 * 4);
+    ncp::test::fill_uniform(a, 1, -0.3, 0.3);
+    ncp::test::fill_uniform(b, 2, -0.3, 0.3);
+    keep.push_back(a), keep.push_back(b);
+    const std::vector<int64_t> sa = four_d ? std::vector<int64_t>{4, 32, 1, 1} : std::vector<int64_t>{4, 32};
+    const std::vector<int64_t> sb = four_d ? std::vector<int64_t>{32, 4, 1, 1} : std::vector<int64_t>{32, 4};
+    out.push_back({mod + ".lora_A.weight", DType::F32, sa, keep[keep.size() - 2].data(), a.size() * 4});
+    out.push_back({mod + ".lora_B.weight", DType::F32, sb, keep.back().data(), b.size() * 4});
+    return out;
+  };
+  test::TempDir dir;
+  model::write_safetensors(dir / "flat.safetensors", tensors_with(false), {});
+  model::write_safetensors(dir / "conv.safetensors", tensors_with(true), {});
+  GradOptions o;
+  o.objective.objective = Objective::DPO, o.objective.space = Space::Latent, o.objective.beta = 20;
+  o.lora_alpha = 8;
+  const auto flat = grad_case(*m, model::SafetensorsFile::open(dir / "flat.safetensors"), o);
+  const auto conv = grad_case(*m, model::SafetensorsFile::open(dir / "conv.safetensors"), o);
+  const std::string g = "grad.down_blocks.0.attentions.0.proj_in.lora_A.weight";
+  NCP_EXPECT(conv.at(g).shape == (std::vector<int64_t>{4, 32, 1, 1}), shape_str(conv.at(g).shape));
+  NCP_EXPECT(flat.at(g).shape == (std::vector<int64_t>{4, 32}));
+  NCP_EXPECT(conv.at(g).data == flat.at(g).data);
+  double norm = 0;
+  for (float v : conv.at(g).data) norm += double(v) * v;
+  NCP_EXPECT(norm > 0, "the proj_in adapter got no gradient");
 }

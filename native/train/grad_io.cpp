@@ -81,21 +81,30 @@ std::map<std::string, Tensor32> grad_case(model::LoadedUNet& m, const Safetensor
     schedule.alphas_cumprod.assign(v.begin(), v.end());
   }
 
-  // LoRA adapters from lora.<module>.lora_A/B.weight pairs.
+  // LoRA adapters from lora.<module>.lora_A/B.weight pairs. A 1x1-conv layer's adapter (SD1.x proj_in/proj_out in
+  // PEFT) is stored [r, in, 1, 1] / [out, r, 1, 1]: the same numbers as the Linear form, and its gradient is written
+  // back in the stored shape.
+  auto squeeze_1x1 = [](std::vector<int64_t> s) {
+    if (s.size() == 4 && s[2] == 1 && s[3] == 1) s.resize(2);
+    return s;
+  };
   model::LoraSet lora;
+  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<int64_t>>> stored_shapes;
   for (const model::TensorInfo& t : f.tensors()) {
     if (t.name.compare(0, kLoraPrefix.size(), kLoraPrefix) != 0 || !ends_with(t.name, kA)) continue;
     const std::string module = t.name.substr(kLoraPrefix.size(), t.name.size() - kLoraPrefix.size() - kA.size());
     const std::string bname = kLoraPrefix + module + kB;
     const model::TensorInfo* tb = f.find(bname);
     check(tb != nullptr, "NCP_EMISSING", f.path() + ": tensor '" + bname + "' is missing (its lora_A is there)");
-    check(t.shape.size() == 2 && tb->shape.size() == 2 && tb->shape[1] == t.shape[0], "NCP_ESHAPE",
+    const std::vector<int64_t> sa = squeeze_1x1(t.shape), sb = squeeze_1x1(tb->shape);
+    check(sa.size() == 2 && sb.size() == 2 && sb[1] == sa[0], "NCP_ESHAPE",
           f.path() + ": LoRA " + module + ": lora_A " + shape_str(t.shape) + " and lora_B " + shape_str(tb->shape) +
               " are not [r, in] and [out, r]");
-    const int64_t r = t.shape[0];
+    const int64_t r = sa[0];
     const float alpha = std::isnan(o.lora_alpha) ? float(r) : float(o.lora_alpha);
-    model::LoraAdapter& a = lora.add(module, r, t.shape[1], tb->shape[0], alpha);
+    model::LoraAdapter& a = lora.add(module, r, sa[1], sb[0], alpha);
     a.A = f.read_f32(t.name), a.B = f.read_f32(bname);
+    stored_shapes[module] = {t.shape, tb->shape};
   }
   for (const model::TensorInfo& t : f.tensors())
     if (t.name.compare(0, kLoraPrefix.size(), kLoraPrefix) == 0 && ends_with(t.name, kB)) {
@@ -125,8 +134,9 @@ std::map<std::string, Tensor32> grad_case(model::LoadedUNet& m, const Safetensor
   out["out.reward_w"] = vec({r.reward_w});
   out["out.reward_l"] = vec({r.reward_l});
   for (const auto& a : lora.adapters()) {
-    out["grad." + a->module + kA] = Tensor32{{a->rank, a->in}, a->dA};
-    out["grad." + a->module + kB] = Tensor32{{a->out, a->rank}, a->dB};
+    const auto& [shape_a, shape_b] = stored_shapes.at(a->module);
+    out["grad." + a->module + kA] = Tensor32{shape_a, a->dA};
+    out["grad." + a->module + kB] = Tensor32{shape_b, a->dB};
   }
   return out;
 }
