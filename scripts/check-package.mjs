@@ -6,7 +6,6 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, w
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readSafetensors } from '../test/safetensors.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const work = mkdtempSync(join(tmpdir(), 'ncp-package-'));
@@ -28,6 +27,10 @@ function check(name, ok, detail = '') {
   if (ok) passed++;
   else failed++;
 }
+
+// The tests' safetensors reader is the library's own (dist/): compile it first on a fresh clone.
+if (spawnSync(join(root, 'node_modules', '.bin', 'tsc'), ['-p', '.'], { cwd: root, stdio: 'inherit' }).status !== 0) process.exit(1);
+const { readSafetensors } = await import('../test/safetensors.js');
 
 try {
   const prebuilds = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
