@@ -1,6 +1,7 @@
 // Editing copies of the golden model folders for the error-path tests: read every tensor of a safetensors file as
 // raw bytes, change, drop or rename some, write the result elsewhere.
 #pragma once
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -9,8 +10,10 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "model/safetensors.h"
 #include "tests/fixtures.h"
+#include "tests/harness.h"
 
 namespace ncp::test {
 
@@ -67,6 +70,29 @@ inline std::string edited_component(const std::string& dir, const std::string& c
   write_file(dir + "/" + name + "/config.json", config);
   return dir;
 }
+
+// Golden comparison and error checks shared by the component tests.
+inline void expect_close(const std::string& what, const std::vector<float>& ours, const std::vector<float>& ref,
+                         double tol) {
+  NCP_EXPECT(ours.size() == ref.size(), what << ": " << ours.size() << " values vs " << ref.size());
+  if (ours.size() != ref.size()) return;
+  const double e = rel_error(ours.data(), ref.data(), int64_t(ref.size()));
+  std::printf("    %-48s rel err %.3g\n", what.c_str(), e);
+  NCP_EXPECT(e <= tol, what << ": relative error " << e << " > " << tol);
+}
+
+// The ncp::Error fn throws, or one with an empty code when it throws none.
+template <class F>
+ncp::Error error_of(F&& fn) {
+  try {
+    fn();
+  } catch (const ncp::Error& e) {
+    return e;
+  }
+  return ncp::Error("", "no error");
+}
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 inline void copy_file(const std::string& from, const std::string& to) {
   std::filesystem::create_directories(std::filesystem::path(to).parent_path());

@@ -37,25 +37,6 @@ struct Golden {
   std::vector<float> ref(const std::string& name) const { return file.read_f32(name); }
 };
 
-void expect_close(const std::string& what, const std::vector<float>& ours, const std::vector<float>& ref, double tol) {
-  NCP_EXPECT(ours.size() == ref.size(), what << ": " << ours.size() << " values vs " << ref.size());
-  if (ours.size() != ref.size()) return;
-  const double e = rel_error(ours.data(), ref.data(), int64_t(ref.size()));
-  std::printf("    %-48s rel err %.3g\n", what.c_str(), e);
-  NCP_EXPECT(e <= tol, what << ": relative error " << e << " > " << tol);
-}
-
-template <class F>
-ncp::Error error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const ncp::Error& e) {
-    return e;
-  }
-  return ncp::Error("", "no error");
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 NCP_TEST("vae golden encoder mean and logvar") {
   Golden g;
