@@ -9,14 +9,13 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CodedError } from './errors.js';
 import { writeResolvedConfig, type TrainConfig } from './config.js';
-import { openDataset, PairLoader, stackEncodedBatch, stackImageBatch, type DataPosition, type LoaderStats, type PositionedEncodedPair, type PreparedPair } from './data/index.js';
+import { openDataset, PairLoader, type CachePairSource, stackEncodedBatch, stackImageBatch, type DataPosition, type LoaderStats, type PositionedEncodedPair, type PreparedPair } from './data/index.js';
 import { loraModulesFromWeights, loraWeightsFromModules, writeLoraFile } from './lora-file.js';
 import type { UNetArchConfig } from './lora-names.js';
-import { PairEncoder } from './pipeline.js';
+import { pairBatchFromCache, PairEncoder } from './pipeline.js';
 import { sampleToFile } from './sampler.js';
 import { ensureWritableDir, MetricsWriter, momentsToTensors, readCheckpoint, resolveResume, tensorsToMoments, writeCheckpoint } from './run-files.js';
 import { createTrainer, type PairBatch, type StepMetrics as NativeStepMetrics, type Trainer } from './training.js';
-import type { Tensor } from './native.js';
 
 export const LORA_FILE = 'lora.safetensors';
 export const SAMPLES_DIR = 'samples';
@@ -48,10 +47,6 @@ export interface TrainSummary {
 }
 
 type Loaded = { kind: 'images'; loader: PairLoader<PreparedPair> } | { kind: 'cache'; loader: PairLoader<PositionedEncodedPair> };
-
-function tensor(data: Float32Array, shape: number[]): Tensor {
-  return { data, shape };
-}
 
 /** The seed of the VAE sampling for the micro-batch that starts at `position`: fixed by the run seed and the data. */
 function vaeSeed(seed: number, position: DataPosition): number {
@@ -136,22 +131,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   log(`data: ${cfg.data} (${source.kind}, ${data.loader.rowsPerEpoch} rows per epoch); model: ${cfg.model}; output: ${cfg.output}`);
 
   async function encode(pairs: Array<PreparedPair | PositionedEncodedPair>, at: DataPosition): Promise<PairBatch> {
-    if (data.kind === 'cache') {
-      const b = stackEncodedBatch(pairs as PositionedEncodedPair[]);
-      const P = b.prompts.length;
-      const lat = b.x0w.length / P;
-      const info = trainer.info();
-      const side = Math.round(Math.sqrt(lat / info.latentChannels));
-      const tokens = b.encoderHiddenStates.length / P / info.crossAttentionDim;
-      const out: PairBatch = {
-        x0_w: tensor(b.x0w, [P, info.latentChannels, side, side]),
-        x0_l: tensor(b.x0l, [P, info.latentChannels, side, side]),
-        encoder_hidden_states: tensor(b.encoderHiddenStates, [P, tokens, info.crossAttentionDim]),
-      };
-      if (b.textEmbeds) out.text_embeds = tensor(b.textEmbeds, [P, info.pooledDim]);
-      if (b.timeIds) out.time_ids = tensor(b.timeIds, [P, 6]);
-      return out;
-    }
+    if (data.kind === 'cache') return pairBatchFromCache(stackEncodedBatch(pairs as PositionedEncodedPair[]), (source as CachePairSource).manifest);
     return encoder!.encodeBatch(stackImageBatch(pairs as PreparedPair[]), vaeSeed(cfg.seed, at));
   }
 
