@@ -2,7 +2,7 @@
 // content or the complete new content, never a torn file: write a temporary sibling in the same folder (so the
 // rename cannot cross file systems), fsync it, rename it over the target, fsync the folder so the rename itself is
 // durable.
-import { open, rename, rm, mkdir, unlink } from 'node:fs/promises';
+import { open, rename, rm, mkdir, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import { CodedError, describeFsError } from './errors.js';
@@ -37,21 +37,25 @@ function writeError(path: string, err: unknown): CodedError {
   return new CodedError('NCP_EWRITE', `cannot write ${path}: ${describeFsError(err)}`, { cause: err });
 }
 
+/** Writes every byte of `parts` (concatenated) at the handle's position: a single write may be short. */
+async function writeAll(fh: FileHandle, parts: Uint8Array | string | Array<Uint8Array | string>): Promise<void> {
+  for (const p of Array.isArray(parts) ? parts : [parts]) {
+    const buf = typeof p === 'string' ? Buffer.from(p, 'utf8') : p;
+    let off = 0;
+    while (off < buf.byteLength) {
+      const { bytesWritten } = await fh.write(buf, off, buf.byteLength - off);
+      off += bytesWritten;
+    }
+  }
+}
+
 /** Writes `parts` (concatenated) to `path` atomically. The folder must exist. */
 export async function writeFileAtomic(path: string, parts: Uint8Array | string | Array<Uint8Array | string>): Promise<void> {
-  const list = Array.isArray(parts) ? parts : [parts];
   const tmp = tempSibling(path);
   let fh;
   try {
     fh = await open(tmp, 'wx', 0o644);
-    for (const p of list) {
-      const buf = typeof p === 'string' ? Buffer.from(p, 'utf8') : p;
-      let off = 0;
-      while (off < buf.byteLength) {
-        const { bytesWritten } = await fh.write(buf, off, buf.byteLength - off);
-        off += bytesWritten;
-      }
-    }
+    await writeAll(fh, parts);
     await fh.sync();
     await fh.close();
     fh = undefined;
@@ -101,18 +105,10 @@ export async function writeDirAtomic(target: string, fill: (tmpDir: string) => P
 
 /** Writes a file and fsyncs it (no rename: for files inside a folder that writeDirAtomic publishes). */
 export async function writeFileDurable(path: string, parts: Uint8Array | string | Array<Uint8Array | string>): Promise<void> {
-  const list = Array.isArray(parts) ? parts : [parts];
   let fh;
   try {
     fh = await open(path, 'wx', 0o644);
-    for (const p of list) {
-      const buf = typeof p === 'string' ? Buffer.from(p, 'utf8') : p;
-      let off = 0;
-      while (off < buf.byteLength) {
-        const { bytesWritten } = await fh.write(buf, off, buf.byteLength - off);
-        off += bytesWritten;
-      }
-    }
+    await writeAll(fh, parts);
     await fh.sync();
   } catch (err) {
     throw writeError(path, err);

@@ -220,18 +220,6 @@ export { sample, sampleToFile, encodePng, sizeRules } from './sampler.js';
 export type { SampleOptions, SampledImage, SizeRules } from './sampler.js';
 export { createScheduler, readSchedulerConfig, parseSchedulerConfig, SCHEDULER_KINDS } from './schedulers.js';
 export type { Scheduler, SchedulerConfig, SchedulerKind } from './schedulers.js';
-export { createTrainer, gradFile, benchStep } from './training.js';
-export type {
-  GradOptions,
-  LoraModuleTensors,
-  Trainer,
-  ObjectiveMetrics,
-  ObjectiveOptions,
-  PairBatch,
-  StepMetrics,
-  TrainerOptions,
-  TrainerState,
-  StepBenchResult,
-} from './training.js';
+export * from './training.js';
 export { train } from './train-api.js';
 export type { TrainOptions, TrainConfig, TrainHooks, TrainSummary } from './train-api.js';

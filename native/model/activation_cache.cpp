@@ -11,10 +11,6 @@ namespace {
 struct Cache {
   std::mutex mu;
   std::multimap<int64_t, float*> free;  // capacity -> block
-  int64_t bytes = 0;
-  ~Cache() {
-    for (auto& [cap, p] : free) std::free(p);
-  }
 };
 
 Cache& cache() {
@@ -42,7 +38,6 @@ float* acquire(int64_t n, int64_t* capacity) {
     if (it != c.free.end() && it->first <= 2 * want) {
       float* p = it->second;
       *capacity = it->first;
-      c.bytes -= it->first * int64_t(sizeof(float));
       c.free.erase(it);
       return p;
     }
@@ -58,23 +53,6 @@ void release(float* p, int64_t capacity) {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
   c.free.emplace(capacity, p);
-  c.bytes += capacity * int64_t(sizeof(float));
-}
-
-int64_t trim() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  const int64_t b = c.bytes;
-  for (auto& [cap, p] : c.free) std::free(p);
-  c.free.clear();
-  c.bytes = 0;
-  return b;
-}
-
-int64_t cached_bytes() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  return c.bytes;
 }
 
 }  // namespace ncp::model::activation_cache

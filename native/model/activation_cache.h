@@ -11,8 +11,5 @@ namespace ncp::model::activation_cache {
 float* acquire(int64_t n, int64_t* capacity);
 // Returns a block from acquire (nullptr is ignored) to the cache.
 void release(float* p, int64_t capacity);
-// Frees every cached block (memory in use is unaffected). Returns the bytes given back.
-int64_t trim();
-int64_t cached_bytes();
 
 }  // namespace ncp::model::activation_cache

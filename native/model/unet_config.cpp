@@ -4,34 +4,24 @@
 #include "model/unet_config.h"
 
 #include "core/error.h"
+#include "model/config_reader.h"
 #include "model/json.h"
 
 namespace ncp::model {
 
 namespace {
 
-class Reader {
+// The shared config reader (errors, typed access), with this file's stricter rules: a field written as null is an
+// error unless the caller handles null itself, as diffusers would fail on most of them too.
+class Reader : public ConfigReader {
  public:
-  Reader(const json::Value& root, const std::string& source) : root_(root), source_(source) {}
-
-  [[noreturn]] void fail(const std::string& field, const json::Value& v, const std::string& why) const {
-    throw Error("NCP_ECONFIG", source_ + ": " + field + " = " + json::to_string(v) + ": " + why);
-  }
-  [[noreturn]] void fail(const std::string& what) const { throw Error("NCP_ECONFIG", source_ + ": " + what); }
-
-  // nullptr when the field is absent.
-  const json::Value* get(const char* field) const { return root_.find(field); }
+  using ConfigReader::ConfigReader;
+  using ConfigReader::integer;
 
   const json::Value& required(const char* field) const {
     const json::Value* v = get(field);
     if (!v) fail(std::string("missing required field \"") + field + "\"");
     return *v;
-  }
-
-  int64_t integer(const std::string& field, const json::Value& v, int64_t min) const {
-    if (!v.is_integer()) fail(field, v, "must be an integer");
-    if (v.as_int() < min) fail(field, v, "must be at least " + std::to_string(min));
-    return v.as_int();
   }
 
   int64_t integer(const char* field, int64_t fallback, int64_t min) const {
@@ -108,10 +98,6 @@ class Reader {
     if (v && !(v->is_number() && v->as_double() == supported))
       fail(field, *v, "not supported (only " + std::to_string(supported) + ")");
   }
-
- private:
-  const json::Value& root_;
-  const std::string& source_;
 };
 
 }  // namespace

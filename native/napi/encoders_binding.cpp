@@ -276,11 +276,7 @@ Napi::Value ComponentForwardFile(const Napi::CallbackInfo& info) {
     model::parse_component(job.component);  // an unknown name fails here, before any work is queued
     return PromiseWorker<std::vector<std::string>>::Start(
         env, [job] { return model::forward_component_file(job); },
-        [](Napi::Env e, std::vector<std::string>& names) -> Napi::Value {
-          Napi::Array a = Napi::Array::New(e, names.size());
-          for (size_t i = 0; i < names.size(); ++i) a.Set(uint32_t(i), names[i]);
-          return a;
-        });
+        [](Napi::Env e, std::vector<std::string>& names) -> Napi::Value { return string_array(e, names); });
   });
 }
 

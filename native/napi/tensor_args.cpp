@@ -88,4 +88,10 @@ std::string string_attr(Napi::Env env, const Napi::Object& attrs, const std::str
   return v.As<Napi::String>().Utf8Value();
 }
 
+Napi::Array string_array(Napi::Env env, const std::vector<std::string>& items) {
+  Napi::Array a = Napi::Array::New(env, items.size());
+  for (size_t i = 0; i < items.size(); ++i) a.Set(uint32_t(i), items[i]);
+  return a;
+}
+
 }  // namespace ncp::napi

@@ -23,6 +23,8 @@ int64_t numel(const std::vector<int64_t>& shape);
 // shape disagree.
 HostTensor read_tensor(Napi::Env env, const Napi::Object& obj, const std::string& name, bool optional = false);
 Napi::Object write_tensor(Napi::Env env, const HostTensor& t);
+// A JS array of strings (the tensor names a file job wrote).
+Napi::Array string_array(Napi::Env env, const std::vector<std::string>& items);
 
 // Checks t has `rank` dims; message names op, tensor and the shape found.
 void expect_rank(Napi::Env env, const std::string& op, const std::string& name, const HostTensor& t, size_t rank);

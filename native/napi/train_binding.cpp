@@ -108,6 +108,12 @@ Napi::Object metrics_object(Napi::Env env, const train::ObjectiveResult& r) {
   return o;
 }
 
+// Clears the trainer's busy flag when a worker's call ends, however it ends.
+struct Release {
+  std::atomic<bool>& flag;
+  ~Release() { flag = false; }
+};
+
 class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -147,10 +153,7 @@ class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
     return PromiseWorker<train::StepMetrics>::Start(
         env,
         [t, batches, b] {
-          struct Release {
-            std::atomic<bool>& f;
-            ~Release() { f = false; }
-          } release{*b};
+          const Release release{*b};
           return t->step(*batches);
         },
         [](Napi::Env e, train::StepMetrics& m) -> Napi::Value {
@@ -173,10 +176,7 @@ class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
     return PromiseWorker<train::ObjectiveResult>::Start(
         env,
         [t, batch, seed, b] {
-          struct Release {
-            std::atomic<bool>& f;
-            ~Release() { f = false; }
-          } release{*b};
+          const Release release{*b};
           return t->evaluate(*batch, seed);
         },
         [](Napi::Env e, train::ObjectiveResult& r) -> Napi::Value { return metrics_object(e, r); });
@@ -328,11 +328,7 @@ Napi::Value GradFile(const Napi::CallbackInfo& info) {
         auto m = model::load_unet(dir, variant);
         return train::grad_file(*m, input, output, opts);
       },
-      [](Napi::Env e, std::vector<std::string>& names) -> Napi::Value {
-        Napi::Array a = Napi::Array::New(e, names.size());
-        for (size_t i = 0; i < names.size(); ++i) a.Set(uint32_t(i), names[i]);
-        return a;
-      });
+      [](Napi::Env e, std::vector<std::string>& names) -> Napi::Value { return string_array(e, names); });
 }
 
 }  // namespace

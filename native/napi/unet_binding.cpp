@@ -255,11 +255,7 @@ Napi::Value UNetForwardFile(const Napi::CallbackInfo& info) {
         auto m = model::load_unet(dir, variant);
         return model::unet_forward_file(*m, input, output, trace);
       },
-      [](Napi::Env e, std::vector<std::string>& names) -> Napi::Value {
-        Napi::Array a = Napi::Array::New(e, names.size());
-        for (size_t i = 0; i < names.size(); ++i) a.Set(uint32_t(i), names[i]);
-        return a;
-      });
+      [](Napi::Env e, std::vector<std::string>& names) -> Napi::Value { return string_array(e, names); });
 }
 
 }  // namespace

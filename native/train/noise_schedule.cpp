@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "model/config_reader.h"
 #include "model/json.h"
 
 namespace ncp::train {
@@ -42,26 +43,14 @@ NoiseSchedule NoiseSchedule::from_model_folder(const std::string& model_dir) {
   std::stringstream text;
   text << f.rdbuf();
   const json::Value cfg = json::parse(text.str(), "NCP_ECONFIG", path);
-  auto number = [&](const char* key, double fallback) {
-    const json::Value* v = cfg.find(key);
-    if (!v || v->is_null()) return fallback;
-    check(v->is_number(), "NCP_ECONFIG", path + ": field \"" + key + "\" must be a number");
-    return v->as_double();
-  };
-  auto string = [&](const char* key, const char* fallback) {
-    const json::Value* v = cfg.find(key);
-    if (!v || v->is_null()) return std::string(fallback);
-    check(v->is_string(), "NCP_ECONFIG", path + ": field \"" + key + "\" must be a string");
-    return v->as_string();
-  };
-  NoiseSchedule s = from_betas(string("beta_schedule", "scaled_linear"), number("beta_start", 0.00085),
-                               number("beta_end", 0.012), int64_t(number("num_train_timesteps", 1000)));
-  const std::string pred = string("prediction_type", "epsilon");
+  const model::ConfigReader r(cfg, path);
+  NoiseSchedule s = from_betas(r.string("beta_schedule", "scaled_linear"), r.number("beta_start", 0.00085),
+                               r.number("beta_end", 0.012), r.integer("num_train_timesteps", 1000, 2));
+  const std::string pred = r.string("prediction_type", "epsilon");
   if (pred == "v_prediction")
     s.prediction = Prediction::VPrediction;
-  else
-    check(pred == "epsilon", "NCP_ECONFIG",
-          path + ": prediction_type \"" + pred + "\" is not supported (epsilon, v_prediction)");
+  else if (pred != "epsilon")
+    r.fail("prediction_type", *r.get("prediction_type"), "not supported (epsilon, v_prediction)");
   return s;
 }
 
