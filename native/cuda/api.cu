@@ -51,6 +51,9 @@ ncp_cuda_api make_table() {
   t.mse_forward = mse_forward;
   t.mse_backward = mse_backward;
   t.adamw_step = adamw_step;
+  t.transpose_batched = transpose_batched;
+  t.axpby = axpby;
+  t.scale_shift = scale_shift;
   return t;
 }
 

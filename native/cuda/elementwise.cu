@@ -117,4 +117,45 @@ int add_channel_bias_backward(float* dbias, const float* dy, int64_t N, int64_t 
   return dbias ? channel_sum_add(dbias, dy, 1, N * C, HW) : NCP_CUDA_OK;
 }
 
+// 32x32 tiles through shared memory, so that both the reads and the writes are coalesced. Grid: (column tiles,
+// row tiles, batch); block (32, 8), each thread moving four elements of its tile column.
+namespace {
+__global__ void transpose_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t rows, int64_t cols) {
+  __shared__ float tile[32][33];  // +1: no shared-memory bank conflicts on the transposed read
+  const int64_t n = blockIdx.z, r0 = int64_t(blockIdx.y) * 32, c0 = int64_t(blockIdx.x) * 32;
+  const float* xs = x + n * rows * cols;
+  float* yd = y + n * rows * cols;
+  for (int i = threadIdx.y; i < 32; i += 8) {
+    const int64_t r = r0 + i, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) tile[i][threadIdx.x] = xs[r * cols + c];
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += 8) {
+    const int64_t c = c0 + i, r = r0 + threadIdx.x;
+    if (r < rows && c < cols) yd[c * rows + r] = tile[threadIdx.x][i];
+  }
+}
+}  // namespace
+
+int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
+  NCP_REQUIRE(N >= 0 && rows >= 0 && cols >= 0, "transpose_batched: negative size");
+  if (N == 0 || rows == 0 || cols == 0) return NCP_CUDA_OK;
+  NCP_REQUIRE(N <= 65535 && (rows + 31) / 32 <= 65535, "transpose_batched: %lld x %lld rows too many for the grid",
+              (long long)N, (long long)rows);
+  transpose_kernel<<<dim3(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32), unsigned(N)), dim3(32, 8)>>>(
+      y, x, rows, cols);
+  return check_launch("transpose_batched");
+}
+
+int axpby(float* y, float a, const float* x, float b, int64_t n) {
+  NCP_REQUIRE(n >= 0, "axpby: negative size %lld", (long long)n);
+  if (b == 0.f) return launch_each("axpby", n, [=] __device__(int64_t i) { y[i] = a * x[i]; });
+  return launch_each("axpby", n, [=] __device__(int64_t i) { y[i] = a * x[i] + b * y[i]; });
+}
+
+int scale_shift(float* y, const float* x, float a, float c, int64_t n) {
+  NCP_REQUIRE(n >= 0, "scale_shift: negative size %lld", (long long)n);
+  return launch_each("scale_shift", n, [=] __device__(int64_t i) { y[i] = a * x[i] + c; });
+}
+
 }  // namespace ncp::cuda

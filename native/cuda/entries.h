@@ -70,6 +70,9 @@ int concat_channels_backward(float* da, float* db, const float* dy, int64_t N, i
                              int64_t HW);
 int add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW);
 int add_channel_bias_backward(float* dbias, const float* dy, int64_t N, int64_t C, int64_t HW);
+int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
+int axpby(float* y, float a, const float* x, float b, int64_t n);
+int scale_shift(float* y, const float* x, float a, float c, int64_t n);
 
 // embeddings.cu
 int timestep_embedding(float* y, const float* t, int64_t N, int64_t dim, int32_t flip_sin_to_cos,

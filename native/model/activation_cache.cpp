@@ -1,16 +1,18 @@
 #include "model/activation_cache.h"
 
-#include <cstdlib>
 #include <map>
 #include <mutex>
-#include <new>
+#include <vector>
+
+#include "core/error.h"
+#include "model/dev_ops.h"
 
 namespace ncp::model::activation_cache {
 namespace {
 
 struct Cache {
   std::mutex mu;
-  std::multimap<int64_t, float*> free;  // capacity -> block
+  std::map<int, std::multimap<int64_t, float*>> free;  // device -> (capacity -> block)
 };
 
 Cache& cache() {
@@ -31,28 +33,46 @@ int64_t size_class(int64_t n) {
 
 float* acquire(int64_t n, int64_t* capacity) {
   const int64_t want = size_class(n);
+  const int device = dev::current_device();
   Cache& c = cache();
   {
     std::lock_guard<std::mutex> lock(c.mu);
-    auto it = c.free.lower_bound(want);
-    if (it != c.free.end() && it->first <= 2 * want) {
+    auto& blocks = c.free[device];
+    auto it = blocks.lower_bound(want);
+    if (it != blocks.end() && it->first <= 2 * want) {
       float* p = it->second;
       *capacity = it->first;
-      c.free.erase(it);
+      blocks.erase(it);
       return p;
     }
   }
-  void* p = std::aligned_alloc(64, size_t(want) * sizeof(float));
-  if (!p) throw std::bad_alloc();
   *capacity = want;
-  return static_cast<float*>(p);
+  try {
+    return dev::alloc(want);
+  } catch (const Error& e) {
+    if (e.code() != "NCP_ENOMEM") throw;
+    trim(device);  // cached blocks of other sizes may add up to what is asked
+    return dev::alloc(want);
+  }
 }
 
-void release(float* p, int64_t capacity) {
+void release(float* p, int64_t capacity, int device) {
   if (!p) return;
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
-  c.free.emplace(capacity, p);
+  c.free[device].emplace(capacity, p);
+}
+
+void trim(int device) {
+  std::vector<float*> blocks;
+  {
+    Cache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (auto& [cap, p] : c.free[device]) blocks.push_back(p);
+    c.free[device].clear();
+  }
+  dev::DeviceScope scope(device);
+  for (float* p : blocks) dev::free(p);
 }
 
 }  // namespace ncp::model::activation_cache

@@ -1,12 +1,9 @@
 #include "model/blocks.h"
 
-#include "model/activation_cache.h"
-
 #include <algorithm>
 
 #include "core/error.h"
-#include "core/threads.h"
-#include "cpu/ops.h"
+#include "model/dev_ops.h"
 
 namespace ncp::model {
 
@@ -17,52 +14,11 @@ const float* ParamSource::take(const std::string& name, std::vector<int64_t> sha
     manifest_->push_back({name, std::move(shape)});
     return nullptr;
   }
-  return weights_->get(name, shape);
-}
-
-Buffer::~Buffer() { activation_cache::release(data_, capacity_); }
-
-Buffer::Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), capacity_(o.capacity_) {
-  o.data_ = nullptr, o.size_ = o.capacity_ = 0;
-}
-
-Buffer& Buffer::operator=(Buffer&& o) noexcept {
-  if (this != &o) {
-    activation_cache::release(data_, capacity_);
-    data_ = o.data_, size_ = o.size_, capacity_ = o.capacity_;
-    o.data_ = nullptr, o.size_ = o.capacity_ = 0;
-  }
-  return *this;
-}
-
-float* Buffer::ensure(int64_t n) {
-  if (n > capacity_) {
-    activation_cache::release(data_, capacity_);
-    data_ = activation_cache::acquire(n, &capacity_);
-  }
-  size_ = n;
-  return data_;
-}
-
-float* Buffer::zeros(int64_t n) {
-  float* p = ensure(n);
-  std::fill(p, p + n, 0.0f);
-  return p;
+  return device_weights_ ? device_weights_->get(name, shape) : weights_->get(name, shape);
 }
 
 void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
-  constexpr int64_t kTile = 32;  // a 32x32 float tile of source and destination both stay in L1
-  const int64_t rt = (rows + kTile - 1) / kTile, ct = (cols + kTile - 1) / kTile;
-  parallel_for(N * rt * ct, 8, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / (rt * ct), r0 = t / ct % rt * kTile, c0 = t % ct * kTile;
-      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
-      const float* xs = x + n * rows * cols;
-      float* yd = y + n * rows * cols;
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) yd[c * rows + r] = xs[r * cols + c];
-    }
-  });
+  dev::transpose_batched(y, x, N, rows, cols);
 }
 
 // ---- Leaf layers -------------------------------------------------------------------------------------------
@@ -74,35 +30,33 @@ Linear::Linear(ParamSource& p, const std::string& prefix, int64_t in_, int64_t o
 
 namespace {
 // u [rows, r] = x A^T: the adapter's down projection, recomputed by backward rather than kept.
-void lora_down(std::vector<float>& u, const LoraAdapter& a, const float* x, int64_t rows) {
-  u.resize(size_t(rows * a.rank));
-  cpu::gemm<float>(false, true, rows, a.rank, a.in, 1.0f, x, a.in, a.A.data(), a.in, 0.0f, u.data(), a.rank);
+void lora_down(Buffer& u, const LoraAdapter& a, const float* x, int64_t rows) {
+  dev::gemm(false, true, rows, a.rank, a.in, 1.0f, x, a.in, a.a(), a.in, 0.0f, u.ensure(rows * a.rank), a.rank);
 }
 }  // namespace
 
 void Linear::forward(float* y, const float* x, int64_t rows, bool lora_on) const {
-  cpu::linear_forward(y, x, W, b, rows, in, out);
+  dev::linear_forward(y, x, W, b, rows, in, out);
   if (lora_on && lora) {
-    static thread_local std::vector<float> u;
+    Buffer u;
     lora_down(u, *lora, x, rows);
-    cpu::gemm<float>(false, true, rows, out, lora->rank, lora->scale(), u.data(), lora->rank, lora->B.data(),
-                     lora->rank, 1.0f, y, out);
+    dev::gemm(false, true, rows, out, lora->rank, lora->scale(), u.data(), lora->rank, lora->b(), lora->rank, 1.0f,
+              y, out);
   }
 }
 
 void Linear::backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const {
-  if (dx) cpu::linear_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out);
+  if (dx) dev::linear_backward_input(dx, dy, W, rows, in, out);
   if (!(lora_on && lora)) return;
   LoraAdapter& a = *lora;
   const int64_t r = a.rank;
-  static thread_local std::vector<float> u, du;
+  Buffer u, du;
   lora_down(u, a, x, rows);
   // y += s u B^T: dB += s dy^T u, du = s dy B; u = x A^T: dA += du^T x, dx += du A.
-  cpu::gemm<float>(true, false, out, r, rows, a.scale(), dy, out, u.data(), r, 1.0f, a.dB.data(), r);
-  du.resize(size_t(rows * r));
-  cpu::gemm<float>(false, false, rows, r, out, a.scale(), dy, out, a.B.data(), r, 0.0f, du.data(), r);
-  cpu::gemm<float>(true, false, r, in, rows, 1.0f, du.data(), r, x, in, 1.0f, a.dA.data(), in);
-  if (dx) cpu::gemm<float>(false, false, rows, in, r, 1.0f, du.data(), r, a.A.data(), in, 1.0f, dx, in);
+  dev::gemm(true, false, out, r, rows, a.scale(), dy, out, u.data(), r, 1.0f, a.db(), r);
+  dev::gemm(false, false, rows, r, out, a.scale(), dy, out, a.b(), r, 0.0f, du.ensure(rows * r), r);
+  dev::gemm(true, false, r, in, rows, 1.0f, du.data(), r, x, in, 1.0f, a.da(), in);
+  if (dx) dev::gemm(false, false, rows, in, r, 1.0f, du.data(), r, a.a(), in, 1.0f, dx, in);
 }
 
 Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t cout_, int64_t k_, int64_t stride_)
@@ -112,11 +66,11 @@ Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t 
 }
 
 void Conv2d::forward(float* y, const float* x, int64_t N, int64_t H, int64_t Wd) const {
-  cpu::conv2d_forward(y, x, W, b, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
+  dev::conv2d_forward(y, x, W, b, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
 }
 
 void Conv2d::backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t Wd) const {
-  cpu::conv2d_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
+  dev::conv2d_backward_input(dx, dy, W, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
 }
 
 GroupNorm::GroupNorm(ParamSource& p, const std::string& prefix, int64_t C_, int64_t groups_, double eps_)
@@ -129,13 +83,13 @@ GroupNorm::GroupNorm(ParamSource& p, const std::string& prefix, int64_t C_, int6
 }
 
 void GroupNorm::forward(float* y, NormStats& s, const float* x, int64_t N, int64_t HW) const {
-  cpu::group_norm_forward(y, s.mean.ensure(N * groups), s.rstd.ensure(N * groups), x, gamma, beta, N, C, HW,
+  dev::group_norm_forward(y, s.mean.ensure(N * groups), s.rstd.ensure(N * groups), x, gamma, beta, N, C, HW,
                           groups, eps);
 }
 
 void GroupNorm::backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t N,
                          int64_t HW) const {
-  cpu::group_norm_backward<float>(dx, nullptr, nullptr, dy, x, s.mean.data(), s.rstd.data(), gamma, N, C, HW,
+  dev::group_norm_backward_input(dx, dy, x, s.mean.data(), s.rstd.data(), gamma, N, C, HW,
                                   groups);
 }
 
@@ -145,11 +99,11 @@ LayerNorm::LayerNorm(ParamSource& p, const std::string& prefix, int64_t C_, doub
 }
 
 void LayerNorm::forward(float* y, NormStats& s, const float* x, int64_t rows) const {
-  cpu::layer_norm_forward(y, s.mean.ensure(rows), s.rstd.ensure(rows), x, gamma, beta, rows, C, eps);
+  dev::layer_norm_forward(y, s.mean.ensure(rows), s.rstd.ensure(rows), x, gamma, beta, rows, C, eps);
 }
 
 void LayerNorm::backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t rows) const {
-  cpu::layer_norm_backward<float>(dx, nullptr, nullptr, dy, x, s.mean.data(), s.rstd.data(), gamma, rows, C);
+  dev::layer_norm_backward_input(dx, dy, x, s.mean.data(), s.rstd.data(), gamma, rows, C);
 }
 
 // ---- Blocks ------------------------------------------------------------------------------------------------
@@ -159,7 +113,7 @@ TimestepEmbedding::TimestepEmbedding(ParamSource& p, const std::string& prefix, 
 void TimestepEmbedding::forward(float* y, const float* x, int64_t rows, Acts& a) const {
   const int64_t n = rows * linear_1.out;
   linear_1.forward(a.h.ensure(n), x, rows);
-  cpu::activation_forward(Activation::SiLU, a.act.ensure(n), a.h.data(), n);
+  dev::activation_forward(Activation::SiLU, a.act.ensure(n), a.h.data(), n);
   linear_2.forward(y, a.act.data(), rows);
 }
 
@@ -178,20 +132,20 @@ void ResnetBlock2D::forward(float* y, const float* x, const float* temb_act, int
                             Acts& a) const {
   const int64_t HW = H * W, nin = N * cin * HW, nout = N * cout * HW;
   norm1.forward(a.n1.ensure(nin), a.s1, x, N, HW);
-  cpu::activation_forward(Activation::SiLU, a.a1.ensure(nin), a.n1.data(), nin);
+  dev::activation_forward(Activation::SiLU, a.a1.ensure(nin), a.n1.data(), nin);
   conv1.forward(a.c1.ensure(nout), a.a1.data(), N, H, W);
   if (temb_dim > 0) {
     time_emb_proj.forward(a.temb.ensure(N * cout), temb_act, N);
-    cpu::add_channel_bias_forward(a.c1.data(), a.temb.data(), N, cout, HW);
+    dev::add_channel_bias_forward(a.c1.data(), a.temb.data(), N, cout, HW);
   }
   norm2.forward(a.n2.ensure(nout), a.s2, a.c1.data(), N, HW);
-  cpu::activation_forward(Activation::SiLU, a.a2.ensure(nout), a.n2.data(), nout);
+  dev::activation_forward(Activation::SiLU, a.a2.ensure(nout), a.n2.data(), nout);
   conv2.forward(y, a.a2.data(), N, H, W);
   if (has_shortcut) {
     conv_shortcut.forward(a.shortcut.ensure(nout), x, N, H, W);
-    cpu::add_forward(y, y, a.shortcut.data(), nout);
+    dev::add_forward(y, y, a.shortcut.data(), nout);
   } else {
-    cpu::add_forward(y, y, x, nout);
+    dev::add_forward(y, y, x, nout);
   }
 }
 
@@ -203,17 +157,17 @@ void ResnetBlock2D::backward(float* dx, const float* dy, const float* x, int64_t
   if (has_shortcut)
     conv_shortcut.backward(dx, dy, N, H, W);
   else
-    cpu::add_backward<float>(dx, nullptr, dy, nout);
+    dev::add_into(dx, dy, nout);
   float* g = g_out.zeros(nout);
   conv2.backward(g, dy, N, H, W);                                             // d a2
   float* g2 = g_in.zeros(std::max(nin, nout));
-  cpu::activation_backward<float>(Activation::SiLU, g2, g, a.n2.data(), nout);  // d n2
-  std::fill(g, g + nout, 0.0f);
+  dev::activation_backward(Activation::SiLU, g2, g, a.n2.data(), nout);  // d n2
+  dev::zero(g, nout);
   norm2.backward(g, g2, a.c1.data(), a.s2, N, HW);                            // d c1 (the time bias passes it on)
-  std::fill(g2, g2 + nin, 0.0f);
+  dev::zero(g2, nin);
   conv1.backward(g2, g, N, H, W);                                             // d a1
   float* g3 = g_out.zeros(nin);
-  cpu::activation_backward<float>(Activation::SiLU, g3, g2, a.n1.data(), nin);  // d n1
+  dev::activation_backward(Activation::SiLU, g3, g2, a.n1.data(), nin);  // d n1
   norm1.backward(dx, g3, x, a.s1, N, HW);
 }
 
@@ -233,7 +187,7 @@ void Attention::forward(float* y, const float* x, const float* context, int64_t 
   to_q.forward(a.q.ensure(B * Lq * inner), x, B * Lq, lora);
   to_k.forward(a.k.ensure(B * Lk * inner), context, B * Lk, lora);
   to_v.forward(a.v.ensure(B * Lk * inner), context, B * Lk, lora);
-  cpu::attention_forward<float>(a.o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
+  dev::attention_forward(a.o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
                                 cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
   to_out.forward(y, a.o.data(), B * Lq, lora);
 }
@@ -250,8 +204,8 @@ void Attention::backward(float* dx, float* dcontext, const float* dy, const floa
   Buffer o_scratch;
   float* o = o_scratch.ensure(nq);
   for (int64_t b = 0; b < B; ++b) {
-    cpu::attention_forward<float>(o, p, a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, row);
-    cpu::attention_backward<float>(dq.data() + b * nq, dk.data() + b * nk, dv.data() + b * nk,
+    dev::attention_forward(o, p, a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, row);
+    dev::attention_backward(dq.data() + b * nq, dk.data() + b * nk, dv.data() + b * nk,
                                    d_o.data() + b * nq, a.q.data() + b * nq, a.k.data() + b * nk,
                                    a.v.data() + b * nk, p, row);
   }
@@ -278,15 +232,15 @@ void BasicTransformerBlock::forward(float* y, const float* x, const float* conte
   // Each sub-layer's output lands in the next residual buffer, which then takes the residual in place.
   norm1.forward(a.n1.ensure(n), a.s1, x, rows);
   attn1.forward(a.h1.ensure(n), a.n1.data(), a.n1.data(), B, L, L, a.attn1, lora);
-  cpu::add_forward(a.h1.data(), a.h1.data(), x, n);
+  dev::add_forward(a.h1.data(), a.h1.data(), x, n);
   norm2.forward(a.n2.ensure(n), a.s2, a.h1.data(), rows);
   attn2.forward(a.h2.ensure(n), a.n2.data(), context, B, L, Lk, a.attn2, lora);
-  cpu::add_forward(a.h2.data(), a.h2.data(), a.h1.data(), n);
+  dev::add_forward(a.h2.data(), a.h2.data(), a.h1.data(), n);
   norm3.forward(a.n3.ensure(n), a.s3, a.h2.data(), rows);
   ff_proj.forward(a.ff_h.ensure(rows * 2 * ff_inner), a.n3.data(), rows, lora);
-  cpu::geglu_forward(a.ff_g.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
+  dev::geglu_forward(a.ff_g.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
   ff_out.forward(y, a.ff_g.data(), rows, lora);
-  cpu::add_forward(y, y, a.h2.data(), n);
+  dev::add_forward(y, y, a.h2.data(), n);
 }
 
 void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x, const float* context, int64_t B,
@@ -295,16 +249,16 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
   Buffer dh, dn, dg, dffh;
   // y = h2 + ff(norm3 h2)
   float* d_h2 = dh.ensure(n);
-  std::copy(dy, dy + n, d_h2);
+  dev::copy(d_h2, dy, n);
   ff_out.backward(dg.zeros(rows * ff_inner), dy, a.ff_g.data(), rows, lora);
-  cpu::geglu_backward<float>(dffh.zeros(rows * 2 * ff_inner), dg.data(), a.ff_h.data(), rows, ff_inner);
+  dev::geglu_backward(dffh.zeros(rows * 2 * ff_inner), dg.data(), a.ff_h.data(), rows, ff_inner);
   ff_proj.backward(dn.zeros(n), dffh.data(), a.n3.data(), rows, lora);
   norm3.backward(d_h2, dn.data(), a.h2.data(), a.s3, rows);
   // h2 = h1 + attn2(norm2 h1, context): no gradient to the text conditioning.
   attn2.backward(dn.zeros(n), nullptr, d_h2, a.n2.data(), context, B, L, Lk, a.attn2, lora);
   norm2.backward(d_h2, dn.data(), a.h1.data(), a.s2, rows);  // d_h2 now holds d h1
   // h1 = x + attn1(norm1 x)
-  cpu::add_backward<float>(dx, nullptr, d_h2, n);
+  dev::add_into(dx, d_h2, n);
   float* d_n1 = dn.zeros(n);
   attn1.backward(d_n1, d_n1, d_h2, a.n1.data(), a.n1.data(), B, L, L, a.attn1, lora);
   norm1.backward(dx, d_n1, x, a.s1, rows);
@@ -339,13 +293,13 @@ void Transformer2DModel::forward(float* y, const float* x, const float* context,
                       lora);
   proj_out.forward(a.proj_out.ensure(n), a.stream[depth].data(), N * L, lora);
   transpose_batched(y, a.proj_out.data(), N, L, C);
-  cpu::add_forward(y, y, x, n);
+  dev::add_forward(y, y, x, n);
 }
 
 void Transformer2DModel::backward(float* dx, const float* dy, const float* x, const float* context, int64_t N,
                                   int64_t H, int64_t W, int64_t Lk, const Acts& a, bool lora) const {
   const int64_t L = H * W, n = N * C * L, ni = N * L * inner, depth = int64_t(blocks.size());
-  cpu::add_backward<float>(dx, nullptr, dy, n);  // the residual
+  dev::add_into(dx, dy, n);  // the residual
   Buffer tok, ds[2];
   transpose_batched(tok.ensure(n), dy, N, C, L);  // d proj_out output, NLC
   float* d = ds[0].zeros(ni);
@@ -382,7 +336,7 @@ Upsample2D::Upsample2D(ParamSource& p, const std::string& prefix, int64_t channe
 
 void Upsample2D::forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Acts& a) const {
   const int64_t C = conv.cin;
-  cpu::upsample_nearest2x_forward(a.up.ensure(N * C * 4 * H * W), x, N, C, H, W);
+  dev::upsample_nearest2x_forward(a.up.ensure(N * C * 4 * H * W), x, N, C, H, W);
   conv.forward(y, a.up.data(), N, 2 * H, 2 * W);
 }
 
@@ -390,7 +344,7 @@ void Upsample2D::backward(float* dx, const float* dy, int64_t N, int64_t H, int6
   const int64_t C = conv.cin;
   float* d_up = scratch.zeros(N * C * 4 * H * W);
   conv.backward(d_up, dy, N, 2 * H, 2 * W);
-  cpu::upsample_nearest2x_backward<float>(dx, d_up, N, C, H, W);
+  dev::upsample_nearest2x_backward(dx, d_up, N, C, H, W);
 }
 
 }  // namespace ncp::model

@@ -1,4 +1,4 @@
-// Building blocks of the diffusers U-Net (and the VAE), in float32 on the CPU ops.
+// Building blocks of the diffusers U-Net (and the VAE), in float32 on the current device's ops (dev_ops.h).
 //
 // Each block is a small struct: constructed from a ParamSource (which either records its parameters' names and
 // shapes for a manifest, or binds them from a WeightMap), then forward(...) on raw pointers. Forward writes
@@ -16,53 +16,31 @@
 #include <string>
 #include <vector>
 
+#include "model/buffer.h"
+#include "model/device_weights.h"
 #include "model/lora.h"
 #include "model/weights.h"
 
 namespace ncp::model {
 
 // Declares each parameter exactly once: in manifest mode take() records name and shape and returns nullptr;
-// in bind mode it returns the weight map's tensor (which checks the shape). The manifest and the binding are
+// in bind mode it returns the weight map's tensor (which checks the shape), on the host or on a CUDA device. The manifest and the binding are
 // therefore the same code path and cannot disagree.
 class ParamSource {
  public:
   explicit ParamSource(Manifest& manifest) : manifest_(&manifest) {}
   explicit ParamSource(const WeightMap& weights) : weights_(&weights) {}
+  explicit ParamSource(const DeviceWeights& weights) : device_weights_(&weights) {}
   const float* take(const std::string& name, std::vector<int64_t> shape);
 
  private:
   Manifest* manifest_ = nullptr;
   const WeightMap* weights_ = nullptr;
-};
-
-// An activation buffer. Uninitialised: every op fully writes what it produces, so zero-filling would be a wasted
-// pass over memory. ensure(n) keeps the allocation when it is already large enough; zeros(n) is ensure + fill,
-// for gradient buffers that backward passes add into.
-//
-// Storage comes from a process-wide cache (activation_cache.h) and goes back to it, not to the system, when the
-// Buffer dies or grows: a training step allocates the same sizes every time, and fresh pages are expensive to
-// fault in (on the VMs we measure, first-touching memory runs at a fraction of memset speed).
-class Buffer {
- public:
-  Buffer() = default;
-  ~Buffer();
-  Buffer(Buffer&& other) noexcept;
-  Buffer& operator=(Buffer&& other) noexcept;
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  float* ensure(int64_t n);
-  float* zeros(int64_t n);
-  float* data() { return data_; }
-  const float* data() const { return data_; }
-  int64_t size() const { return size_; }
-
- private:
-  float* data_ = nullptr;
-  int64_t size_ = 0, capacity_ = 0;
+  const DeviceWeights* device_weights_ = nullptr;
 };
 
 // y [N, cols, rows] = x [N, rows, cols] transposed per batch: NCHW <-> NLC (its own backward, with the roles
-// swapped).
+// swapped). On the current device, like every op of the blocks.
 void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
 
 // ---- Leaf layers -------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/dev_ops.h"
 #include "model/rng.h"
 
 namespace ncp::model {
@@ -12,6 +13,11 @@ void LoraAdapter::zero_grad() {
   std::fill(dA.begin(), dA.end(), 0.0f);
   std::fill(dB.begin(), dB.end(), 0.0f);
 }
+
+const float* LoraAdapter::a() const { return dev::on_cuda() ? dev_A.data() : A.data(); }
+const float* LoraAdapter::b() const { return dev::on_cuda() ? dev_B.data() : B.data(); }
+float* LoraAdapter::da() { return dev::on_cuda() ? dev_dA.data() : dA.data(); }
+float* LoraAdapter::db() { return dev::on_cuda() ? dev_dB.data() : dB.data(); }
 
 std::vector<std::string> default_lora_targets() { return {"to_q", "to_k", "to_v", "to_out.0"}; }
 

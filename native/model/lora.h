@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "model/buffer.h"
+
 namespace ncp::model {
 
 struct LoraAdapter {
@@ -18,7 +20,16 @@ struct LoraAdapter {
   float alpha = 0;
   std::vector<float> A, B;    // [rank, in], [out, rank]
   std::vector<float> dA, dB;  // gradients, same shapes; backward adds into them
+  // Device copies while the network runs on a CUDA device: the U-Net uploads A and B before each pass with
+  // LoRA on, and adds dA and dB into the host gradients after each backward. The host copies stay the truth
+  // (the optimiser, checkpoints and files read them). Unused on the CPU.
+  Buffer dev_A, dev_B, dev_dA, dev_dB;
   float scale() const { return alpha / float(rank); }
+  // The parameter and gradient pointers on the current device.
+  const float* a() const;
+  const float* b() const;
+  float* da();
+  float* db();
   void zero_grad();
 };
 

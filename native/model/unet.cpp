@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "cpu/ops.h"
+#include "model/dev_ops.h"
 
 namespace ncp::model {
 namespace {
@@ -53,6 +53,18 @@ struct Skip {
   int64_t C = 0, H = 0, W = 0;
 };
 
+// Device copies of a call's inputs and its output (a U-Net on a CUDA device takes and returns host arrays).
+struct DeviceIO {
+  Buffer sample, timesteps, context, text_embeds, time_ids, out;
+};
+
+float* upload(Buffer& b, const float* host, int64_t n) {
+  if (!host) return nullptr;
+  float* d = b.ensure(n);
+  dev::upload(d, host, n);
+  return d;
+}
+
 // One recorded block call. x (and x2 for a concat) are its inputs, y its output, H x W the input's spatial size.
 struct Op {
   enum Kind { ConvIn, Resnet, Attention, Downsample, Upsample, Concat, Head } kind;
@@ -87,6 +99,7 @@ struct UNetTape::State {
   Pool<Upsample2D::Acts> upsamples;
   NormStats head_stats;
   Buffer head_normed, head_act, centered_sample;
+  DeviceIO io;  // the inputs backward reads again, on the device
   // Backward's gradient buffers, keyed by the activation they belong to, and the free ones.
   std::vector<std::pair<const float*, Buffer*>> grads;
   Pool<Buffer> grad_pool;
@@ -109,6 +122,12 @@ Manifest UNet::manifest(const UNetConfig& config) {
 }
 
 UNet::UNet(const UNetConfig& config, const WeightMap& weights) : UNet(config, ParamSource(weights)) {}
+
+UNet::UNet(const UNetConfig& config, std::shared_ptr<const DeviceWeights> weights)
+    : UNet(config, ParamSource(*weights)) {
+  device_ = weights->device();
+  device_weights_ = std::move(weights);
+}
 
 UNet::UNet(const UNetConfig& c, ParamSource p) : config_(c) {
   check_config(c);
@@ -225,21 +244,45 @@ void UNet::encode_train(const UNetInputs& in, EncoderLayer layer, float* out, UN
   run(in, layer == EncoderLayer::Mid ? Stop::Mid : Stop::Down, out, nullptr, &tape, lora);
 }
 
-void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTape* tape, bool lora) const {
-  check_inputs(in);
+void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* trace, UNetTape* tape,
+               bool lora) const {
+  check_inputs(host_in);
   const UNetConfig& c = config_;
-  const int64_t B = in.batch, T = c.time_embed_dim(), C0 = c.block_out_channels[0], L = in.text_len;
+  const int64_t B = host_in.batch, T = c.time_embed_dim(), C0 = c.block_out_channels[0], L = host_in.text_len;
+  dev::DeviceScope scope(device_);
+  const bool on_device = device_ >= 0;
+  UNetTape::State* t = tape ? tape->s_.get() : nullptr;
+
+  // On a device the inputs are uploaded first (into the tape when training: backward reads the context again)
+  // and the output is computed in a device buffer, downloaded at the end.
+  DeviceIO local_io;
+  DeviceIO& io = t ? t->io : local_io;
+  UNetInputs in = host_in;
+  float* out = host_out;
+  if (on_device) {
+    const int64_t HW = in.height * in.width;
+    in.sample = upload(io.sample, host_in.sample, B * c.in_channels * HW);
+    in.timesteps = upload(io.timesteps, host_in.timesteps, B);
+    in.encoder_hidden_states = upload(io.context, host_in.encoder_hidden_states, B * L * c.cross_attention_dim);
+    if (c.text_time_embedding) {
+      in.text_embeds = upload(io.text_embeds, host_in.text_embeds, B * pooled_dim());
+      in.time_ids = upload(io.time_ids, host_in.time_ids, B * 6);
+    }
+    out = stop == Stop::Full ? io.out.ensure(B * c.out_channels * HW) : nullptr;
+    if (lora) upload_lora();
+  }
   const float* context = in.encoder_hidden_states;
   auto record = [&](const std::string& key, const float* x, std::vector<int64_t> shape) {
     if (!trace) return;
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    (*trace)[key] = Tensor32{std::move(shape), std::vector<float>(x, x + n)};
+    Tensor32 v{std::move(shape), std::vector<float>(size_t(n))};
+    dev::download(v.data.data(), x, n);
+    (*trace)[key] = std::move(v);
   };
 
   // Inference reuses one set of activations per block kind and ping-pongs the hidden state between two
   // buffers; training takes a fresh buffer from the tape for every block call and records the call.
-  UNetTape::State* t = tape ? tape->s_.get() : nullptr;
   if (t) t->rewind(), t->in = in, t->lora = lora;
   Pool<Skip> local_skips;
   Pool<Skip>& skips = t ? t->skips : local_skips;
@@ -271,26 +314,26 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
   // and no gradient here: timesteps and added conditions are data.
   Buffer sinusoid, emb, emb_act;
   TimestepEmbedding::Acts time_acts;
-  cpu::timestep_embedding(sinusoid.ensure(B * C0), in.timesteps, B, C0, c.flip_sin_to_cos, c.freq_shift);
+  dev::timestep_embedding(sinusoid.ensure(B * C0), in.timesteps, B, C0, c.flip_sin_to_cos, c.freq_shift);
   time_embedding_.forward(emb.ensure(B * T), sinusoid.data(), B, time_acts);
   record("time_embedding", emb.data(), {B, T});
   if (c.text_time_embedding) {
     const int64_t P = pooled_dim(), A = c.addition_time_embed_dim, D = c.projection_class_embeddings_input_dim;
     Buffer ids, add_in, aug;
-    cpu::timestep_embedding(ids.ensure(B * 6 * A), in.time_ids, B * 6, A, c.flip_sin_to_cos, c.freq_shift);
+    dev::timestep_embedding(ids.ensure(B * 6 * A), in.time_ids, B * 6, A, c.flip_sin_to_cos, c.freq_shift);
     float* row = add_in.ensure(B * D);
     for (int64_t b = 0; b < B; ++b, row += D) {  // [text_embeds | sinusoids of the 6 ids, flattened]
-      std::copy(in.text_embeds + b * P, in.text_embeds + (b + 1) * P, row);
-      std::copy(ids.data() + b * 6 * A, ids.data() + (b + 1) * 6 * A, row + P);
+      dev::copy(row, in.text_embeds + b * P, P);
+      dev::copy(row + P, ids.data() + b * 6 * A, 6 * A);
     }
     TimestepEmbedding::Acts add_acts;
     add_embedding_.forward(aug.ensure(B * T), add_in.data(), B, add_acts);
     record("add_embedding", aug.data(), {B, T});
-    cpu::add_forward(emb.data(), emb.data(), aug.data(), B * T);
+    dev::add_forward(emb.data(), emb.data(), aug.data(), B * T);
   }
   // Kept on the tape: recomputed resnets (gradient checkpointing) read it again.
   Buffer& temb_buf = t ? t->temb : emb_act;
-  cpu::activation_forward(Activation::SiLU, temb_buf.ensure(B * T), emb.data(), B * T);
+  dev::activation_forward(Activation::SiLU, temb_buf.ensure(B * T), emb.data(), B * T);
   const float* temb = temb_buf.data();
 
   const float* sample = in.sample;
@@ -298,7 +341,7 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
   if (c.center_input_sample) {
     const int64_t n = B * c.in_channels * H * W;
     float* x = (t ? t->centered_sample : local_centered).ensure(n);
-    for (int64_t i = 0; i < n; ++i) x[i] = 2.0f * sample[i] - 1.0f;
+    dev::scale_shift(x, sample, 2.0f, -1.0f, n);
     sample = x;
   }
   if (t) t->centered = c.center_input_sample;
@@ -349,7 +392,7 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
   }
   const int64_t Cd = skips.back().C;
   auto finish = [&](const float* h, int64_t n) {
-    if (out) std::copy(h, h + n, out);
+    if (host_out) dev::download(host_out, h, n);
     if (t) t->result = h, t->result_size = n;
   };
   if (stop == Stop::Down) return finish(skips.back().x.data(), B * Cd * H * W);
@@ -382,7 +425,7 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
       Skip& s = skips[--next_skip];
       const int64_t HW = H * W, C = u.resnets[j].cout;
       Buffer& cat = t ? t->buffers.next() : local_cat;
-      cpu::concat_channels_forward(cat.ensure(B * (Ch + s.C) * HW), h, s.x.data(), B, Ch, s.C, HW);
+      dev::concat_channels_forward(cat.ensure(B * (Ch + s.C) * HW), h, s.x.data(), B, Ch, s.C, HW);
       push_op({Op::Concat, nullptr, 0, h, s.x.data(), cat.data(), Ch, s.C, H, W});
       if (!t) s.x = Buffer();
       size_t ra = 0;
@@ -417,10 +460,28 @@ void UNet::run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTa
   Buffer& normed = t ? t->head_normed : local_normed;
   Buffer& act = t ? t->head_act : local_act;
   conv_norm_out_.forward(normed.ensure(n), t ? t->head_stats : local_stats, h, B, H * W);
-  cpu::activation_forward(Activation::SiLU, act.ensure(n), normed.data(), n);
+  dev::activation_forward(Activation::SiLU, act.ensure(n), normed.data(), n);
   conv_out_.forward(out, act.data(), B, H, W);
   push_op({Op::Head, nullptr, 0, h, nullptr, out, C0, 0, H, W});
   if (t) t->result = out, t->result_size = B * c.out_channels * H * W;
+  if (on_device) dev::download(host_out, out, B * c.out_channels * H * W);
+}
+
+void UNet::upload_lora() const {
+  for (LoraAdapter* a : attached_) {
+    dev::upload(a->dev_A.ensure(int64_t(a->A.size())), a->A.data(), int64_t(a->A.size()));
+    dev::upload(a->dev_B.ensure(int64_t(a->B.size())), a->B.data(), int64_t(a->B.size()));
+  }
+}
+
+void UNet::download_lora_grads() const {
+  std::vector<float> g;
+  auto add_back = [&](std::vector<float>& host, const Buffer& d) {
+    g.resize(host.size());
+    dev::download(g.data(), d.data(), int64_t(g.size()));
+    for (size_t i = 0; i < g.size(); ++i) host[i] += g[i];
+  };
+  for (LoraAdapter* a : attached_) add_back(a->dA, a->dev_dA), add_back(a->dB, a->dev_dB);
 }
 
 void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
@@ -429,6 +490,11 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
   const int64_t B = t.in.batch, L = t.in.text_len;
   const float* context = t.in.encoder_hidden_states;
   const bool lora = t.lora;
+  dev::DeviceScope scope(device_);
+  const bool on_device = device_ >= 0;
+  if (on_device && lora) {  // this pass's LoRA gradients, added into the host dA/dB at the end
+    for (LoraAdapter* a : attached_) a->dev_dA.zeros(int64_t(a->dA.size())), a->dev_dB.zeros(int64_t(a->dB.size()));
+  }
 
   // Gradient buffers keyed by the activation they belong to; one is recycled as soon as the op that produced
   // its activation has been walked back.
@@ -461,7 +527,7 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
         return;
       }
   };
-  std::copy(dout, dout + t.result_size, grad_of(t.result, t.result_size));
+  dev::upload(grad_of(t.result, t.result_size), dout, t.result_size);
 
   for (size_t k = t.ops.size(); k-- > 0;) {
     const Op& op = t.ops[k];
@@ -474,7 +540,7 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
         float* d_act = t.scratch.zeros(2 * n);
         conv_out_.backward(d_act, dy, B, op.H, op.W);
         float* d_normed = d_act + n;
-        cpu::activation_backward<float>(Activation::SiLU, d_normed, d_act, t.head_normed.data(), n);
+        dev::activation_backward(Activation::SiLU, d_normed, d_act, t.head_normed.data(), n);
         conv_norm_out_.backward(grad_of(op.x, n), d_normed, op.x, t.head_stats, B, HW);
         break;
       }
@@ -486,7 +552,7 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
       case Op::Concat: {
         float* da = grad_of(op.x, B * op.C * HW);
         float* db = grad_of(op.x2, B * op.C2 * HW);
-        cpu::concat_channels_backward<float>(da, db, dy, B, op.C, op.C2, HW);
+        dev::concat_channels_backward(da, db, dy, B, op.C, op.C2, HW);
         break;
       }
       case Op::Attention: {
@@ -516,12 +582,15 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
         float* d = t.scratch.zeros(n);
         conv_in_.backward(d, dy, B, op.H, op.W);
         const float f = t.centered ? 2.0f : 1.0f;  // centre_input_sample: x' = 2x - 1
+        std::vector<float> host;
+        if (on_device) host.resize(size_t(n)), dev::download(host.data(), d, n), d = host.data();
         for (int64_t i = 0; i < n; ++i) dsample[i] += f * d[i];
         break;
       }
     }
     release(op.y);
   }
+  if (on_device && lora) download_lora_grads();
 }
 
 std::vector<Linear*> UNet::linears() {
@@ -558,11 +627,13 @@ void UNet::attach_lora(LoraSet& set) {
           "LoRA module " + a->module + ": adapter is " + std::to_string(a->in) + " -> " + std::to_string(a->out) +
               " features, the layer " + std::to_string(l.in) + " -> " + std::to_string(l.out));
     l.lora = a.get();
+    attached_.push_back(a.get());
   }
 }
 
 void UNet::detach_lora() {
   for (Linear* l : linears()) l->lora = nullptr;
+  attached_.clear();
 }
 
 }  // namespace ncp::model

@@ -1,4 +1,4 @@
-// diffusers' UNet2DConditionModel (0.25) forward pass in float32 on the CPU ops, built from a UNetConfig:
+// diffusers' UNet2DConditionModel (0.25) forward pass in float32, on the CPU or a CUDA device, built from a UNetConfig:
 // SD1.x (conv projections, one head count) and SDXL (linear projections, per-level heads and transformer depth,
 // text_time added embedding) alike.
 //
@@ -61,6 +61,14 @@ class UNet {
   // Every parameter the config implies, with its diffusers state-dict name and shape.
   static Manifest manifest(const UNetConfig& config);
   UNet(const UNetConfig& config, const WeightMap& weights);
+  // The same network with its weights on a CUDA device (uploaded once, DeviceWeights). Every call then runs
+  // there and still takes and returns host arrays: inputs are uploaded (into the tape when training), outputs
+  // and traces downloaded, the attached adapters' A and B uploaded before a pass with LoRA on and their
+  // gradients added into the host dA/dB after backward. So callers (the objectives, the bindings) are the same
+  // for both devices.
+  UNet(const UNetConfig& config, std::shared_ptr<const DeviceWeights> weights);
+  // -1 on the CPU, else the CUDA device index.
+  int device() const { return device_; }
 
   const UNetConfig& config() const { return config_; }
   // Width of text_embeds: projection_class_embeddings_input_dim less the 6 embedded time ids (SDXL; else 0).
@@ -112,6 +120,8 @@ class UNet {
   enum class Stop { Down, Mid, Full };
   UNet(const UNetConfig& config, ParamSource params);
   void check_inputs(const UNetInputs& in) const;
+  void upload_lora() const;
+  void download_lora_grads() const;
   void run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTape* tape, bool lora) const;
 
   UNetConfig config_;
@@ -121,6 +131,9 @@ class UNet {
   MidBlock mid_;
   std::vector<UpBlock> up_;
   GroupNorm conv_norm_out_;
+  std::shared_ptr<const DeviceWeights> device_weights_;  // null on the CPU
+  int device_ = -1;
+  std::vector<LoraAdapter*> attached_;  // the adapters attach_lora bound, for the device copies
 };
 
 }  // namespace ncp::model

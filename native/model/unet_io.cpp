@@ -17,6 +17,15 @@ std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::s
   return m;
 }
 
+void LoadedUNet::to_device(int d) {
+  if (d < 0 || d == device) return;
+  check(device < 0, "NCP_EINVAL", "U-Net of " + model_dir + " is already on another device");
+  auto w = std::make_shared<const DeviceWeights>(weights, d);
+  unet = std::make_unique<UNet>(config, std::move(w));
+  weights = WeightMap();
+  device = d;
+}
+
 namespace {
 
 void expect(bool ok, const std::string& source, const std::string& name, const Tensor32& t, const std::string& want) {

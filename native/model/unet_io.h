@@ -13,8 +13,13 @@ struct LoadedUNet {
   std::string model_dir;
   std::vector<std::string> weight_files;
   UNetConfig config;
-  WeightMap weights;
-  std::unique_ptr<UNet> unet;  // points into weights
+  WeightMap weights;           // emptied by to_device
+  std::unique_ptr<UNet> unet;  // points into weights, or into the device copy
+  int device = -1;             // -1: the CPU
+
+  // Moves the weights to a CUDA device (once; -1 is a no-op) and rebuilds `unet` there, freeing the host copy.
+  // Adapters attached to the old module are not carried over: attach LoRA afterwards.
+  void to_device(int device);
 };
 
 // Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards) into float32.

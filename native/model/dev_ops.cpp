@@ -1,0 +1,294 @@
+#include "model/dev_ops.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/cuda_backend.h"
+#include "core/error.h"
+#include "core/threads.h"
+
+namespace ncp::dev {
+namespace {
+
+thread_local int g_device = -1;
+
+const ncp_cuda_api& table() {
+  const ncp_cuda_api* t = cuda::api();
+  if (!t) throw Error("NCP_ENOCUDA", "CUDA backend not usable: " + cuda::status().reason);
+  return *t;
+}
+
+// Every CUDA call goes through here: a failure becomes an exception carrying the library's message.
+void ok(int rc, const char* op) {
+  if (rc == NCP_CUDA_OK) return;
+  const char* msg = table().last_error();
+  throw Error(rc == NCP_CUDA_ENOMEM ? "NCP_ENOMEM" : "NCP_ECUDA", std::string(op) + ": " + (msg ? msg : "CUDA error"));
+}
+
+ncp_cuda_conv2d_shape conv_shape(const cpu::Conv2dShape& s) {
+  return {s.N, s.Cin, s.H, s.W, s.Cout, s.k, s.stride, s.pad};
+}
+ncp_cuda_attention_shape attn_shape(const cpu::AttentionShape& s) { return {s.B, s.Lq, s.Lk, s.H, s.Dh, s.causal}; }
+
+void cpu_transpose(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
+  constexpr int64_t kTile = 32;  // a 32x32 float tile of source and destination both stay in L1
+  const int64_t rt = (rows + kTile - 1) / kTile, ct = (cols + kTile - 1) / kTile;
+  parallel_for(N * rt * ct, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / (rt * ct), r0 = t / ct % rt * kTile, c0 = t % ct * kTile;
+      const int64_t r1 = std::min(rows, r0 + kTile), c1 = std::min(cols, c0 + kTile);
+      const float* xs = x + n * rows * cols;
+      float* yd = y + n * rows * cols;
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) yd[c * rows + r] = xs[r * cols + c];
+    }
+  });
+}
+
+}  // namespace
+
+int current_device() { return g_device; }
+
+DeviceScope::DeviceScope(int device) : previous_(g_device) {
+  if (device >= 0 && device != g_device) {
+    require_device(device);
+    ok(table().set_device(device), "set_device");
+  }
+  g_device = device;
+}
+
+DeviceScope::~DeviceScope() {
+  if (previous_ >= 0 && previous_ != g_device) cuda::api()->set_device(previous_);
+  g_device = previous_;
+}
+
+int parse_device(const std::string& s) {
+  if (s == "cpu") return -1;
+  if (s == "cuda" || s == "gpu") return 0;
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
+      std::all_of(s.begin() + 5, s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::atoi(s.c_str() + 5);
+  throw Error("NCP_EINVAL", "device '" + s + "': expected cpu, cuda or cuda:N");
+}
+
+std::string device_name(int device) { return device < 0 ? "cpu" : "cuda:" + std::to_string(device); }
+
+void require_device(int device) {
+  if (device < 0) return;
+  const cuda::Status& s = cuda::status();
+  if (!s.usable) throw Error("NCP_ENOCUDA", "device " + device_name(device) + " asked for, but the CUDA backend is not usable: " + s.reason);
+  if (device >= s.device_count)
+    throw Error("NCP_EINVAL", "device " + device_name(device) + " asked for, but " + std::to_string(s.device_count) +
+                                  " CUDA device(s) are visible");
+}
+
+float* alloc(int64_t n) {
+  if (!on_cuda()) {
+    void* p = std::aligned_alloc(64, size_t((n * 4 + 63) / 64 * 64));
+    if (!p) throw Error("NCP_ENOMEM", "out of host memory allocating " + std::to_string(n * 4 >> 20) + " MiB");
+    return static_cast<float*>(p);
+  }
+  void* p = nullptr;
+  const int rc = table().mem_alloc(&p, size_t(n) * sizeof(float));
+  if (rc == NCP_CUDA_ENOMEM) {
+    ncp_cuda_device_info info{};
+    table().device_info(g_device, &info);
+    throw Error("NCP_ENOMEM", "CUDA out of memory on " + device_name(g_device) + ": asked for " +
+                                  std::to_string((n * 4 + (1 << 20) - 1) >> 20) + " MiB, " +
+                                  std::to_string(info.free_memory >> 20) + " MiB free of " +
+                                  std::to_string(info.total_memory >> 20) + " MiB");
+  }
+  ok(rc, "mem_alloc");
+  return static_cast<float*>(p);
+}
+
+void free(float* p) {
+  if (!p) return;
+  if (on_cuda())
+    table().mem_free(p);
+  else
+    std::free(p);
+}
+
+void zero(float* p, int64_t n) {
+  if (n <= 0) return;
+  if (on_cuda()) return ok(table().mem_zero(p, size_t(n) * 4), "mem_zero");
+  std::memset(p, 0, size_t(n) * 4);
+}
+
+void copy(float* dst, const float* src, int64_t n) {
+  if (n <= 0 || dst == src) return;
+  if (on_cuda()) return ok(table().memcpy_d2d(dst, src, size_t(n) * 4), "memcpy_d2d");
+  std::memcpy(dst, src, size_t(n) * 4);
+}
+
+void upload(float* dst, const float* host, int64_t n) {
+  if (n <= 0) return;
+  if (on_cuda()) return ok(table().memcpy_h2d(dst, host, size_t(n) * 4), "memcpy_h2d");
+  std::memcpy(dst, host, size_t(n) * 4);
+}
+
+void download(float* host, const float* src, int64_t n) {
+  if (n <= 0) return;
+  if (on_cuda()) return ok(table().memcpy_d2h(host, src, size_t(n) * 4), "memcpy_d2h");
+  std::memcpy(host, src, size_t(n) * 4);
+}
+
+void synchronize() {
+  if (on_cuda()) ok(table().synchronize(), "synchronize");
+}
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (on_cuda()) return ok(table().gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), "gemm");
+  cpu::gemm<float>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void linear_forward(float* y, const float* x, const float* W, const float* b, int64_t rows, int64_t in, int64_t out) {
+  if (on_cuda()) return ok(table().linear_forward(y, x, W, b, rows, in, out), "linear_forward");
+  cpu::linear_forward(y, x, W, b, rows, in, out);
+}
+
+void linear_backward_input(float* dx, const float* dy, const float* W, int64_t rows, int64_t in, int64_t out) {
+  if (on_cuda())
+    return ok(table().linear_backward(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out), "linear_backward");
+  cpu::linear_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out);
+}
+
+void conv2d_forward(float* y, const float* x, const float* W, const float* b, const cpu::Conv2dShape& s) {
+  if (on_cuda()) {
+    const ncp_cuda_conv2d_shape c = conv_shape(s);
+    return ok(table().conv2d_forward(y, x, W, b, &c), "conv2d_forward");
+  }
+  cpu::conv2d_forward(y, x, W, b, s);
+}
+
+void conv2d_backward_input(float* dx, const float* dy, const float* W, const cpu::Conv2dShape& s) {
+  if (on_cuda()) {
+    const ncp_cuda_conv2d_shape c = conv_shape(s);
+    return ok(table().conv2d_backward(dx, nullptr, nullptr, dy, nullptr, W, &c), "conv2d_backward");
+  }
+  cpu::conv2d_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, s);
+}
+
+void group_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
+                        int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  if (on_cuda())
+    return ok(table().group_norm_forward(y, mean, rstd, x, gamma, beta, N, C, HW, G, eps), "group_norm_forward");
+  cpu::group_norm_forward(y, mean, rstd, x, gamma, beta, N, C, HW, G, eps);
+}
+
+void group_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                               const float* gamma, int64_t N, int64_t C, int64_t HW, int64_t G) {
+  if (on_cuda())
+    return ok(table().group_norm_backward(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, N, C, HW, G),
+              "group_norm_backward");
+  cpu::group_norm_backward<float>(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, N, C, HW, G);
+}
+
+void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
+                        int64_t rows, int64_t C, double eps) {
+  if (on_cuda())
+    return ok(table().layer_norm_forward(y, mean, rstd, x, gamma, beta, rows, C, eps), "layer_norm_forward");
+  cpu::layer_norm_forward(y, mean, rstd, x, gamma, beta, rows, C, eps);
+}
+
+void layer_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                               const float* gamma, int64_t rows, int64_t C) {
+  if (on_cuda())
+    return ok(table().layer_norm_backward(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, rows, C),
+              "layer_norm_backward");
+  cpu::layer_norm_backward<float>(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, rows, C);
+}
+
+void activation_forward(cpu::Activation a, float* y, const float* x, int64_t n) {
+  if (on_cuda()) return ok(table().activation_forward(int32_t(a), y, x, n), "activation_forward");
+  cpu::activation_forward(a, y, x, n);
+}
+
+void activation_backward(cpu::Activation a, float* dx, const float* dy, const float* x, int64_t n) {
+  if (on_cuda()) return ok(table().activation_backward(int32_t(a), dx, dy, x, n), "activation_backward");
+  cpu::activation_backward<float>(a, dx, dy, x, n);
+}
+
+void geglu_forward(float* y, const float* x, int64_t rows, int64_t D) {
+  if (on_cuda()) return ok(table().geglu_forward(y, x, rows, D), "geglu_forward");
+  cpu::geglu_forward(y, x, rows, D);
+}
+
+void geglu_backward(float* dx, const float* dy, const float* x, int64_t rows, int64_t D) {
+  if (on_cuda()) return ok(table().geglu_backward(dx, dy, x, rows, D), "geglu_backward");
+  cpu::geglu_backward<float>(dx, dy, x, rows, D);
+}
+
+void attention_forward(float* out, float* saved_probs, const float* q, const float* k, const float* v,
+                       const cpu::AttentionShape& s) {
+  if (on_cuda()) {
+    const ncp_cuda_attention_shape a = attn_shape(s);
+    return ok(table().attention_forward(out, saved_probs, q, k, v, &a), "attention_forward");
+  }
+  cpu::attention_forward<float>(out, saved_probs, q, k, v, s);
+}
+
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const float* saved_probs, const cpu::AttentionShape& s) {
+  if (on_cuda()) {
+    const ncp_cuda_attention_shape a = attn_shape(s);
+    return ok(table().attention_backward(dq, dk, dv, dout, q, k, v, saved_probs, &a), "attention_backward");
+  }
+  cpu::attention_backward<float>(dq, dk, dv, dout, q, k, v, saved_probs, s);
+}
+
+void upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W) {
+  if (on_cuda()) return ok(table().upsample_nearest2x_forward(y, x, N, C, H, W), "upsample_nearest2x_forward");
+  cpu::upsample_nearest2x_forward(y, x, N, C, H, W);
+}
+
+void upsample_nearest2x_backward(float* dx, const float* dy, int64_t N, int64_t C, int64_t H, int64_t W) {
+  if (on_cuda()) return ok(table().upsample_nearest2x_backward(dx, dy, N, C, H, W), "upsample_nearest2x_backward");
+  cpu::upsample_nearest2x_backward<float>(dx, dy, N, C, H, W);
+}
+
+void add_forward(float* y, const float* a, const float* b, int64_t n) {
+  if (on_cuda()) return ok(table().add_forward(y, a, b, n), "add_forward");
+  cpu::add_forward(y, a, b, n);
+}
+
+void add_into(float* dst, const float* src, int64_t n) {
+  if (on_cuda()) return ok(table().add_backward(dst, nullptr, src, n), "add_backward");
+  cpu::add_backward<float>(dst, nullptr, src, n);
+}
+
+void concat_channels_forward(float* y, const float* a, const float* b, int64_t N, int64_t Ca, int64_t Cb, int64_t HW) {
+  if (on_cuda()) return ok(table().concat_channels_forward(y, a, b, N, Ca, Cb, HW), "concat_channels_forward");
+  cpu::concat_channels_forward(y, a, b, N, Ca, Cb, HW);
+}
+
+void concat_channels_backward(float* da, float* db, const float* dy, int64_t N, int64_t Ca, int64_t Cb, int64_t HW) {
+  if (on_cuda()) return ok(table().concat_channels_backward(da, db, dy, N, Ca, Cb, HW), "concat_channels_backward");
+  cpu::concat_channels_backward<float>(da, db, dy, N, Ca, Cb, HW);
+}
+
+void add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW) {
+  if (on_cuda()) return ok(table().add_channel_bias_forward(y, bias, N, C, HW), "add_channel_bias_forward");
+  cpu::add_channel_bias_forward(y, bias, N, C, HW);
+}
+
+void timestep_embedding(float* y, const float* t, int64_t N, int64_t dim, bool flip_sin_to_cos, double freq_shift) {
+  if (on_cuda())
+    return ok(table().timestep_embedding(y, t, N, dim, flip_sin_to_cos, freq_shift, 10000.0), "timestep_embedding");
+  cpu::timestep_embedding(y, t, N, dim, flip_sin_to_cos, freq_shift);
+}
+
+void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
+  if (on_cuda()) return ok(table().transpose_batched(y, x, N, rows, cols), "transpose_batched");
+  cpu_transpose(y, x, N, rows, cols);
+}
+
+void scale_shift(float* y, const float* x, float a, float c, int64_t n) {
+  if (on_cuda()) return ok(table().scale_shift(y, x, a, c, n), "scale_shift");
+  for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + c;
+}
+
+}  // namespace ncp::dev

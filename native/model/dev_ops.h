@@ -1,0 +1,86 @@
+// The compute device of the model code, and the ops the blocks call on it.
+//
+// The U-Net's blocks are written once, over raw pointers. Where those pointers live is decided by the calling
+// thread's current device, which a DeviceScope sets for the duration of a U-Net call: on the CPU the ops below
+// are ncp::cpu's float32 ops; on a CUDA device they are the function table of libncp_cuda (cuda/api.h), and
+// every pointer handed to them is device memory (weights uploaded once, activations from the device cache).
+// Buffers (model/buffer.h) allocate on the current device. So the forward and backward code that the CPU
+// tests check is, line for line, the code that runs on the GPU.
+//
+// CUDA failures throw ncp::Error: NCP_ENOMEM for an allocation (naming the size asked for and what is free),
+// NCP_ECUDA for anything else, with the library's message naming the op.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "cpu/ops.h"
+
+namespace ncp::dev {
+
+// -1: the CPU; 0, 1, ...: that CUDA device.
+int current_device();
+inline bool on_cuda() { return current_device() >= 0; }
+
+// Sets the calling thread's device until the scope ends (scopes nest). Selecting a CUDA device checks that the
+// backend is usable and throws NCP_ENOCUDA with the reason when it is not.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device);
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_;
+};
+
+// Parses "cpu", "cuda" (device 0) or "cuda:N"; NCP_EINVAL naming the value otherwise.
+int parse_device(const std::string& s);
+std::string device_name(int device);
+// Throws NCP_ENOCUDA (why the backend is unusable) or NCP_EINVAL (no such device index) unless `device` can run.
+void require_device(int device);
+
+// ---- memory on the current device ----
+float* alloc(int64_t n);  // n floats; NCP_ENOMEM names the size and the device's free memory
+void free(float* p);
+void zero(float* p, int64_t n);
+void copy(float* dst, const float* src, int64_t n);            // same device
+void upload(float* dst, const float* host, int64_t n);         // host -> current device (a copy on the CPU)
+void download(float* host, const float* src, int64_t n);       // current device -> host
+void synchronize();
+
+// ---- ops (see cpu/ops.h for shapes and semantics; backward functions ADD into their outputs) ----
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void linear_forward(float* y, const float* x, const float* W, const float* b, int64_t rows, int64_t in, int64_t out);
+void linear_backward_input(float* dx, const float* dy, const float* W, int64_t rows, int64_t in, int64_t out);
+void conv2d_forward(float* y, const float* x, const float* W, const float* b, const cpu::Conv2dShape& s);
+void conv2d_backward_input(float* dx, const float* dy, const float* W, const cpu::Conv2dShape& s);
+void group_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
+                        int64_t N, int64_t C, int64_t HW, int64_t G, double eps);
+void group_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                               const float* gamma, int64_t N, int64_t C, int64_t HW, int64_t G);
+void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
+                        int64_t rows, int64_t C, double eps);
+void layer_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                               const float* gamma, int64_t rows, int64_t C);
+void activation_forward(cpu::Activation a, float* y, const float* x, int64_t n);
+void activation_backward(cpu::Activation a, float* dx, const float* dy, const float* x, int64_t n);
+void geglu_forward(float* y, const float* x, int64_t rows, int64_t D);
+void geglu_backward(float* dx, const float* dy, const float* x, int64_t rows, int64_t D);
+void attention_forward(float* out, float* saved_probs, const float* q, const float* k, const float* v,
+                       const cpu::AttentionShape& s);
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                        const float* v, const float* saved_probs, const cpu::AttentionShape& s);
+void upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W);
+void upsample_nearest2x_backward(float* dx, const float* dy, int64_t N, int64_t C, int64_t H, int64_t W);
+void add_forward(float* y, const float* a, const float* b, int64_t n);
+void add_into(float* dst, const float* src, int64_t n);  // dst += src (add_backward's one-sided form)
+void concat_channels_forward(float* y, const float* a, const float* b, int64_t N, int64_t Ca, int64_t Cb, int64_t HW);
+void concat_channels_backward(float* da, float* db, const float* dy, int64_t N, int64_t Ca, int64_t Cb, int64_t HW);
+void add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW);
+void timestep_embedding(float* y, const float* t, int64_t N, int64_t dim, bool flip_sin_to_cos, double freq_shift);
+void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
+void scale_shift(float* y, const float* x, float a, float c, int64_t n);  // y = a x + c
+
+}  // namespace ncp::dev
