@@ -135,6 +135,9 @@ Probe probe() {
                std::to_string(info.cc_minor) + "; the backend is built for 8.0 and newer";
     return p;
   }
+  // NCP_CUDA_TF32=1: TF32 tensor cores for the float GEMMs (10-bit mantissa inputs, float accumulation), as
+  // PyTorch's allow_tf32. Off by default so that the GPU matches the CPU to float32 rounding.
+  if (const char* tf32 = std::getenv("NCP_CUDA_TF32"); tf32 && std::string(tf32) == "1") t->set_tf32(1);
   s.gemm_provider = t->gemm_provider();
   s.usable = true;
   p.table = t;

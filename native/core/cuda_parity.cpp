@@ -304,6 +304,23 @@ void activation_cases(Recorder& r) {
 
 void layout_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
+  {  // transpose (odd sizes crossing the 32x32 tiles), y = a x + b y, y = a x + c
+    const int64_t N = 3, rows = 45, cols = 70, n = N * rows * cols;
+    const Vec x = random_vec(n, 590), y0 = random_vec(n, 591);
+    Buffer gx(t, x), gy(t, Vec(n)), gz(t, y0), gw(t, Vec(n));
+    Vec y(n), z(n), w(n);
+    for (int64_t b = 0; b < N; ++b)
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) y[size_t((b * cols + j) * rows + i)] = x[size_t((b * rows + i) * cols + j)];
+    r.call(t->transpose_batched(gy.get(), gx.get(), N, rows, cols), "transpose_batched");
+    r.compare("transpose_batched", "y", gy, y);
+    for (int64_t i = 0; i < n; ++i) z[size_t(i)] = 0.7f * x[size_t(i)] - 1.3f * y0[size_t(i)];
+    r.call(t->axpby(gz.get(), 0.7f, gx.get(), -1.3f, n), "axpby");
+    r.compare("axpby", "y", gz, z);
+    for (int64_t i = 0; i < n; ++i) w[size_t(i)] = 2.0f * x[size_t(i)] - 1.0f;
+    r.call(t->scale_shift(gw.get(), gx.get(), 2.0f, -1.0f, n), "scale_shift");
+    r.compare("scale_shift", "y", gw, w);
+  }
   {
     const int64_t N = 2, C = 3, H = 5, W = 7, nx = N * C * H * W, ny = 4 * nx;
     const Vec x = random_vec(nx, 600), dy = random_vec(ny, 601);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 #include "core/cuda_backend.h"
 #include "core/error.h"
@@ -12,6 +14,17 @@ namespace ncp::dev {
 namespace {
 
 thread_local int g_device = -1;
+
+// Sizes of the live CUDA allocations, for the memory figures of the benchmarks and errors.
+struct DeviceMemory {
+  std::mutex mu;
+  std::unordered_map<const void*, int64_t> sizes;
+  int64_t in_use = 0, peak = 0;
+};
+DeviceMemory& device_memory() {
+  static DeviceMemory* m = new DeviceMemory();  // never destroyed, like the activation cache
+  return *m;
+}
 
 const ncp_cuda_api& table() {
   const ncp_cuda_api* t = cuda::api();
@@ -100,15 +113,37 @@ float* alloc(int64_t n) {
                                   std::to_string(info.total_memory >> 20) + " MiB");
   }
   ok(rc, "mem_alloc");
+  DeviceMemory& m = device_memory();
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.sizes[p] = n * 4;
+  m.in_use += n * 4;
+  m.peak = std::max(m.peak, m.in_use);
   return static_cast<float*>(p);
 }
 
 void free(float* p) {
   if (!p) return;
-  if (on_cuda())
-    table().mem_free(p);
-  else
-    std::free(p);
+  if (!on_cuda()) return std::free(p);
+  table().mem_free(p);
+  DeviceMemory& m = device_memory();
+  std::lock_guard<std::mutex> lock(m.mu);
+  auto it = m.sizes.find(p);
+  if (it != m.sizes.end()) m.in_use -= it->second, m.sizes.erase(it);
+}
+
+int64_t device_bytes_in_use() {
+  std::lock_guard<std::mutex> lock(device_memory().mu);
+  return device_memory().in_use;
+}
+
+int64_t device_bytes_peak() {
+  std::lock_guard<std::mutex> lock(device_memory().mu);
+  return device_memory().peak;
+}
+
+void reset_device_peak() {
+  std::lock_guard<std::mutex> lock(device_memory().mu);
+  device_memory().peak = device_memory().in_use;
 }
 
 void zero(float* p, int64_t n) {

@@ -48,6 +48,11 @@ void copy(float* dst, const float* src, int64_t n);            // same device
 void upload(float* dst, const float* host, int64_t n);         // host -> current device (a copy on the CPU)
 void download(float* host, const float* src, int64_t n);       // current device -> host
 void synchronize();
+// Bytes of CUDA memory this process holds through alloc (weights, cached activations) now and at most since
+// the last reset, on all devices together.
+int64_t device_bytes_in_use();
+int64_t device_bytes_peak();
+void reset_device_peak();
 
 // ---- ops (see cpu/ops.h for shapes and semantics; backward functions ADD into their outputs) ----
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "model/dev_ops.h"
 #include "model/safetensors.h"
 #include "model/unet.h"
 #include "model/unet_presets.h"
@@ -94,15 +95,18 @@ double unet_forward_flops(const UNetConfig& c, int64_t batch, int64_t height, in
   return f.total;
 }
 
-UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps) {
+UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device) {
   using clock = std::chrono::steady_clock;
   const UNetConfig config = unet_preset(preset);
   UNetBenchResult r;
   auto t0 = clock::now();
-  const WeightMap weights = random_weights(UNet::manifest(config), 1234);
+  WeightMap weights = random_weights(UNet::manifest(config), 1234);
   r.load_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   r.parameters = int64_t(weights.bytes() / sizeof(float));
-  const UNet unet(config, weights);
+  dev::reset_device_peak();
+  const UNet unet = device < 0 ? UNet(config, weights)
+                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device));
+  if (device >= 0) weights = WeightMap();
 
   const int64_t text_len = 77;
   const WeightMap inputs = random_weights(
@@ -139,6 +143,7 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   r.median_seconds = times[times.size() / 2];
   r.best_seconds = times.front();
   r.gflop = unet_forward_flops(config, batch, latent, latent, text_len) / 1e9;
+  r.device_peak_bytes = double(dev::device_bytes_peak());
   return r;
 }
 

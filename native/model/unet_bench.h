@@ -15,10 +15,12 @@ struct UNetBenchResult {
   double median_seconds = 0, best_seconds = 0, gflop = 0;
   int64_t parameters = 0;
   double load_seconds = 0;  // building random weights
+  double device_peak_bytes = 0;  // CUDA memory held at most (weights + cached activations); 0 on the CPU
 };
 
 // Median over `reps` timed forwards after one warm-up, latent side `latent`, 77 text tokens.
-UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps);
+// device: -1 the CPU, N CUDA device N.
+UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device = -1);
 
 struct UNetLoadBenchResult {
   double file_bytes = 0, seconds = 0;

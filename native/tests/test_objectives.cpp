@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_backend.h"
 #include "core/error.h"
 #include "core/dtype.h"
 #include "model/safetensors.h"
@@ -43,8 +44,10 @@ const Space4 kSpaces[] = {
     {"ncp-mid-uniform", Space::Ncp, model::EncoderLayer::Mid, NcpTimestep::Uniform, 2, 1e-4},
 };
 
-void check_model(const std::string& name) {
+// device -1: the CPU; N: CUDA device N (the same bounds: the GPU runs the same float32 arithmetic).
+void check_model(const std::string& name, int device = -1) {
   auto m = model::load_unet(test::golden_path(name));
+  m->to_device(device);
   const model::SafetensorsFile golden = model::SafetensorsFile::open(test::golden_path(name + "/objectives.safetensors"));
   int checked = 0;
   for (const char* obj : {"sft", "dpo", "cpo"})
@@ -72,7 +75,9 @@ void check_model(const std::string& name) {
         if (e > worst) worst = e, worst_name = tname;
         ++checked;
       }
-      if (std::getenv("NCP_TEST_VERBOSE")) std::printf("  %s %s: worst %.2e (%s)\n", name.c_str(), key.c_str(), worst, worst_name.c_str());
+      if (std::getenv("NCP_TEST_VERBOSE") || device >= 0)
+        std::printf("    %s %s %s: worst %.2e (%s)\n", device >= 0 ? "cuda" : "cpu", name.c_str(), key.c_str(), worst,
+                    worst_name.c_str());
       NCP_EXPECT(worst <= s.tol, name << " " << key << ": worst relative error " << worst << " (" << worst_name
                                       << ") > " << s.tol);
     }
@@ -80,6 +85,16 @@ void check_model(const std::string& name) {
 }
 
 NCP_TEST("objectives golden tiny-sd15: 3 objectives x 4 spaces, loss, errors, LoRA grads") { check_model("tiny-sd15"); }
+
+// The same twelve cases with the U-Net on the GPU (test:gpu); a clear skip line without one.
+NCP_TEST("cuda: objectives golden tiny-sd15 and tiny-sdxl on the GPU, 3 objectives x 4 spaces") {
+  if (!cuda::status().usable) {
+    std::printf("skip: CUDA backend not usable: %s\n", cuda::status().reason.c_str());
+    return;
+  }
+  check_model("tiny-sd15", 0);
+  check_model("tiny-sdxl", 0);
+}
 NCP_TEST("objectives golden tiny-sdxl: 3 objectives x 4 spaces, loss, errors, LoRA grads") { check_model("tiny-sdxl"); }
 
 }  // namespace

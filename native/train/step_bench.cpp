@@ -6,13 +6,15 @@
 #include <memory>
 #include <vector>
 
+#include "model/dev_ops.h"
+#include "model/unet_bench.h"
 #include "model/unet_presets.h"
 #include "train/trainer.h"
 
 namespace ncp::train {
 
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
-                           const std::string& space, int reps) {
+                           const std::string& space, int reps, int device) {
   auto m = std::make_shared<model::LoadedUNet>();
   m->model_dir = "<random " + preset + ">";
   m->config = model::unet_preset(preset);
@@ -25,6 +27,8 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   c.objective.space = parse_space(space);
   c.objective.beta = 2500;
   c.optimizer.schedule = LrSchedule::Constant;
+  c.device = device;
+  dev::reset_device_peak();
   Trainer trainer(c, m);
   // B starts at zero, which makes the policy equal the reference; a non-zero B exercises the real arithmetic.
   for (const auto& a : trainer.lora().adapters()) std::fill(a->B.begin(), a->B.end(), 1e-3f);
@@ -63,6 +67,8 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   getrusage(RUSAGE_SELF, &usage);
   r.peak_rss_bytes = double(usage.ru_maxrss) * 1024.0;
   r.page_faults_per_step = double(usage.ru_minflt - before.ru_minflt) / double(times.size());
+  r.device_peak_bytes = double(dev::device_bytes_peak());
+  r.forward_gflop = model::unet_forward_flops(m->config, 2 * pairs, latent, latent, text_len) / 1e9;
   return r;
 }
 

@@ -11,9 +11,12 @@ struct StepBenchResult {
   double peak_rss_bytes = 0;  // of the process after the steps (the weights are one float32 copy)
   int64_t lora_parameters = 0;
   double page_faults_per_step = 0;  // minor faults: fresh memory touched per steady-state step
+  double device_peak_bytes = 0;     // CUDA memory held at most (weights + cached activations); 0 on the CPU
+  double forward_gflop = 0;         // one U-Net forward over the 2P rows, for throughput figures
 };
 
+// device: -1 the CPU, N CUDA device N.
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
-                           const std::string& space, int reps);
+                           const std::string& space, int reps, int device = -1);
 
 }  // namespace ncp::train

@@ -29,6 +29,7 @@ struct TrainerConfig {
   OptimizerConfig optimizer;
   uint64_t seed = 0;
   bool gradient_checkpointing = false;  // recompute block internals in backward: less memory, ~1/3 more time
+  int device = -1;  // -1: the CPU; N: CUDA device N (the U-Net's weights and activations live there)
 };
 
 // P pairs of encoded training data: latents [P, C, H, W], text conditioning [P, text_len, D], SDXL pooled text

@@ -1,0 +1,116 @@
+// The U-Net and a training step on a CUDA device: the golden forward (output and every traced intermediate),
+// agreement with the CPU, and Trainer steps that track the CPU's. Without a usable backend each case prints one
+// "skip:" line with the reason and passes (CI has no GPU; `npm run test:gpu` runs these where there is one).
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/cuda_backend.h"
+#include "core/error.h"
+#include "model/dev_ops.h"
+#include "model/safetensors.h"
+#include "model/unet_io.h"
+#include "tests/fixtures.h"
+#include "tests/harness.h"
+#include "train/trainer.h"
+
+namespace {
+using namespace ncp;
+
+bool gpu_or_skip() {
+  if (cuda::status().usable) return true;
+  std::printf("skip: CUDA backend not usable: %s\n", cuda::status().reason.c_str());
+  return false;
+}
+
+// Same bar as the CPU's golden forward (test_unet.cpp): 1e-4 relative, golden/README.md.
+constexpr double kGoldenTol = 1e-4;
+
+}  // namespace
+
+NCP_TEST("cuda: U-Net forward on the GPU matches the golden output and trace (tiny-sd15, tiny-sdxl)") {
+  if (!gpu_or_skip()) return;
+  test::TempDir dir;
+  for (const char* name : {"tiny-sd15", "tiny-sdxl"}) {
+    auto m = model::load_unet(test::golden_path(name));
+    m->to_device(0);
+    const std::string input = test::golden_path(std::string(name) + "/forward.safetensors");
+    const std::string output = dir.path() + "/" + name + ".safetensors";
+    const auto written = model::unet_forward_file(*m, input, output, true);
+    const model::SafetensorsFile golden = model::SafetensorsFile::open(input);
+    const model::SafetensorsFile ours = model::SafetensorsFile::open(output);
+    int compared = 0;
+    for (const std::string& t : written) {
+      if (!golden.find(t)) continue;
+      const std::vector<float> a = ours.read_f32(t), b = golden.read_f32(t);
+      NCP_EXPECT(a.size() == b.size(), name << " " << t);
+      const double e = test::rel_error(a.data(), b.data(), int64_t(b.size()));
+      std::printf("    %s %-28s rel err %.2e\n", name, t.c_str(), e);
+      NCP_EXPECT(e <= kGoldenTol, name << " " << t << ": relative error " << e << " > " << kGoldenTol);
+      ++compared;
+    }
+    NCP_EXPECT(compared >= 5, name << ": only " << compared << " tensors compared");
+  }
+}
+
+NCP_TEST("cuda: training steps on the GPU track the CPU's (tiny-sd15, DPO, latent and ncp)") {
+  if (!gpu_or_skip()) return;
+  for (const char* space : {"latent", "ncp"}) {
+    auto make = [&](int device) {
+      train::TrainerConfig c;
+      c.model_dir = test::golden_path("tiny-sd15");
+      c.objective.objective = train::Objective::DPO;
+      c.objective.space = train::parse_space(space);
+      c.objective.beta = 5000;
+      c.optimizer.adamw.lr = 1e-3;
+      c.optimizer.schedule = train::LrSchedule::Constant;
+      c.seed = 11;
+      c.device = device;
+      return std::make_unique<train::Trainer>(c);
+    };
+    auto cpu = make(-1), gpu = make(0);
+    train::PairData d;
+    d.pairs = 2, d.channels = 4, d.height = d.width = 16, d.text_len = 5;
+    d.x0_w.resize(2 * 4 * 256), d.x0_l.resize(2 * 4 * 256);
+    d.encoder_hidden_states.resize(size_t(2 * 5 * cpu->model().config.cross_attention_dim));
+    test::fill_uniform(d.x0_w, 1), test::fill_uniform(d.x0_l, 2), test::fill_uniform(d.encoder_hidden_states, 3);
+    for (int step = 0; step < 3; ++step) {
+      const auto a = cpu->step({d}), b = gpu->step({d});
+      const double dl = std::abs(a.objective.loss - b.objective.loss) / std::max(std::abs(a.objective.loss), 1e-6);
+      const double dg = std::abs(a.grad_norm - b.grad_norm) / std::max(a.grad_norm, 1e-12);
+      std::printf("    %s step %d: loss cpu %.6f gpu %.6f, grad norm cpu %.4e gpu %.4e, %.3f s on the GPU\n", space,
+                  step + 1, a.objective.loss, b.objective.loss, a.grad_norm, b.grad_norm, b.seconds);
+      NCP_EXPECT(dl < 1e-3 && dg < 1e-3, space << " step " << step + 1 << ": loss rel diff " << dl
+                                               << ", grad norm rel diff " << dg);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < cpu->lora().adapters().size(); ++i) {
+      const auto& x = *cpu->lora().adapters()[i];
+      const auto& y = *gpu->lora().adapters()[i];
+      worst = std::max({worst, test::rel_error(y.A.data(), x.A.data(), int64_t(x.A.size())),
+                        test::rel_error(y.B.data(), x.B.data(), int64_t(x.B.size()))});
+    }
+    std::printf("    %s: LoRA after 3 steps, worst tensor rel diff %.2e\n", space, worst);
+    NCP_EXPECT(worst < 1e-3, space << ": LoRA after 3 steps differs by " << worst);
+  }
+}
+
+NCP_TEST("cuda: asking for a device that cannot run names why") {
+  if (cuda::status().usable) {
+    try {
+      dev::require_device(cuda::status().device_count);
+      NCP_EXPECT(false, "an index past the visible devices was accepted");
+    } catch (const Error& e) {
+      NCP_EXPECT(e.code() == "NCP_EINVAL" && std::string(e.what()).find("visible") != std::string::npos, e.what());
+    }
+    return;
+  }
+  try {
+    dev::require_device(0);
+    NCP_EXPECT(false, "cuda:0 accepted without a usable backend");
+  } catch (const Error& e) {
+    NCP_EXPECT(e.code() == "NCP_ENOCUDA" && std::string(e.what()).find("cuda:0") != std::string::npos, e.what());
+  }
+}

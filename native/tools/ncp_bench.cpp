@@ -1,0 +1,73 @@
+// ncp_bench: the U-Net forward and training-step benchmarks without Node, for GPU machines that have a compiler
+// but no Node.js (the same functions `ncp-native bench unet|step` call).
+//
+//   ncp_bench unet --config sd15|sdxl --latent 64 --batch 2 [--device cuda] [--reps 5] [--peak-tflops 989]
+//   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
+//
+// Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
+// forward-equivalents a step does: see below), MFU against --peak-tflops when given, and peak device memory.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/cuda_backend.h"
+#include "core/error.h"
+#include "model/dev_ops.h"
+#include "model/unet_bench.h"
+#include "train/step_bench.h"
+
+namespace {
+
+std::string arg(int argc, char** argv, const char* name, const char* fallback) {
+  for (int i = 2; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
+  return fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || (std::strcmp(argv[1], "unet") != 0 && std::strcmp(argv[1], "step") != 0)) {
+    std::fprintf(stderr, "usage: ncp_bench unet|step --config sd15|sdxl --latent N [--batch N | --pairs N "
+                         "--objective dpo --space ncp] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n");
+    return 2;
+  }
+  try {
+    const std::string what = argv[1], preset = arg(argc, argv, "--config", "sd15");
+    const int64_t latent = std::atoll(arg(argc, argv, "--latent", "64").c_str());
+    const int reps = std::atoi(arg(argc, argv, "--reps", "3").c_str());
+    const int device = ncp::dev::parse_device(arg(argc, argv, "--device", "cpu"));
+    const double peak = std::atof(arg(argc, argv, "--peak-tflops", "0").c_str());
+    ncp::dev::require_device(device);
+    const std::string dev_name = device < 0 ? "cpu" : ncp::cuda::status().device;
+    if (what == "unet") {
+      const int64_t batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
+      const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device);
+      const double tflops = r.gflop / 1e3 / r.median_seconds;
+      std::printf("{\"bench\":\"unet\",\"config\":\"%s\",\"latent\":%lld,\"batch\":%lld,\"device\":\"%s\","
+                  "\"median_s\":%.4f,\"best_s\":%.4f,\"gflop\":%.1f,\"tflops\":%.2f,\"mfu\":%.3f,"
+                  "\"device_peak_gib\":%.2f}\n",
+                  preset.c_str(), (long long)latent, (long long)batch, dev_name.c_str(), r.median_seconds,
+                  r.best_seconds, r.gflop, tflops, peak > 0 ? tflops / peak : 0.0, r.device_peak_bytes / (1 << 30));
+    } else {
+      const int64_t pairs = std::atoll(arg(argc, argv, "--pairs", "1").c_str());
+      const std::string objective = arg(argc, argv, "--objective", "dpo"), space = arg(argc, argv, "--space", "ncp");
+      const auto r = ncp::train::bench_step(preset, latent, pairs, objective, space, reps, device);
+      // A step runs the policy forward and backward (about 3 forwards: the backward's input gradients cost
+      // about twice a forward) and the reference forward over the 2P rows: 4 forward-equivalents. The NCP
+      // encoder passes come on top and are not counted, so for ncp this understates the work done.
+      const double tflops = 4 * r.forward_gflop / 1e3 / r.median_seconds;
+      std::printf("{\"bench\":\"step\",\"config\":\"%s\",\"latent\":%lld,\"pairs\":%lld,\"objective\":\"%s\","
+                  "\"space\":\"%s\",\"device\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"tflops_4fwd\":%.2f,"
+                  "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"lora_params\":%lld}\n",
+                  preset.c_str(), (long long)latent, (long long)pairs, objective.c_str(), space.c_str(),
+                  dev_name.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
+                  r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), (long long)r.lora_parameters);
+    }
+  } catch (const ncp::Error& e) {
+    std::fprintf(stderr, "ncp_bench: %s: %s\n", e.code().c_str(), e.what());
+    return 1;
+  }
+  return 0;
+}
