@@ -17,7 +17,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 cublas_dir=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
 [ -n "$cublas_dir" ] && export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "cublas dir: ${cublas_dir:-none found (ncp's own GEMM kernel)}"
+echo "cublas dir: ${cublas_dir:-none found, own GEMM kernel}"
 jobs=$(nproc)
 cmake -S . -B "$build" -DNCP_ADDON=OFF -DNCP_CUDA=on -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES="${NCP_CUDA_ARCH:-90}" >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
