@@ -49,12 +49,22 @@ export interface UNetBenchReport {
   bestSeconds: number;
   gflop: number;
   gflops: number;
+  device: string;
+  devicePeakBytes: number;
 }
 
-export async function benchUNetReport(preset: 'sd15' | 'sdxl', latent: number, batch: number, reps: number): Promise<UNetBenchReport> {
-  const r = await benchUNet(preset, latent, batch, reps);
+/** The machine a figure was measured on: the GPU's name on CUDA, else the CPU model and core count. */
+function machineName(device: string): string {
+  if (device !== 'cpu') return `${native().cudaStatus().device} (${device})`;
+  return `${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`;
+}
+
+export async function benchUNetReport(preset: 'sd15' | 'sdxl', latent: number, batch: number, reps: number, device = 'cpu'): Promise<UNetBenchReport> {
+  const r = await benchUNet(preset, latent, batch, reps, device);
   return {
-    machine: `${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
+    machine: machineName(device),
+    device,
+    devicePeakBytes: r.devicePeakBytes,
     threads: info().threads,
     preset,
     latent,
@@ -71,7 +81,8 @@ export function formatUNetBench(r: UNetBenchReport): string {
   return [
     `machine: ${r.machine}, threads: ${r.threads}`,
     `unet ${r.preset} (${(r.parameters / 1e6).toFixed(0)} M parameters), latent ${r.latent}x${r.latent}, batch ${r.batch}, 77 tokens`,
-    `forward: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), ${r.gflop.toFixed(1)} GFLOP, ${r.gflops.toFixed(1)} GFLOP/s`,
+    `forward: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), ${r.gflop.toFixed(1)} GFLOP, ${r.gflops.toFixed(1)} GFLOP/s` +
+      (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`),
   ].join('\n');
 }
 
@@ -87,6 +98,8 @@ export interface StepBenchReport {
   medianSeconds: number;
   bestSeconds: number;
   peakRssBytes: number;
+  device: string;
+  devicePeakBytes: number;
 }
 
 /** `bench step`: one optimiser step (policy fwd+bwd, reference fwd, NCP encoder passes, AdamW), LoRA r4. */
@@ -97,12 +110,16 @@ export async function benchStepReport(o: {
   objective: 'sft' | 'dpo' | 'cpo';
   space: 'latent' | 'ncp';
   reps: number;
+  device?: string;
 }): Promise<StepBenchReport> {
-  const r = await benchStep(o);
+  const device = o.device ?? 'cpu';
+  const r = await benchStep({ ...o, device });
   return {
-    machine: `${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
+    machine: machineName(device),
     threads: info().threads,
     ...o,
+    device,
+    devicePeakBytes: r.devicePeakBytes,
     loraParameters: r.loraParameters,
     medianSeconds: r.medianSeconds,
     bestSeconds: r.bestSeconds,
@@ -114,7 +131,8 @@ export function formatStepBench(r: StepBenchReport): string {
   return [
     `machine: ${r.machine}, threads: ${r.threads}`,
     `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)`,
-    `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB`,
+    `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB` +
+      (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`),
   ].join('\n');
 }
 

@@ -262,12 +262,13 @@ export async function main(argv: string[]): Promise<void> {
           .option('reps', { type: 'number', describe: 'timed repetitions, median reported (default: ops 5, unet 3)' })
           .option('config', { choices: ['sd15', 'sdxl'] as const, default: 'sd15' as const, describe: 'unet: architecture' })
           .option('latent', { type: 'number', default: 32, describe: 'unet: latent side (image side / 8)' })
-          .option('batch', { type: 'number', default: 2, describe: 'unet: batch size' }),
+          .option('batch', { type: 'number', default: 2, describe: 'unet: batch size' })
+          .option('device', { type: 'string', default: 'cpu', describe: 'unet, step: cpu, cuda or cuda:N' }),
       async (args) => {
         for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
         if (args.what === 'step') {
-          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3 });
+          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device: args.device });
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatStepBench(report)) + '\n');
           return;
         }
@@ -276,7 +277,7 @@ export async function main(argv: string[]): Promise<void> {
           return;
         }
         if (args.what === 'unet') {
-          const report = await benchUNetReport(args.config, args.latent, args.batch, args.reps ?? 3);
+          const report = await benchUNetReport(args.config, args.latent, args.batch, args.reps ?? 3, args.device);
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatUNetBench(report)) + '\n');
           return;
         }

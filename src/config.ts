@@ -70,7 +70,7 @@ export interface TrainConfig {
   validationPrompts: string[];
   validationSeed: number;
   // machine
-  device: 'auto' | 'cpu' | 'cuda';
+  device: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
   threads: number | null;
   gradientCheckpointing: boolean;
 }
@@ -79,6 +79,8 @@ type Kind =
   | { type: 'number'; integer?: boolean; min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean; nullable?: boolean; multipleOf?: number }
   | { type: 'string'; nullable?: boolean }
   | { type: 'enum'; values: readonly string[] }
+  /** One of `values`, or a string matching `pattern` (described by `patternText`). */
+  | { type: 'enum'; values: readonly string[]; pattern: RegExp; patternText: string }
   | { type: 'boolean' }
   | { type: 'list'; values?: readonly string[]; nonEmpty?: boolean };
 
@@ -138,7 +140,7 @@ export const CONFIG_FIELDS: readonly ConfigField[] = [
   { name: 'validate-every', key: 'validateEvery', kind: num({ integer: true, min: 0 }), default: 0, describe: 'optimiser steps between validation samples (0: off)' },
   { name: 'validation-prompts', key: 'validationPrompts', kind: { type: 'list' }, default: [], describe: 'prompts for validation samples' },
   { name: 'validation-seed', key: 'validationSeed', kind: num({ integer: true, min: 0, max: Number.MAX_SAFE_INTEGER }), default: 0, describe: 'seed of the validation samples' },
-  { name: 'device', key: 'device', kind: { type: 'enum', values: ['auto', 'cpu', 'cuda'] }, default: 'auto', describe: 'where the U-Net runs' },
+  { name: 'device', key: 'device', kind: { type: 'enum', values: ['auto', 'cpu', 'cuda'], pattern: /^cuda:\d{1,3}$/, patternText: 'cuda:N' }, default: 'auto', describe: 'where the U-Net runs: auto (the first GPU when the CUDA backend is usable, else the CPU), cpu, cuda or cuda:N' },
   { name: 'gradient-checkpointing', key: 'gradientCheckpointing', kind: { type: 'boolean' }, default: false, describe: 'recompute block activations in backward: much less memory, about a third more time' },
   { name: 'threads', key: 'threads', kind: num({ integer: true, min: 1, nullable: true }), default: null, describe: 'CPU threads (default: all cores)' },
 ];
@@ -173,7 +175,7 @@ function allowedText(k: Kind): string {
     case 'string':
       return 'a non-empty string' + (k.nullable ? ' (or null)' : '');
     case 'enum':
-      return `one of ${k.values.join(', ')}`;
+      return `one of ${k.values.join(', ')}` + ('pattern' in k ? ` or ${k.patternText}` : '');
     case 'boolean':
       return 'true or false';
     case 'list':
@@ -204,7 +206,7 @@ export function validateValue(f: ConfigField, value: unknown, src: Source): unkn
       if (typeof value !== 'string' || value === '') throw bad();
       return value;
     case 'enum':
-      if (typeof value !== 'string' || !k.values.includes(value)) throw bad();
+      if (typeof value !== 'string' || !(k.values.includes(value) || ('pattern' in k && k.pattern.test(value)))) throw bad();
       return value;
     case 'boolean':
       if (typeof value === 'boolean') return value;
@@ -411,7 +413,7 @@ export function configFlagOptions(): Record<string, { type: 'string' | 'number' 
     const k = f.kind;
     const dflt = f.default === undefined || f.default === null ? '' : ` (default: ${Array.isArray(f.default) ? f.default.join(',') : String(f.default)})`;
     const describe = f.describe + dflt;
-    if (k.type === 'enum') out[f.name] = { type: 'string', describe, choices: k.values };
+    if (k.type === 'enum') out[f.name] = 'pattern' in k ? { type: 'string', describe: `${describe} (${allowedText(k)})` } : { type: 'string', describe, choices: k.values };
     else if (k.type === 'list') out[f.name] = { type: 'string', describe: `${describe}; comma-separated` };
     else out[f.name] = { type: k.type, describe };
   }

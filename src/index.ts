@@ -71,8 +71,8 @@ export function benchConv2d(shape: Conv2dBenchShape, backward = false, reps = 5)
  * Median seconds and GFLOP/s of a U-Net forward pass with random weights of a real architecture ('sd15' or
  * 'sdxl'), square latent of side `latent`, 77 text tokens.
  */
-export async function benchUNet(preset: 'sd15' | 'sdxl', latent = 32, batch = 2, reps = 3) {
-  return native().benchUNet(preset, latent, batch, reps);
+export async function benchUNet(preset: 'sd15' | 'sdxl', latent = 32, batch = 2, reps = 3, device = 'cpu') {
+  return native().benchUNet(preset, latent, batch, reps, device);
 }
 
 /**

@@ -145,6 +145,8 @@ export interface UNetBenchResult {
   gflops: number;
   parameters: number;
   weightsSeconds: number;
+  /** CUDA memory held at most (weights and cached activations); 0 on the CPU. */
+  devicePeakBytes: number;
 }
 
 /** The objective of METHOD.md sections 3-4 (beta in its convention: DPO loss = -log sigmoid(beta * logits)). */
@@ -167,6 +169,9 @@ export interface TrainerOptions {
   seed?: number;
   /** Recompute each block's activations during backward instead of keeping them: less memory, ~1/3 more time. */
   gradientCheckpointing?: boolean;
+  /** 'cpu' (default), 'cuda' or 'cuda:N': where the U-Net's weights and activations live. LoRA, optimiser and
+   * checkpoints stay on the host either way, so a run resumes on either device. */
+  device?: string;
   lora?: { rank?: number; alpha?: number; targets?: string[]; init?: 'gaussian' | 'kaiming' };
   objective?: ObjectiveOptions;
   optimizer?: {
@@ -240,6 +245,9 @@ export interface StepBenchResult {
   bestSeconds: number;
   peakRssBytes: number;
   loraParameters: number;
+  devicePeakBytes: number;
+  /** One U-Net forward over the step's 2P rows. */
+  forwardGflop: number;
 }
 
 /** The raw binding. Prefer the typed wrappers in index.ts. */
@@ -251,7 +259,7 @@ export interface NativeBinding {
   >;
   benchGemm(m: number, n: number, k: number, reps: number): Promise<number>;
   benchConv2d(shape: Conv2dBenchShape, backward: boolean, reps: number): Promise<number>;
-  benchUNet(preset: string, latent: number, batch: number, reps: number): Promise<UNetBenchResult>;
+  benchUNet(preset: string, latent: number, batch: number, reps: number, device?: string): Promise<UNetBenchResult>;
   benchUNetLoad(preset: string, dtype: string, path: string): Promise<{ fileBytes: number; seconds: number; peakRssBytes: number; float32Bytes: number }>;
   toFloat32(bytes: Uint8Array, dtype: string): Float32Array;
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
@@ -260,7 +268,7 @@ export interface NativeBinding {
   loadUNet(modelDir: string, variant?: string): Promise<NativeUNet>;
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>;
   gradFile(options: ObjectiveOptions & { model: string; input: string; output: string; variant?: string; loraAlpha?: number }): Promise<string[]>;
-  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number }): Promise<StepBenchResult>;
+  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number; device?: string }): Promise<StepBenchResult>;
   unetForwardFile(options: { model: string; input: string; output: string; trace?: boolean; variant?: string }): Promise<string[]>;
   loadTextEncoder(modelDir: string, component: string, variant: string): Promise<NativeTextEncoder>;
   loadVae(modelDir: string, variant: string): Promise<NativeVae>;

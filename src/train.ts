@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { CodedError } from './errors.js';
 import { writeResolvedConfig, type TrainConfig } from './config.js';
 import { openDataset, PairLoader, type CachePairSource, stackEncodedBatch, stackImageBatch, type DataPosition, type LoaderStats, type PositionedEncodedPair, type PreparedPair } from './data/index.js';
+import { native } from './native.js';
 import { loraModulesFromWeights, loraWeightsFromModules, writeLoraFile } from './lora-file.js';
 import type { UNetArchConfig } from './lora-names.js';
 import { pairBatchFromCache, PairEncoder } from './pipeline.js';
@@ -58,6 +59,13 @@ function nativeSchedule(cfg: TrainConfig): 'constant' | 'constant_with_warmup' |
   return cfg.lrSchedule;
 }
 
+/** `auto` is the first GPU when the CUDA backend is usable, else the CPU; `cuda`/`cuda:N` without a usable backend
+ * fail in createTrainer with the reason (no driver, no device, not built). */
+function resolveDevice(device: TrainConfig['device']): string {
+  if (device !== 'auto') return device;
+  return native().cudaStatus().usable ? 'cuda:0' : 'cpu';
+}
+
 async function unetConfig(model: string): Promise<UNetArchConfig> {
   return JSON.parse(await readFile(join(model, 'unet', 'config.json'), 'utf8')) as UNetArchConfig;
 }
@@ -68,7 +76,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const started = performance.now();
   if (!cfg.model) throw new CodedError('NCP_ECONFIG', 'train: --model (a diffusers folder) is required');
   if (!cfg.data) throw new CodedError('NCP_ECONFIG', 'train: --data (parquet, JSONL or an encode cache) is required');
-  if (cfg.device === 'cuda') throw new CodedError('NCP_ENODEVICE', 'train --device cuda: the CUDA training path is not in this build; use --device cpu (or auto)');
+  const device = resolveDevice(cfg.device);
 
   await ensureWritableDir(cfg.output);
   await writeResolvedConfig(cfg.output, cfg);
@@ -79,6 +87,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     variant: cfg.variant ?? undefined,
     seed: cfg.seed,
     gradientCheckpointing: cfg.gradientCheckpointing,
+    device,
     lora: { rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets, init: cfg.loraInit },
     objective: { objective: cfg.objective, space: cfg.space, ncpLayer: cfg.ncpLayer, ncpTimestep: cfg.ncpTimestep, beta: cfg.beta, cpoLambda: cfg.cpoLambda, ncpCoeff: cfg.ncpCoeff, ncpPool: cfg.ncpPool },
     optimizer: {
@@ -128,7 +137,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     const image = { resolution: cfg.resolution, centerCrop: cfg.centerCrop, randomFlip: cfg.randomFlip };
     data = { kind: 'images', loader: new PairLoader<PreparedPair>(source, { ...loaderOptions, image }) };
   }
-  log(`data: ${cfg.data} (${source.kind}, ${data.loader.rowsPerEpoch} rows per epoch); model: ${cfg.model}; output: ${cfg.output}`);
+  log(`data: ${cfg.data} (${source.kind}, ${data.loader.rowsPerEpoch} rows per epoch); model: ${cfg.model}; device: ${device}; output: ${cfg.output}`);
 
   async function encode(pairs: Array<PreparedPair | PositionedEncodedPair>, at: DataPosition): Promise<PairBatch> {
     if (data.kind === 'cache') return pairBatchFromCache(stackEncodedBatch(pairs as PositionedEncodedPair[]), (source as CachePairSource).manifest);

@@ -42,6 +42,8 @@ export function benchStep(options: {
   objective?: 'sft' | 'dpo' | 'cpo';
   space?: 'latent' | 'ncp';
   reps?: number;
+  /** 'cpu' (default), 'cuda' or 'cuda:N'. */
+  device?: string;
 }): Promise<StepBenchResult> {
   return native().benchStep({
     preset: options.preset,
@@ -50,5 +52,6 @@ export function benchStep(options: {
     objective: options.objective ?? 'dpo',
     space: options.space ?? 'ncp',
     reps: options.reps ?? 3,
+    device: options.device ?? 'cpu',
   });
 }

@@ -34,7 +34,9 @@ def ddpm_step(e, x_t, t, ac, z):
 
 
 def row_mse(a, b):
-    return ((a - b) ** 2).mean(dim=(1, 2, 3))
+    """Per-row mean squared error, always in float32 (under bf16 autocast the U-Net returns bf16, and
+    diffusers' training scripts take the loss on .float() predictions); a no-op cast for float32 input."""
+    return ((a.float() - b.float()) ** 2).mean(dim=(1, 2, 3))
 
 
 def dpo_loss(pol, ref, beta):
@@ -44,14 +46,17 @@ def dpo_loss(pol, ref, beta):
     return -F.logsigmoid(beta * logits).mean()
 
 
-def errors(unet, space, x_t, t, ctx, target, ac=None, z=None, eps=None, layer="mid"):
+def errors(unet, space, x_t, t, ctx, target, ac=None, z=None, eps=None, layer="mid", added_cond_kwargs=None):
     """Policy (autograd) and reference (no grad) per-row errors for one batch.
+    added_cond_kwargs: SDXL's {"text_embeds", "time_ids"} per row (None for SD1.x); duplicated like ctx
+    for the batched E call.
     space "latent": mse against target. space "ncp": METHOD.md section 3, timestep "prev":
     E = base U-Net down to `layer` at p = max(t-1, 0); E(x_pred) keeps the graph into e_pol (E's
     weights are frozen), E(x_true) and E(x_refpred) run batched under no_grad."""
-    e_pol = unet(x_t, t, ctx)
+    ack = added_cond_kwargs
+    e_pol = unet(x_t, t, ctx, added_cond_kwargs=ack)
     with torch.no_grad(), lora_disabled(unet):
-        e_ref = unet(x_t, t, ctx)
+        e_ref = unet(x_t, t, ctx, added_cond_kwargs=ack)
     if space == "latent":
         return row_mse(e_pol, target), row_mse(e_ref, target)
     if space != "ncp":
@@ -62,9 +67,11 @@ def errors(unet, space, x_t, t, ctx, target, ac=None, z=None, eps=None, layer="m
         x_true = ddpm_step(eps, x_t, t, ac, z)
         x_refpred = ddpm_step(e_ref, x_t, t, ac, z)
     with lora_disabled(unet):
-        f_pred = unet.encode(x_pred, p, ctx, layer)
+        f_pred = unet.encode(x_pred, p, ctx, layer, added_cond_kwargs=ack)
+        ack2 = None if ack is None else {k: torch.cat([v, v]) for k, v in ack.items()}
         with torch.no_grad():
-            f_other = unet.encode(torch.cat([x_true, x_refpred]), torch.cat([p, p]), torch.cat([ctx, ctx]), layer)
+            f_other = unet.encode(torch.cat([x_true, x_refpred]), torch.cat([p, p]), torch.cat([ctx, ctx]), layer,
+                                  added_cond_kwargs=ack2)
     n = x_t.shape[0]
     f_true, f_refpred = f_other[:n], f_other[n:]
     return row_mse(f_pred, f_true), row_mse(f_refpred, f_true)

@@ -1,11 +1,12 @@
-"""Plain-PyTorch re-implementation of diffusers 0.25's UNet2DConditionModel (the SD1.x / SD2.x shape:
-CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D), with
+"""Plain-PyTorch re-implementation of diffusers 0.25's UNet2DConditionModel (the SD1.x / SD2.x / SDXL shape:
+CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D, per-level head
+counts and transformer depths, linear proj_in/out, SDXL's addition_embed_type "text_time"), with
 diffusers' state-dict names so `diffusion_pytorch_model.safetensors` loads as is, and PEFT-style LoRA on
 the attention projections.
 
 It exists only to time a PyTorch step beside ncp-native on a machine where diffusers cannot be installed;
 bench/pytorch/verify.py checks it against the golden vectors that diffusers itself produced.
-Config features outside that shape (class embeddings, addition embeddings, other block types, ...)
+Config features outside that shape (class embeddings, other addition embeddings, other block types, ...)
 raise instead of being silently ignored.
 """
 import math
@@ -28,6 +29,27 @@ def sd15_config():
         "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "mid_block_scale_factor": 1,
         "act_fn": "silu", "use_linear_projection": False, "transformer_layers_per_block": 1,
         "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_type": "positional",
+    }
+
+
+def sdxl_config():
+    """stable-diffusion-xl-base-1.0/unet/config.json, the fields this module reads (same architecture as
+    native/model/unet_presets.cpp "sdxl"; attention_head_dim is read as the head count, as diffusers does,
+    so 5/10/20 heads of 64 channels)."""
+    return {
+        "in_channels": 4, "out_channels": 4, "sample_size": 128,
+        "block_out_channels": [320, 640, 1280],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "layers_per_block": 2, "attention_head_dim": [5, 10, 20], "num_attention_heads": None,
+        "cross_attention_dim": 2048, "norm_num_groups": 32, "norm_eps": 1e-5,
+        "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "mid_block_scale_factor": 1,
+        "act_fn": "silu", "use_linear_projection": True, "transformer_layers_per_block": [1, 2, 10],
+        "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_type": "positional",
+        "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+        "upcast_attention": None,
     }
 
 
@@ -63,9 +85,16 @@ class LoRALinear(nn.Linear):
 
 # ------------------------------------------------------------------------------------------ attention
 
+_HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+
+
 class Attention(nn.Module):
-    """diffusers.models.attention_processor.Attention with AttnProcessor (the torch<2 path):
-    q/k/v without bias, to_out.0 with bias, softmax(q k^T * dh^-0.5) v per head."""
+    """diffusers.models.attention_processor.Attention: q/k/v without bias, to_out.0 with bias,
+    softmax(q k^T * dh^-0.5) v per head. With torch >= 2 it runs F.scaled_dot_product_attention, as
+    diffusers' default AttnProcessor2_0 does; on torch 1.x the explicit AttnProcessor math (baddbmm,
+    softmax, bmm). `use_sdpa` (class attribute) can switch the fused path off."""
+
+    use_sdpa = _HAS_SDPA
 
     def __init__(self, query_dim, context_dim, heads, dim_head):
         super().__init__()
@@ -84,6 +113,15 @@ class Attention(nn.Module):
 
     def forward(self, x, context=None):
         ctx = x if context is None else context
+        if self.use_sdpa:
+            # AttnProcessor2_0: [B, N, h*dh] -> [B, h, N, dh], fused attention, back to [B, N, h*dh].
+            b = x.shape[0]
+            q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
+            dh = q.shape[-1] // self.heads
+            q, k, v = (y.view(b, -1, self.heads, dh).transpose(1, 2) for y in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+            out = out.transpose(1, 2).reshape(b, -1, self.heads * dh).to(q.dtype)
+            return self.to_out[1](self.to_out[0](out))
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(ctx)), self._split(self.to_v(ctx))
         scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype, device=q.device),
                                q, k.transpose(-1, -2), beta=0, alpha=self.scale)
@@ -317,16 +355,27 @@ def _per_block(value, n, name):
 
 def _check_config(cfg):
     unsupported = {
-        "class_embed_type": None, "addition_embed_type": None, "encoder_hid_dim": None,
+        "class_embed_type": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
         "time_cond_proj_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None,
         "resnet_time_scale_shift": "default", "only_cross_attention": False, "dual_cross_attention": False,
         "center_input_sample": False, "num_class_embeds": None, "time_embedding_type": "positional",
         "act_fn": "silu", "conv_in_kernel": 3, "conv_out_kernel": 3, "reverse_transformer_layers_per_block": None,
         "attention_type": "default", "resnet_out_scale_factor": 1.0, "time_embedding_dim": None,
+        "class_embeddings_concat": False, "resnet_skip_time_act": False, "mid_block_only_cross_attention": None,
+        "cross_attention_norm": None, "dropout": 0.0,
     }
     for key, ok in unsupported.items():
         if key in cfg and cfg[key] != ok:
             raise ValueError(f"unet config: {key}={cfg[key]!r} is not supported by this re-implementation")
+    if cfg.get("upcast_attention") not in (None, False):
+        raise ValueError("unet config: upcast_attention=true is not supported by this re-implementation")
+    if cfg.get("addition_embed_type") not in (None, "text_time"):
+        raise ValueError(f"unet config: addition_embed_type={cfg['addition_embed_type']!r} is not supported "
+                         "(only null and 'text_time')")
+    if cfg.get("addition_embed_type") == "text_time":
+        for key in ("addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+            if not cfg.get(key):
+                raise ValueError(f"unet config: addition_embed_type 'text_time' needs {key}")
     for bt in cfg["down_block_types"]:
         if bt not in ("CrossAttnDownBlock2D", "DownBlock2D"):
             raise ValueError(f"unet config: down block type {bt} not supported")
@@ -357,6 +406,12 @@ class UNet2DConditionModel(nn.Module):
 
         self.conv_in = nn.Conv2d(cfg["in_channels"], boc[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(boc[0], temb_ch)
+        # SDXL: add_time_proj (sinusoids of each of the 6 time ids, no parameters) after the pooled text
+        # embeds -> add_embedding, added to the time embedding (diffusers' "text_time").
+        self.text_time = cfg.get("addition_embed_type") == "text_time"
+        if self.text_time:
+            self.addition_time_embed_dim = cfg["addition_time_embed_dim"]
+            self.add_embedding = TimestepEmbedding(cfg["projection_class_embeddings_input_dim"], temb_ch)
 
         self.down_blocks = nn.ModuleList()
         cout = boc[0]
@@ -384,15 +439,29 @@ class UNet2DConditionModel(nn.Module):
         self.lora_layers = [m for m in self.modules() if isinstance(m, LoRALinear)]
 
     # ------------------------------------------------------------------ pieces shared by forward/encode
-    def _temb(self, timestep, batch, dtype):
+    def _temb(self, timestep, batch, dtype, added_cond_kwargs=None, trace=None):
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep])
+        t = t.to(self.conv_in.weight.device)
         t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(-1)
-        return self.time_embedding(timestep_features(t, self.conv_in.out_channels, self.flip, self.shift).to(dtype))
-
-    def forward(self, sample, timestep, encoder_hidden_states, trace=None):
-        temb = self._temb(timestep, sample.shape[0], sample.dtype)
+        temb = self.time_embedding(timestep_features(t, self.conv_in.out_channels, self.flip, self.shift).to(dtype))
         if trace is not None:
             trace["time_embedding"] = temb
+        if self.text_time:
+            if not added_cond_kwargs or "text_embeds" not in added_cond_kwargs or "time_ids" not in added_cond_kwargs:
+                raise ValueError("this U-Net has addition_embed_type 'text_time': pass added_cond_kwargs "
+                                 "{'text_embeds': [B, pooled], 'time_ids': [B, 6]}")
+            text_embeds, time_ids = added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]
+            time_embeds = timestep_features(time_ids.flatten(), self.addition_time_embed_dim, self.flip, self.shift)
+            time_embeds = time_embeds.reshape(text_embeds.shape[0], -1)
+            add_embeds = torch.cat([text_embeds, time_embeds], dim=-1).to(temb.dtype)
+            aug = self.add_embedding(add_embeds)
+            if trace is not None:
+                trace["add_embedding"] = aug
+            temb = temb + aug
+        return temb
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, trace=None):
+        temb = self._temb(timestep, sample.shape[0], sample.dtype, added_cond_kwargs, trace)
         x = self.conv_in(sample)
         if trace is not None:
             trace["conv_in"] = x
@@ -414,11 +483,11 @@ class UNet2DConditionModel(nn.Module):
                 trace[f"up_blocks.{i}"] = x
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
-    def encode(self, sample, timestep, encoder_hidden_states, layer="mid"):
-        """NCP encoder E (METHOD.md section 3): time embedding, conv_in, all down blocks and, for
-        layer "mid", the mid block. Runs with whatever LoRA state the caller set (E is the base model:
-        call it inside `lora_disabled`)."""
-        temb = self._temb(timestep, sample.shape[0], sample.dtype)
+    def encode(self, sample, timestep, encoder_hidden_states, layer="mid", added_cond_kwargs=None):
+        """NCP encoder E (METHOD.md section 3): time embedding (+ SDXL's add_embedding), conv_in, all down
+        blocks and, for layer "mid", the mid block. Runs with whatever LoRA state the caller set (E is the
+        base model: call it inside `lora_disabled`)."""
+        temb = self._temb(timestep, sample.shape[0], sample.dtype, added_cond_kwargs)
         x = self.conv_in(sample)
         for blk in self.down_blocks:
             x, _ = blk(x, temb, encoder_hidden_states)

@@ -1,7 +1,9 @@
 """Checks unet.py / objectives.py against the golden vectors diffusers 0.25 produced
-(test/fixtures/golden/tiny-sd15, see /work/shared/golden/README.md), in float32:
-  forward: out.sample and every trace.*;  lora-forward: the PEFT-layout LoRA at scale 1;
+(test/fixtures/golden/tiny-sd15 and tiny-sdxl, see test/fixtures/golden/README.md), in float32:
+  forward: out.sample and every trace.* (sdxl: with text_embeds / time_ids, trace.add_embedding too);
+  lora-forward: the PEFT-layout LoRA at scale 1;
   objectives: dpo.latent and dpo.ncp-mid-prev (also ncp-down-prev) loss, per-row errors, LoRA gradients.
+NCP_GOLDEN=<model folder> checks that one folder only.
 Exit status 1 when any relative error ||x - ref|| / ||ref|| exceeds its tolerance
 (1e-4; 2e-3 for the ncp-*-prev objectives, as the golden README allows)."""
 import json
@@ -15,8 +17,10 @@ from safetensors_io import load_safetensors  # noqa: E402
 from unet import UNet2DConditionModel  # noqa: E402
 import objectives as obj  # noqa: E402
 
-GOLDEN = os.environ.get("NCP_GOLDEN", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                   "..", "..", "test", "fixtures", "golden", "tiny-sd15"))
+GOLDEN_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "test", "fixtures", "golden")
+MODELS = [os.environ["NCP_GOLDEN"]] if os.environ.get("NCP_GOLDEN") else \
+    [os.path.join(GOLDEN_ROOT, m) for m in ("tiny-sd15", "tiny-sdxl")]
+GOLDEN = MODELS[0]  # the folder being checked (set by main)
 failures = []
 worst = {}
 
@@ -26,6 +30,7 @@ def rel(x, ref):
 
 
 def check(group, name, x, ref, tol):
+    group = f"{os.path.basename(os.path.normpath(GOLDEN))} {group}"
     r = rel(x.detach(), ref)
     worst[group] = max(worst.get(group, 0.0), r)
     if not r <= tol:
@@ -63,15 +68,26 @@ def set_lora(unet, tensors, prefix, rank, alpha):
         m.lora_B.requires_grad_(True)
 
 
+def added_cond(g):
+    """SDXL's added_cond_kwargs from a golden file (None where the file has none: SD1.x)."""
+    if "in.text_embeds" not in g:
+        return None
+    return {"text_embeds": g["in.text_embeds"], "time_ids": g["in.time_ids"]}
+
+
 def check_forward():
     unet = build()
     g = load_safetensors(os.path.join(GOLDEN, "forward.safetensors"))
     trace = {}
     with torch.no_grad():
-        out = unet(g["in.sample"], g["in.timestep"], g["in.encoder_hidden_states"], trace=trace)
+        out = unet(g["in.sample"], g["in.timestep"], g["in.encoder_hidden_states"], added_cond_kwargs=added_cond(g),
+                   trace=trace)
     check("forward", "out.sample", out, g["out.sample"], 1e-4)
     for k, v in trace.items():
         check("forward.trace", k, v, g[f"trace.{k}"], 1e-4)
+    golden_traces = {k[len("trace."):] for k in g if k.startswith("trace.")}
+    if golden_traces - set(trace):
+        failures.append(f"forward: golden traces not produced: {sorted(golden_traces - set(trace))}")
     return rel(out, g["out.sample"])
 
 
@@ -83,7 +99,7 @@ def check_lora_forward():
         rank = json.load(f)["rank"]
     set_lora(unet, lora, "unet.", rank, rank)  # PEFT layout: B already holds alpha / r
     with torch.no_grad():
-        out = unet(g["in.sample"], g["in.timestep"], g["in.encoder_hidden_states"])
+        out = unet(g["in.sample"], g["in.timestep"], g["in.encoder_hidden_states"], added_cond_kwargs=added_cond(g))
     check("lora-forward", "out.sample", out, g["out.sample"], 1e-4)
 
 
@@ -97,6 +113,9 @@ def check_objectives():
     z = torch.cat([g["in.variance_noise"]] * 2)
     t = torch.cat([g["in.timestep"]] * 2)
     ctx = torch.cat([g["in.encoder_hidden_states"]] * 2)
+    ack = added_cond(g)
+    if ack is not None:  # one per pair, like the context
+        ack = {k: torch.cat([v] * 2) for k, v in ack.items()}
     ac = g["in.alphas_cumprod"]
     ac_t = ac[t][:, None, None, None]
     x_t = ac_t.sqrt() * x0 + (1 - ac_t).sqrt() * eps
@@ -105,7 +124,7 @@ def check_objectives():
         set_lora(unet, g, "lora.", rank, alpha)
         beta = meta["betas"][space]
         pol, ref = obj.errors(unet, "latent" if layer is None else "ncp", x_t, t, ctx, eps, ac=ac, z=z, eps=eps,
-                              layer=layer or "mid")
+                              layer=layer or "mid", added_cond_kwargs=ack)
         loss = obj.dpo_loss(pol, ref, beta)
         loss.backward()
         tol = 1e-4 if space == "latent" else 2e-3
@@ -119,12 +138,14 @@ def check_objectives():
 
 
 def main():
+    global GOLDEN
     torch.set_num_threads(2)
-    check_forward()
-    check_lora_forward()
-    check_objectives()
+    for GOLDEN in MODELS:
+        check_forward()
+        check_lora_forward()
+        check_objectives()
     for k, v in worst.items():
-        print(f"{k:28s} worst relative error {v:.2e}")
+        print(f"{k:38s} worst relative error {v:.2e}")
     if failures:
         print("FAIL\n" + "\n".join(failures[:20]))
         sys.exit(1)

@@ -9,6 +9,7 @@
 #include "napi/bindings.h"
 #include "napi/tensor_args.h"
 #include "train/grad_io.h"
+#include "model/dev_ops.h"
 #include "train/trainer.h"
 
 namespace ncp::napi {
@@ -47,6 +48,12 @@ train::TrainerConfig read_trainer_config(Napi::Env env, const Napi::Object& o) {
   c.variant = string_attr(env, o, "variant", "");
   c.seed = uint64_t(number_attr(env, o, "seed", 0));
   c.gradient_checkpointing = bool_attr(env, o, "gradientCheckpointing", false);
+  try {
+    c.device = dev::parse_device(string_attr(env, o, "device", "cpu"));
+    dev::require_device(c.device);
+  } catch (const Error& e) {
+    throw_error(env, e.code(), "createTrainer: " + std::string(e.what()));
+  }
   const Napi::Object lora = object_attr(env, o, "lora");
   c.lora_rank = int64_t(number_attr(env, lora, "rank", double(c.lora_rank)));
   c.lora_alpha = number_attr(env, lora, "alpha", NAN);
