@@ -172,6 +172,8 @@ export interface TrainerOptions {
   /** 'cpu' (default), 'cuda' or 'cuda:N': where the U-Net's weights and activations live. LoRA, optimiser and
    * checkpoints stay on the host either way, so a run resumes on either device. */
   device?: string;
+  /** 'bf16': the frozen weight matrices in bf16 on the GPU (mixed precision; CUDA only). Default 'no'. */
+  mixedPrecision?: 'no' | 'bf16';
   lora?: { rank?: number; alpha?: number; targets?: string[]; init?: 'gaussian' | 'kaiming' };
   objective?: ObjectiveOptions;
   optimizer?: {

@@ -88,6 +88,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     seed: cfg.seed,
     gradientCheckpointing: cfg.gradientCheckpointing,
     device,
+    mixedPrecision: cfg.mixedPrecision,
     lora: { rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets, init: cfg.loraInit },
     objective: { objective: cfg.objective, space: cfg.space, ncpLayer: cfg.ncpLayer, ncpTimestep: cfg.ncpTimestep, beta: cfg.beta, cpoLambda: cfg.cpoLambda, ncpCoeff: cfg.ncpCoeff, ncpPool: cfg.ncpPool },
     optimizer: {

@@ -238,8 +238,9 @@ def main():
                         p.grad = None
                     torch.cuda.empty_cache()
             out.update(common)
-            out.update({"tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-                        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            cuda = dev.type == "cuda"
+            out.update({"tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+                        "tf32_cudnn": torch.backends.cudnn.allow_tf32 if cuda else None,
                         "base_weight_dtype": str(base_dtype).replace("torch.", "")})
             print(json.dumps(out), flush=True)
 

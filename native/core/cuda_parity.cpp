@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/cuda_backend.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "cpu/ops.h"
 
@@ -432,8 +433,83 @@ void training_cases(Recorder& r) {
   }
 }
 
+// Mixed precision: weights stored as bf16 on the device. The CPU reference multiplies the same values, each
+// operand rounded to bf16 and then widened (the GPU rounds its float operands to bf16 the same way), so the two
+// differ only in summation order.
+Vec bf16_rounded(const Vec& v) {
+  Vec out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_f32(f32_to_bf16(v[i]));
+  return out;
+}
+
+// A device copy of v as bf16 (two per float slot of the Buffer).
+struct Bf16Buffer {
+  Buffer storage;
+  Bf16Buffer(const ncp_cuda_api* t, const Vec& v) : storage(t, Vec((v.size() + 1) / 2)) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+    if (!h.empty()) check(t, t->memcpy_h2d(storage.get(), h.data(), h.size() * 2), "memcpy_h2d (bf16)");
+  }
+  const void* get() const { return storage.get(); }
+};
+
+void mixed_cases(Recorder& r) {
+  const ncp_cuda_api* t = r.api();
+  uint64_t seed = 700;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {  // A float (activations), B bf16 (weights); odd sizes and padded rows
+      const int64_t M = 37, N = 45, K = 131, lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2;
+      const Vec A = random_vec((ta ? K : M) * lda, ++seed), B = random_vec((tb ? N : K) * ldb, ++seed);
+      Vec C = random_vec(M * N, ++seed);
+      Buffer dA(t, A), dC(t, C);
+      Bf16Buffer dB(t, B);
+      cpu::gemm<float>(ta, tb, M, N, K, 0.7f, bf16_rounded(A).data(), lda, bf16_rounded(B).data(), ldb, 0.3f, C.data(), N);
+      r.call(t->gemm_mixed(ta, tb, M, N, K, 0.7f, dA.get(), NCP_CUDA_F32, lda, dB.get(), NCP_CUDA_BF16, ldb, 0.3f,
+                           dC.get(), N),
+             "gemm_mixed");
+      r.compare("gemm_mixed", std::string(ta ? "A^T" : "A") + (tb ? " B^T" : " B") + " (B bf16)", dC, C);
+    }
+  {
+    const int64_t rows = 19, in = 37, out = 23;
+    const Vec x = random_vec(rows * in, 710), W = random_vec(out * in, 711), b = random_vec(out, 712),
+              dy = random_vec(rows * out, 713);
+    Buffer gx(t, x), gb(t, b), gdy(t, dy), gy(t, Vec(rows * out));
+    Bf16Buffer gW(t, W);
+    Vec y(rows * out);
+    cpu::linear_forward<float>(y.data(), bf16_rounded(x).data(), bf16_rounded(W).data(), b.data(), rows, in, out);
+    r.call(t->linear_forward_w(gy.get(), gx.get(), gW.get(), NCP_CUDA_BF16, gb.get(), rows, in, out), "linear_forward_w");
+    r.compare("linear (W bf16)", "y", gy, y);
+    Grad dx(t, rows * in, 714);
+    cpu::linear_backward<float>(dx.cpu.data(), nullptr, nullptr, bf16_rounded(dy).data(), nullptr,
+                                bf16_rounded(W).data(), rows, in, out);
+    r.call(t->linear_backward_input_w(dx.gpu.get(), gdy.get(), gW.get(), NCP_CUDA_BF16, rows, in, out),
+           "linear_backward_input_w");
+    r.compare("linear (W bf16)", "dx", dx);
+  }
+  for (const cpu::Conv2dShape s : {cpu::Conv2dShape{2, 3, 11, 9, 5, 3, 1, 1}, cpu::Conv2dShape{2, 4, 9, 7, 6, 3, 2, 1},
+                                   cpu::Conv2dShape{3, 5, 5, 7, 4, 1, 1, 0}}) {
+    const ncp_cuda_conv2d_shape gs{s.N, s.Cin, s.H, s.W, s.Cout, s.k, s.stride, s.pad};
+    const std::string tag = "k" + std::to_string(s.k) + "s" + std::to_string(s.stride) + ".";
+    const int64_t nx = s.N * s.Cin * s.H * s.W, ny = s.N * s.Cout * s.Ho() * s.Wo(), nw = s.Cout * s.Cin * s.k * s.k;
+    const Vec x = random_vec(nx, ++seed), W = random_vec(nw, ++seed), b = random_vec(s.Cout, ++seed),
+              dy = random_vec(ny, ++seed);
+    Buffer gx(t, x), gb(t, b), gdy(t, dy), gy(t, Vec(ny));
+    Bf16Buffer gW(t, W);
+    Vec y(ny);
+    cpu::conv2d_forward<float>(y.data(), bf16_rounded(x).data(), bf16_rounded(W).data(), b.data(), s);
+    r.call(t->conv2d_forward_w(gy.get(), gx.get(), gW.get(), NCP_CUDA_BF16, gb.get(), &gs), "conv2d_forward_w");
+    r.compare("conv2d (W bf16)", tag + "y", gy, y);
+    Grad dx(t, nx, ++seed);
+    cpu::conv2d_backward<float>(dx.cpu.data(), nullptr, nullptr, bf16_rounded(dy).data(), nullptr,
+                                bf16_rounded(W).data(), s);
+    r.call(t->conv2d_backward_input_w(dx.gpu.get(), gdy.get(), gW.get(), NCP_CUDA_BF16, &gs), "conv2d_backward_input_w");
+    r.compare("conv2d (W bf16)", tag + "dx", dx);
+  }
+}
+
 void gemm_based_ops(Recorder& r) {
   gemm_cases(r);
+  mixed_cases(r);
   linear_case(r);
   conv2d_cases(r);
   attention_cases(r);

@@ -54,6 +54,11 @@ ncp_cuda_api make_table() {
   t.transpose_batched = transpose_batched;
   t.axpby = axpby;
   t.scale_shift = scale_shift;
+  t.gemm_mixed = gemm_mixed;
+  t.linear_forward_w = linear_forward_w;
+  t.linear_backward_input_w = linear_backward_input_w;
+  t.conv2d_forward_w = conv2d_forward_w;
+  t.conv2d_backward_input_w = conv2d_backward_input_w;
   return t;
 }
 

@@ -42,6 +42,12 @@ typedef enum ncp_cuda_activation {
   NCP_CUDA_ACT_QUICK_GELU = 3
 } ncp_cuda_activation;
 
+/* Storage type of frozen weights (mixed precision: bf16 weights, float activations, float accumulation). */
+typedef enum ncp_cuda_dtype {
+  NCP_CUDA_F32 = 0,
+  NCP_CUDA_BF16 = 1
+} ncp_cuda_dtype;
+
 typedef enum ncp_cuda_gemm_choice {
   NCP_CUDA_GEMM_AUTO = 0, /* cuBLAS when it could be loaded, else ncp's own kernel */
   NCP_CUDA_GEMM_OWN = 1   /* always ncp's own kernel (for parity checks of both providers) */
@@ -162,6 +168,21 @@ typedef struct ncp_cuda_api {
   int (*axpby)(float* y, float a, const float* x, float b, int64_t n);
   /* y = a x + c over n values (centre_input_sample's 2x - 1). */
   int (*scale_shift)(float* y, const float* x, float a, float c, int64_t n);
+
+  /* ---- mixed precision: A and B each float32 or bf16 (ncp_cuda_dtype), C float32. A bf16 GEMM rounds its float
+   * operand to bf16 and accumulates in float (cuBLAS' GemmEx); the weight variants below are the float ops of
+   * the same name with W in either type (inputs, outputs and gradients stay float32). */
+  int (*gemm_mixed)(int32_t trans_a, int32_t trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+                    int32_t a_dtype, int64_t lda, const void* B, int32_t b_dtype, int64_t ldb, float beta, float* C,
+                    int64_t ldc);
+  int (*linear_forward_w)(float* y, const float* x, const void* W, int32_t w_dtype, const float* b, int64_t rows,
+                          int64_t in, int64_t out);
+  int (*linear_backward_input_w)(float* dx, const float* dy, const void* W, int32_t w_dtype, int64_t rows,
+                                 int64_t in, int64_t out);
+  int (*conv2d_forward_w)(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
+                          const ncp_cuda_conv2d_shape* s);
+  int (*conv2d_backward_input_w)(float* dx, const float* dy, const void* W, int32_t w_dtype,
+                                 const ncp_cuda_conv2d_shape* s);
 } ncp_cuda_api;
 
 /* The one exported symbol. */

@@ -15,8 +15,9 @@ int fail(int status, const char* fmt, ...) __attribute__((format(printf, 2, 3)))
 int cuda_fail(cudaError_t e, const char* what);
 // OK, or the error of the launch just made (bad configuration, or an earlier asynchronous failure).
 int check_launch(const char* op);
-// Grow-only device arenas reused by every op (slot 0 and 1), so ops need no allocation after warm-up. A call
-// may replace the arena, so a pointer is valid until the next scratch() call on the same slot.
+// Grow-only device arenas reused by every op (slots 0 and 1: the ops' own buffers; 2 and 3: bf16 copies of a
+// mixed GEMM's float operands), so ops need no allocation after warm-up. A call may replace the arena, so a
+// pointer is valid until the next scratch() call on the same slot.
 int scratch(int slot, size_t bytes, void** out);
 
 #define NCP_REQUIRE(cond, ...) \
@@ -34,6 +35,13 @@ int scratch(int slot, size_t bytes, void** out);
 int gemm_batched(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b, float beta, float* C,
                  int64_t ldc, int64_t stride_c, int64_t batch);
+// As gemm_batched, with each of A and B either float32 or bfloat16 (a_bf16 / b_bf16; the pointers then point to
+// bf16 data). When either is bf16, the float operand is rounded to bf16 in a scratch copy and cuBLAS multiplies
+// bf16 x bf16 with float accumulation into float C (what autocast does, but C stays float); without cuBLAS' Ex
+// entry point the bf16 operand is widened instead and the float kernel runs.
+int gemm_batched_mixed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+                       bool a_bf16, int64_t lda, int64_t stride_a, const void* B, bool b_bf16, int64_t ldb,
+                       int64_t stride_b, float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
 
 // out[c] += sum_r in[r * cols + c] (bias gradients of row-major activations), summed in double.
 int col_sum_add(float* out, const float* in, int64_t rows, int64_t cols);

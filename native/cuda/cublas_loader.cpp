@@ -20,6 +20,13 @@ using SgemmFn = int (*)(Handle, int, int, int, int, int, const float*, const flo
                         const float*, float*, int);
 using SgemmStridedBatchedFn = int (*)(Handle, int, int, int, int, int, const float*, const float*, int, long long,
                                       const float*, int, long long, const float*, float*, int, long long, int);
+// cublasGemmStridedBatchedEx: cudaDataType_t and cublasComputeType_t are plain enums (ints) in the C ABI.
+using GemmStridedBatchedExFn = int (*)(Handle, int, int, int, int, int, const void*, const void*, int, int, long long,
+                                       const void*, int, int, long long, const void*, void*, int, int, long long, int,
+                                       int, int);
+constexpr int kR32F = 0, kR16BF = 14;  // cudaDataType_t: CUDA_R_32F, CUDA_R_16BF
+constexpr int kCompute32F = 68;        // cublasComputeType_t: CUBLAS_COMPUTE_32F
+constexpr int kGemmDefault = -1;       // cublasGemmAlgo_t: CUBLAS_GEMM_DEFAULT
 
 struct Library {
   bool ok = false;
@@ -29,6 +36,7 @@ struct Library {
   SetMathModeFn set_math_mode = nullptr;
   SgemmFn sgemm = nullptr;
   SgemmStridedBatchedFn sgemm_strided_batched = nullptr;
+  GemmStridedBatchedExFn gemm_ex = nullptr;  // optional: bf16 GEMMs only
 };
 
 Library open_library() {
@@ -57,6 +65,7 @@ Library open_library() {
   lib.set_math_mode = reinterpret_cast<SetMathModeFn>(dlsym(so, "cublasSetMathMode"));
   lib.sgemm = reinterpret_cast<SgemmFn>(dlsym(so, "cublasSgemm_v2"));
   lib.sgemm_strided_batched = reinterpret_cast<SgemmStridedBatchedFn>(dlsym(so, "cublasSgemmStridedBatched"));
+  lib.gemm_ex = reinterpret_cast<GemmStridedBatchedExFn>(dlsym(so, "cublasGemmStridedBatchedEx"));
   if (!create || !get_version || !lib.set_math_mode || !lib.sgemm || !lib.sgemm_strided_batched) {
     lib.description = soname + " lacks a cuBLAS v2 entry point we need";
     return lib;  // the library stays open: unloading cuBLAS mid-process is not worth the risk
@@ -103,6 +112,16 @@ int sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   if (batch == 1) return lib.sgemm(lib.handle, op_b, op_a, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
   return lib.sgemm_strided_batched(lib.handle, op_b, op_a, N, M, K, &alpha, B, ldb, stride_b, A, lda, stride_a,
                                    &beta, C, ldc, stride_c, batch);
+}
+
+bool bf16_available() { return library().ok && library().gemm_ex != nullptr; }
+
+int gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const void* A, int lda, long long stride_a,
+              const void* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c, int batch) {
+  Library& lib = library();
+  const int op_a = trans_a ? kOpT : kOpN, op_b = trans_b ? kOpT : kOpN;
+  return lib.gemm_ex(lib.handle, op_b, op_a, N, M, K, &alpha, B, kR16BF, ldb, stride_b, A, kR16BF, lda, stride_a, &beta,
+                     C, kR32F, ldc, stride_c, batch, kCompute32F, kGemmDefault);
 }
 
 }  // namespace ncp::cuda::cublas

@@ -16,7 +16,7 @@ struct Arena {
   void* ptr = nullptr;
   size_t size = 0;
 };
-Arena g_arenas[2];
+Arena g_arenas[4];
 
 int status_of(cudaError_t e) {
   switch (e) {

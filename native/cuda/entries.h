@@ -71,6 +71,18 @@ int concat_channels_backward(float* da, float* db, const float* dy, int64_t N, i
 int add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW);
 int add_channel_bias_backward(float* dbias, const float* dy, int64_t N, int64_t C, int64_t HW);
 int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
+
+// gemm.cu, conv2d.cu: frozen weights in float32 or bf16 (ncp_cuda_dtype)
+int gemm_mixed(int32_t trans_a, int32_t trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+               int32_t a_dtype, int64_t lda, const void* B, int32_t b_dtype, int64_t ldb, float beta, float* C,
+               int64_t ldc);
+int linear_forward_w(float* y, const float* x, const void* W, int32_t w_dtype, const float* b, int64_t rows,
+                     int64_t in, int64_t out);
+int linear_backward_input_w(float* dx, const float* dy, const void* W, int32_t w_dtype, int64_t rows, int64_t in,
+                            int64_t out);
+int conv2d_forward_w(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
+                     const ncp_cuda_conv2d_shape* s);
+int conv2d_backward_input_w(float* dx, const float* dy, const void* W, int32_t w_dtype, const ncp_cuda_conv2d_shape* s);
 int axpby(float* y, float a, const float* x, float b, int64_t n);
 int scale_shift(float* y, const float* x, float a, float c, int64_t n);
 

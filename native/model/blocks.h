@@ -32,6 +32,8 @@ class ParamSource {
   explicit ParamSource(const WeightMap& weights) : weights_(&weights) {}
   explicit ParamSource(const DeviceWeights& weights) : device_weights_(&weights) {}
   const float* take(const std::string& name, std::vector<int64_t> shape);
+  // Whether the tensor take() returned for `name` holds bf16 values (DeviceWeights with bf16 matrices).
+  bool is_bf16(const std::string& name) const { return device_weights_ && device_weights_->is_bf16(name); }
 
  private:
   Manifest* manifest_ = nullptr;
@@ -54,6 +56,7 @@ struct Linear {
   std::string name;          // diffusers module name ("...attn1.to_q"), to attach LoRA adapters by
   const float* W = nullptr;  // [out, in]
   const float* b = nullptr;  // [out] or nullptr
+  bool W_bf16 = false;       // W holds bf16 values (mixed precision on a CUDA device)
   LoraAdapter* lora = nullptr;
   Linear() = default;
   // conv1x1: stored as a 1x1 convolution [out, in, 1, 1], which has the memory layout of [out, in].
@@ -69,6 +72,7 @@ struct Conv2d {
   int64_t cin = 0, cout = 0, k = 0, stride = 1, pad = 0;
   const float* W = nullptr;  // [cout, cin, k, k]
   const float* b = nullptr;  // [cout]
+  bool W_bf16 = false;       // W holds bf16 values (mixed precision on a CUDA device)
   Conv2d() = default;
   Conv2d(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t k, int64_t stride = 1);
   int64_t out_size(int64_t n) const { return (n + 2 * pad - k) / stride + 1; }

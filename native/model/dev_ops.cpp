@@ -180,30 +180,40 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   cpu::gemm<float>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void linear_forward(float* y, const float* x, const float* W, const float* b, int64_t rows, int64_t in, int64_t out) {
-  if (on_cuda()) return ok(table().linear_forward(y, x, W, b, rows, in, out), "linear_forward");
+void linear_forward(float* y, const float* x, const float* W, bool W_bf16, const float* b, int64_t rows, int64_t in,
+                    int64_t out) {
+  if (on_cuda())
+    return ok(table().linear_forward_w(y, x, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, b, rows, in, out),
+              "linear_forward");
+  check(!W_bf16, "NCP_EINVAL", "linear_forward: bf16 weights on the CPU");
   cpu::linear_forward(y, x, W, b, rows, in, out);
 }
 
-void linear_backward_input(float* dx, const float* dy, const float* W, int64_t rows, int64_t in, int64_t out) {
+void linear_backward_input(float* dx, const float* dy, const float* W, bool W_bf16, int64_t rows, int64_t in,
+                           int64_t out) {
   if (on_cuda())
-    return ok(table().linear_backward(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out), "linear_backward");
+    return ok(table().linear_backward_input_w(dx, dy, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, rows, in, out),
+              "linear_backward");
+  check(!W_bf16, "NCP_EINVAL", "linear_backward: bf16 weights on the CPU");
   cpu::linear_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out);
 }
 
-void conv2d_forward(float* y, const float* x, const float* W, const float* b, const cpu::Conv2dShape& s) {
+void conv2d_forward(float* y, const float* x, const float* W, bool W_bf16, const float* b, const cpu::Conv2dShape& s) {
   if (on_cuda()) {
     const ncp_cuda_conv2d_shape c = conv_shape(s);
-    return ok(table().conv2d_forward(y, x, W, b, &c), "conv2d_forward");
+    return ok(table().conv2d_forward_w(y, x, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, b, &c), "conv2d_forward");
   }
+  check(!W_bf16, "NCP_EINVAL", "conv2d_forward: bf16 weights on the CPU");
   cpu::conv2d_forward(y, x, W, b, s);
 }
 
-void conv2d_backward_input(float* dx, const float* dy, const float* W, const cpu::Conv2dShape& s) {
+void conv2d_backward_input(float* dx, const float* dy, const float* W, bool W_bf16, const cpu::Conv2dShape& s) {
   if (on_cuda()) {
     const ncp_cuda_conv2d_shape c = conv_shape(s);
-    return ok(table().conv2d_backward(dx, nullptr, nullptr, dy, nullptr, W, &c), "conv2d_backward");
+    return ok(table().conv2d_backward_input_w(dx, dy, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, &c),
+              "conv2d_backward");
   }
+  check(!W_bf16, "NCP_EINVAL", "conv2d_backward: bf16 weights on the CPU");
   cpu::conv2d_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, s);
 }
 

@@ -13,27 +13,34 @@ namespace ncp::model {
 
 class DeviceWeights {
  public:
-  // Uploads every tensor of `host` to `device` (a CUDA device index). NCP_ENOMEM names the size when the device
-  // cannot hold them; NCP_ENOCUDA when the backend is not usable.
-  DeviceWeights(const WeightMap& host, int device);
+  // Uploads every tensor of `host` to `device` (a CUDA device index). With bf16_matrices, every tensor of two or
+  // more dimensions (the Linear and conv weights: all but a sliver of the bytes) is stored as bf16, rounded to
+  // nearest even: half the memory, and the GEMMs run on bf16 tensor cores with float accumulation. Biases and
+  // norm parameters stay float32. NCP_ENOMEM names the size when the device cannot hold them; NCP_ENOCUDA when
+  // the backend is not usable.
+  DeviceWeights(const WeightMap& host, int device, bool bf16_matrices = false);
   ~DeviceWeights();
   DeviceWeights(const DeviceWeights&) = delete;
   DeviceWeights& operator=(const DeviceWeights&) = delete;
 
   // A device pointer; the errors of WeightMap::get.
   const float* get(const std::string& name, const std::vector<int64_t>& shape) const;
+  bool is_bf16(const std::string& name) const;
   int device() const { return device_; }
+  bool bf16_matrices() const { return bf16_; }
   size_t bytes() const { return size_t(floats_) * sizeof(float); }
 
  private:
   struct Entry {
     std::vector<int64_t> shape;
     const float* data;
+    bool bf16;
   };
   std::map<std::string, Entry> tensors_;
   float* block_ = nullptr;
   int64_t floats_ = 0;
   int device_ = 0;
+  bool bf16_ = false;
 };
 
 }  // namespace ncp::model

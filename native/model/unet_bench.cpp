@@ -95,8 +95,10 @@ double unet_forward_flops(const UNetConfig& c, int64_t batch, int64_t height, in
   return f.total;
 }
 
-UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device) {
+UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device,
+                           bool bf16_weights) {
   using clock = std::chrono::steady_clock;
+  check(device >= 0 || !bf16_weights, "NCP_EINVAL", "bench unet: bf16 weights (mixed precision) need a CUDA device");
   const UNetConfig config = unet_preset(preset);
   UNetBenchResult r;
   auto t0 = clock::now();
@@ -105,7 +107,7 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   r.parameters = int64_t(weights.bytes() / sizeof(float));
   dev::reset_device_peak();
   const UNet unet = device < 0 ? UNet(config, weights)
-                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device));
+                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device, bf16_weights));
   if (device >= 0) weights = WeightMap();
 
   const int64_t text_len = 77;

@@ -20,7 +20,8 @@ struct UNetBenchResult {
 
 // Median over `reps` timed forwards after one warm-up, latent side `latent`, 77 text tokens.
 // device: -1 the CPU, N CUDA device N.
-UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device = -1);
+UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device = -1,
+                           bool bf16_weights = false);
 
 struct UNetLoadBenchResult {
   double file_bytes = 0, seconds = 0;

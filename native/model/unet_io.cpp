@@ -17,10 +17,11 @@ std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::s
   return m;
 }
 
-void LoadedUNet::to_device(int d) {
+void LoadedUNet::to_device(int d, bool bf16) {
+  check(d >= 0 || !bf16, "NCP_EINVAL", "bf16 weights (mixed precision) need a CUDA device");
   if (d < 0 || d == device) return;
   check(device < 0, "NCP_EINVAL", "U-Net of " + model_dir + " is already on another device");
-  auto w = std::make_shared<const DeviceWeights>(weights, d);
+  auto w = std::make_shared<const DeviceWeights>(weights, d, bf16);
   unet = std::make_unique<UNet>(config, std::move(w));
   weights = WeightMap();
   device = d;

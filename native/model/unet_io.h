@@ -18,8 +18,9 @@ struct LoadedUNet {
   int device = -1;             // -1: the CPU
 
   // Moves the weights to a CUDA device (once; -1 is a no-op) and rebuilds `unet` there, freeing the host copy.
-  // Adapters attached to the old module are not carried over: attach LoRA afterwards.
-  void to_device(int device);
+  // bf16: store the weight matrices as bf16 there (mixed precision, DeviceWeights). Adapters attached to the old
+  // module are not carried over: attach LoRA afterwards.
+  void to_device(int device, bool bf16 = false);
 };
 
 // Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards) into float32.

@@ -51,6 +51,10 @@ train::TrainerConfig read_trainer_config(Napi::Env env, const Napi::Object& o) {
   try {
     c.device = dev::parse_device(string_attr(env, o, "device", "cpu"));
     dev::require_device(c.device);
+    const std::string mp = string_attr(env, o, "mixedPrecision", "no");
+    check(mp == "no" || mp == "bf16", "NCP_EINVAL", "mixedPrecision must be 'no' or 'bf16', got '" + mp + "'");
+    check(mp == "no" || c.device >= 0, "NCP_EINVAL", "mixed precision bf16 needs a CUDA device (device is cpu)");
+    c.bf16_weights = mp == "bf16";
   } catch (const Error& e) {
     throw_error(env, e.code(), "createTrainer: " + std::string(e.what()));
   }

@@ -45,9 +45,13 @@ const Space4 kSpaces[] = {
 };
 
 // device -1: the CPU; N: CUDA device N (the same bounds: the GPU runs the same float32 arithmetic).
-void check_model(const std::string& name, int device = -1) {
+// bf16: the weight matrices in bf16 on the device (mixed precision). Its bound is 5e-2 for latent and
+// ncp-mid-uniform (bf16 keeps 8 bits of mantissa: ~2e-3 per rounding, compounded over the layers); ncp-*-prev
+// is printed but not bounded: its error is the difference of two nearby feature maps, which cancels most of
+// the digits bf16 has (the float32 bound there is already 20x the others').
+void check_model(const std::string& name, int device = -1, bool bf16 = false) {
   auto m = model::load_unet(test::golden_path(name));
-  m->to_device(device);
+  m->to_device(device, bf16);
   const model::SafetensorsFile golden = model::SafetensorsFile::open(test::golden_path(name + "/objectives.safetensors"));
   int checked = 0;
   for (const char* obj : {"sft", "dpo", "cpo"})
@@ -76,10 +80,12 @@ void check_model(const std::string& name, int device = -1) {
         ++checked;
       }
       if (std::getenv("NCP_TEST_VERBOSE") || device >= 0)
-        std::printf("    %s %s %s: worst %.2e (%s)\n", device >= 0 ? "cuda" : "cpu", name.c_str(), key.c_str(), worst,
-                    worst_name.c_str());
-      NCP_EXPECT(worst <= s.tol, name << " " << key << ": worst relative error " << worst << " (" << worst_name
-                                      << ") > " << s.tol);
+        std::printf("    %s%s %s %s: worst %.2e (%s)\n", device >= 0 ? "cuda" : "cpu", bf16 ? " bf16" : "", name.c_str(),
+                    key.c_str(), worst, worst_name.c_str());
+      const bool prev = s.space == Space::Ncp && s.timestep == NcpTimestep::Prev;
+      const double tol = bf16 ? (prev ? INFINITY : 5e-2) : s.tol;
+      NCP_EXPECT(std::isfinite(worst) && worst <= tol, name << " " << key << ": worst relative error " << worst << " ("
+                                                             << worst_name << ") > " << tol);
     }
   NCP_EXPECT(checked > 12 * 3, name << ": only " << checked << " tensors compared");
 }
@@ -94,6 +100,15 @@ NCP_TEST("cuda: objectives golden tiny-sd15 and tiny-sdxl on the GPU, 3 objectiv
   }
   check_model("tiny-sd15", 0);
   check_model("tiny-sdxl", 0);
+}
+
+NCP_TEST("cuda: objectives golden on the GPU with bf16 weights (mixed precision), documented bounds") {
+  if (!cuda::status().usable) {
+    std::printf("skip: CUDA backend not usable: %s\n", cuda::status().reason.c_str());
+    return;
+  }
+  check_model("tiny-sd15", 0, true);
+  check_model("tiny-sdxl", 0, true);
 }
 NCP_TEST("objectives golden tiny-sdxl: 3 objectives x 4 spaces, loss, errors, LoRA grads") { check_model("tiny-sdxl"); }
 

@@ -3,6 +3,7 @@
 //
 //   ncp_bench unet --config sd15|sdxl --latent 64 --batch 2 [--device cuda] [--reps 5] [--peak-tflops 989]
 //   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
+//             [--gradient-checkpointing on] [--weights f32|bf16]
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
 // forward-equivalents a step does: see below), MFU against --peak-tflops when given, and peak device memory.
@@ -39,30 +40,34 @@ int main(int argc, char** argv) {
     const int reps = std::atoi(arg(argc, argv, "--reps", "3").c_str());
     const int device = ncp::dev::parse_device(arg(argc, argv, "--device", "cpu"));
     const double peak = std::atof(arg(argc, argv, "--peak-tflops", "0").c_str());
+    const std::string weights = arg(argc, argv, "--weights", "f32");
+    if (weights != "f32" && weights != "bf16") throw ncp::Error("NCP_EINVAL", "--weights must be f32 or bf16");
+    const bool bf16 = weights == "bf16";
     ncp::dev::require_device(device);
     const std::string dev_name = device < 0 ? "cpu" : ncp::cuda::status().device;
     if (what == "unet") {
       const int64_t batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
-      const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device);
+      const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device, bf16);
       const double tflops = r.gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"unet\",\"config\":\"%s\",\"latent\":%lld,\"batch\":%lld,\"device\":\"%s\","
-                  "\"median_s\":%.4f,\"best_s\":%.4f,\"gflop\":%.1f,\"tflops\":%.2f,\"mfu\":%.3f,"
+                  "\"weights\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"gflop\":%.1f,\"tflops\":%.2f,\"mfu\":%.3f,"
                   "\"device_peak_gib\":%.2f}\n",
-                  preset.c_str(), (long long)latent, (long long)batch, dev_name.c_str(), r.median_seconds,
+                  preset.c_str(), (long long)latent, (long long)batch, dev_name.c_str(), weights.c_str(), r.median_seconds,
                   r.best_seconds, r.gflop, tflops, peak > 0 ? tflops / peak : 0.0, r.device_peak_bytes / (1 << 30));
     } else {
       const int64_t pairs = std::atoll(arg(argc, argv, "--pairs", "1").c_str());
       const std::string objective = arg(argc, argv, "--objective", "dpo"), space = arg(argc, argv, "--space", "ncp");
-      const auto r = ncp::train::bench_step(preset, latent, pairs, objective, space, reps, device);
+      const bool ckpt = arg(argc, argv, "--gradient-checkpointing", "off") == "on";
+      const auto r = ncp::train::bench_step(preset, latent, pairs, objective, space, reps, device, ckpt, bf16);
       // A step runs the policy forward and backward (about 3 forwards: the backward's input gradients cost
       // about twice a forward) and the reference forward over the 2P rows: 4 forward-equivalents. The NCP
       // encoder passes come on top and are not counted, so for ncp this understates the work done.
       const double tflops = 4 * r.forward_gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"step\",\"config\":\"%s\",\"latent\":%lld,\"pairs\":%lld,\"objective\":\"%s\","
-                  "\"space\":\"%s\",\"device\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"tflops_4fwd\":%.2f,"
+                  "\"space\":\"%s\",\"checkpointing\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"tflops_4fwd\":%.2f,"
                   "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"lora_params\":%lld}\n",
                   preset.c_str(), (long long)latent, (long long)pairs, objective.c_str(), space.c_str(),
-                  dev_name.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
+                  ckpt ? "true" : "false", dev_name.c_str(), weights.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
                   r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), (long long)r.lora_parameters);
     }
   } catch (const ncp::Error& e) {

@@ -14,7 +14,8 @@
 namespace ncp::train {
 
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
-                           const std::string& space, int reps, int device) {
+                           const std::string& space, int reps, int device, bool checkpointing,
+                           bool bf16_weights) {
   auto m = std::make_shared<model::LoadedUNet>();
   m->model_dir = "<random " + preset + ">";
   m->config = model::unet_preset(preset);
@@ -28,6 +29,8 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   c.objective.beta = 2500;
   c.optimizer.schedule = LrSchedule::Constant;
   c.device = device;
+  c.gradient_checkpointing = checkpointing;
+  c.bf16_weights = bf16_weights;
   dev::reset_device_peak();
   Trainer trainer(c, m);
   // B starts at zero, which makes the policy equal the reference; a non-zero B exercises the real arithmetic.

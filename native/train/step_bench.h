@@ -17,6 +17,7 @@ struct StepBenchResult {
 
 // device: -1 the CPU, N CUDA device N.
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
-                           const std::string& space, int reps, int device = -1);
+                           const std::string& space, int reps, int device = -1, bool checkpointing = false,
+                           bool bf16_weights = false);
 
 }  // namespace ncp::train

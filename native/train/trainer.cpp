@@ -31,7 +31,7 @@ Trainer::Trainer(const TrainerConfig& config, std::shared_ptr<model::LoadedUNet>
     : config_(config), model_(std::move(m)), rng_(config.seed) {
   check(config.lora_rank >= 1, "NCP_EINVAL", "lora rank " + std::to_string(config.lora_rank) + " must be >= 1");
   const float alpha = std::isnan(config.lora_alpha) ? float(config.lora_rank) : float(config.lora_alpha);
-  model_->to_device(config.device);
+  model_->to_device(config.device, config.bf16_weights);
   model_->unet->create_lora(lora_, config.lora_targets, config.lora_rank, alpha);
   lora_.init(config.lora_init, rng_.next());
   runner_ = std::make_unique<ObjectiveRunner>(*model_->unet, NoiseSchedule::from_model_folder(model_->model_dir));

@@ -30,6 +30,9 @@ struct TrainerConfig {
   uint64_t seed = 0;
   bool gradient_checkpointing = false;  // recompute block internals in backward: less memory, ~1/3 more time
   int device = -1;  // -1: the CPU; N: CUDA device N (the U-Net's weights and activations live there)
+  // Mixed precision on a CUDA device: the frozen weight matrices in bf16 (GEMMs on bf16 tensor cores with float
+  // accumulation); activations, LoRA, gradients and AdamW stay float32.
+  bool bf16_weights = false;
 };
 
 // P pairs of encoded training data: latents [P, C, H, W], text conditioning [P, text_len, D], SDXL pooled text
