@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
+#include <cstdio>
+#include <map>
 #include <mutex>
+#include <vector>
 #include <unordered_map>
 
 #include "core/cuda_backend.h"
@@ -59,7 +63,64 @@ void cpu_transpose(float* y, const float* x, int64_t N, int64_t rows, int64_t co
   });
 }
 
+// Per-op wall time (dev::set_profiling): each timed op waits for the device before and after itself, so the
+// figures are exact per op but the run is slower than an unprofiled one. For finding where time goes, not for
+// reporting speed.
+struct Profile {
+  std::mutex mu;
+  bool on = false;
+  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> (seconds, calls)
+};
+Profile& profile() {
+  static Profile* p = new Profile();
+  return *p;
+}
+
+class OpTimer {
+ public:
+  explicit OpTimer(const char* name) : name_(profile().on ? name : nullptr) {
+    if (!name_) return;
+    if (g_device >= 0) cuda::api()->synchronize();
+    t0_ = std::chrono::steady_clock::now();
+  }
+  ~OpTimer() {
+    if (!name_) return;
+    if (g_device >= 0) cuda::api()->synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    std::lock_guard<std::mutex> lock(profile().mu);
+    auto& e = profile().ops[name_];
+    e.first += s, e.second += 1;
+  }
+
+ private:
+  const char* name_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
 }  // namespace
+
+void set_profiling(bool on) {
+  std::lock_guard<std::mutex> lock(profile().mu);
+  profile().on = on;
+  profile().ops.clear();
+}
+
+std::string profile_report() {
+  std::lock_guard<std::mutex> lock(profile().mu);
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(profile().ops.begin(), profile().ops.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  double total = 0;
+  for (const auto& r : rows) total += r.second.first;
+  std::string out;
+  char line[160];
+  for (const auto& [name, v] : rows) {
+    std::snprintf(line, sizeof line, "%-28s %9.4f s %5.1f%% %8lld calls\n", name.c_str(), v.first,
+                  total > 0 ? 100 * v.first / total : 0.0, (long long)v.second);
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "%-28s %9.4f s\n", "total in ops", total);
+  return out + line;
+}
 
 int current_device() { return g_device; }
 
@@ -147,24 +208,28 @@ void reset_device_peak() {
 }
 
 void zero(float* p, int64_t n) {
+  OpTimer timer("zero");
   if (n <= 0) return;
   if (on_cuda()) return ok(table().mem_zero(p, size_t(n) * 4), "mem_zero");
   std::memset(p, 0, size_t(n) * 4);
 }
 
 void copy(float* dst, const float* src, int64_t n) {
+  OpTimer timer("copy");
   if (n <= 0 || dst == src) return;
   if (on_cuda()) return ok(table().memcpy_d2d(dst, src, size_t(n) * 4), "memcpy_d2d");
   std::memcpy(dst, src, size_t(n) * 4);
 }
 
 void upload(float* dst, const float* host, int64_t n) {
+  OpTimer timer("upload");
   if (n <= 0) return;
   if (on_cuda()) return ok(table().memcpy_h2d(dst, host, size_t(n) * 4), "memcpy_h2d");
   std::memcpy(dst, host, size_t(n) * 4);
 }
 
 void download(float* host, const float* src, int64_t n) {
+  OpTimer timer("download");
   if (n <= 0) return;
   if (on_cuda()) return ok(table().memcpy_d2h(host, src, size_t(n) * 4), "memcpy_d2h");
   std::memcpy(host, src, size_t(n) * 4);
@@ -176,12 +241,14 @@ void synchronize() {
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc) {
+  OpTimer timer("gemm");
   if (on_cuda()) return ok(table().gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), "gemm");
   cpu::gemm<float>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void linear_forward(float* y, const float* x, const float* W, bool W_bf16, const float* b, int64_t rows, int64_t in,
                     int64_t out) {
+  OpTimer timer("linear_forward");
   if (on_cuda())
     return ok(table().linear_forward_w(y, x, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, b, rows, in, out),
               "linear_forward");
@@ -191,6 +258,7 @@ void linear_forward(float* y, const float* x, const float* W, bool W_bf16, const
 
 void linear_backward_input(float* dx, const float* dy, const float* W, bool W_bf16, int64_t rows, int64_t in,
                            int64_t out) {
+  OpTimer timer("linear_backward_input");
   if (on_cuda())
     return ok(table().linear_backward_input_w(dx, dy, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, rows, in, out),
               "linear_backward");
@@ -199,6 +267,7 @@ void linear_backward_input(float* dx, const float* dy, const float* W, bool W_bf
 }
 
 void conv2d_forward(float* y, const float* x, const float* W, bool W_bf16, const float* b, const cpu::Conv2dShape& s) {
+  OpTimer timer("conv2d_forward");
   if (on_cuda()) {
     const ncp_cuda_conv2d_shape c = conv_shape(s);
     return ok(table().conv2d_forward_w(y, x, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, b, &c), "conv2d_forward");
@@ -208,6 +277,7 @@ void conv2d_forward(float* y, const float* x, const float* W, bool W_bf16, const
 }
 
 void conv2d_backward_input(float* dx, const float* dy, const float* W, bool W_bf16, const cpu::Conv2dShape& s) {
+  OpTimer timer("conv2d_backward_input");
   if (on_cuda()) {
     const ncp_cuda_conv2d_shape c = conv_shape(s);
     return ok(table().conv2d_backward_input_w(dx, dy, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, &c),
@@ -219,6 +289,7 @@ void conv2d_backward_input(float* dx, const float* dy, const float* W, bool W_bf
 
 void group_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
                         int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  OpTimer timer("group_norm_forward");
   if (on_cuda())
     return ok(table().group_norm_forward(y, mean, rstd, x, gamma, beta, N, C, HW, G, eps), "group_norm_forward");
   cpu::group_norm_forward(y, mean, rstd, x, gamma, beta, N, C, HW, G, eps);
@@ -226,6 +297,7 @@ void group_norm_forward(float* y, float* mean, float* rstd, const float* x, cons
 
 void group_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
                                const float* gamma, int64_t N, int64_t C, int64_t HW, int64_t G) {
+  OpTimer timer("group_norm_backward_input");
   if (on_cuda())
     return ok(table().group_norm_backward(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, N, C, HW, G),
               "group_norm_backward");
@@ -234,6 +306,7 @@ void group_norm_backward_input(float* dx, const float* dy, const float* x, const
 
 void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
                         int64_t rows, int64_t C, double eps) {
+  OpTimer timer("layer_norm_forward");
   if (on_cuda())
     return ok(table().layer_norm_forward(y, mean, rstd, x, gamma, beta, rows, C, eps), "layer_norm_forward");
   cpu::layer_norm_forward(y, mean, rstd, x, gamma, beta, rows, C, eps);
@@ -241,6 +314,7 @@ void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, cons
 
 void layer_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
                                const float* gamma, int64_t rows, int64_t C) {
+  OpTimer timer("layer_norm_backward_input");
   if (on_cuda())
     return ok(table().layer_norm_backward(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, rows, C),
               "layer_norm_backward");
@@ -248,27 +322,32 @@ void layer_norm_backward_input(float* dx, const float* dy, const float* x, const
 }
 
 void activation_forward(cpu::Activation a, float* y, const float* x, int64_t n) {
+  OpTimer timer("activation_forward");
   if (on_cuda()) return ok(table().activation_forward(int32_t(a), y, x, n), "activation_forward");
   cpu::activation_forward(a, y, x, n);
 }
 
 void activation_backward(cpu::Activation a, float* dx, const float* dy, const float* x, int64_t n) {
+  OpTimer timer("activation_backward");
   if (on_cuda()) return ok(table().activation_backward(int32_t(a), dx, dy, x, n), "activation_backward");
   cpu::activation_backward<float>(a, dx, dy, x, n);
 }
 
 void geglu_forward(float* y, const float* x, int64_t rows, int64_t D) {
+  OpTimer timer("geglu_forward");
   if (on_cuda()) return ok(table().geglu_forward(y, x, rows, D), "geglu_forward");
   cpu::geglu_forward(y, x, rows, D);
 }
 
 void geglu_backward(float* dx, const float* dy, const float* x, int64_t rows, int64_t D) {
+  OpTimer timer("geglu_backward");
   if (on_cuda()) return ok(table().geglu_backward(dx, dy, x, rows, D), "geglu_backward");
   cpu::geglu_backward<float>(dx, dy, x, rows, D);
 }
 
 void attention_forward(float* out, float* saved_probs, const float* q, const float* k, const float* v,
                        const cpu::AttentionShape& s) {
+  OpTimer timer("attention_forward");
   if (on_cuda()) {
     const ncp_cuda_attention_shape a = attn_shape(s);
     return ok(table().attention_forward(out, saved_probs, q, k, v, &a), "attention_forward");
@@ -278,6 +357,7 @@ void attention_forward(float* out, float* saved_probs, const float* q, const flo
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* saved_probs, const cpu::AttentionShape& s) {
+  OpTimer timer("attention_backward");
   if (on_cuda()) {
     const ncp_cuda_attention_shape a = attn_shape(s);
     return ok(table().attention_backward(dq, dk, dv, dout, q, k, v, saved_probs, &a), "attention_backward");
@@ -286,52 +366,62 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 }
 
 void upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W) {
+  OpTimer timer("upsample_nearest2x_forward");
   if (on_cuda()) return ok(table().upsample_nearest2x_forward(y, x, N, C, H, W), "upsample_nearest2x_forward");
   cpu::upsample_nearest2x_forward(y, x, N, C, H, W);
 }
 
 void upsample_nearest2x_backward(float* dx, const float* dy, int64_t N, int64_t C, int64_t H, int64_t W) {
+  OpTimer timer("upsample_nearest2x_backward");
   if (on_cuda()) return ok(table().upsample_nearest2x_backward(dx, dy, N, C, H, W), "upsample_nearest2x_backward");
   cpu::upsample_nearest2x_backward<float>(dx, dy, N, C, H, W);
 }
 
 void add_forward(float* y, const float* a, const float* b, int64_t n) {
+  OpTimer timer("add_forward");
   if (on_cuda()) return ok(table().add_forward(y, a, b, n), "add_forward");
   cpu::add_forward(y, a, b, n);
 }
 
 void add_into(float* dst, const float* src, int64_t n) {
+  OpTimer timer("add_into");
   if (on_cuda()) return ok(table().add_backward(dst, nullptr, src, n), "add_backward");
   cpu::add_backward<float>(dst, nullptr, src, n);
 }
 
 void concat_channels_forward(float* y, const float* a, const float* b, int64_t N, int64_t Ca, int64_t Cb, int64_t HW) {
+  OpTimer timer("concat_channels_forward");
   if (on_cuda()) return ok(table().concat_channels_forward(y, a, b, N, Ca, Cb, HW), "concat_channels_forward");
   cpu::concat_channels_forward(y, a, b, N, Ca, Cb, HW);
 }
 
 void concat_channels_backward(float* da, float* db, const float* dy, int64_t N, int64_t Ca, int64_t Cb, int64_t HW) {
+  OpTimer timer("concat_channels_backward");
   if (on_cuda()) return ok(table().concat_channels_backward(da, db, dy, N, Ca, Cb, HW), "concat_channels_backward");
   cpu::concat_channels_backward<float>(da, db, dy, N, Ca, Cb, HW);
 }
 
 void add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW) {
+  OpTimer timer("add_channel_bias_forward");
   if (on_cuda()) return ok(table().add_channel_bias_forward(y, bias, N, C, HW), "add_channel_bias_forward");
   cpu::add_channel_bias_forward(y, bias, N, C, HW);
 }
 
 void timestep_embedding(float* y, const float* t, int64_t N, int64_t dim, bool flip_sin_to_cos, double freq_shift) {
+  OpTimer timer("timestep_embedding");
   if (on_cuda())
     return ok(table().timestep_embedding(y, t, N, dim, flip_sin_to_cos, freq_shift, 10000.0), "timestep_embedding");
   cpu::timestep_embedding(y, t, N, dim, flip_sin_to_cos, freq_shift);
 }
 
 void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
+  OpTimer timer("transpose_batched");
   if (on_cuda()) return ok(table().transpose_batched(y, x, N, rows, cols), "transpose_batched");
   cpu_transpose(y, x, N, rows, cols);
 }
 
 void scale_shift(float* y, const float* x, float a, float c, int64_t n) {
+  OpTimer timer("scale_shift");
   if (on_cuda()) return ok(table().scale_shift(y, x, a, c, n), "scale_shift");
   for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + c;
 }

@@ -53,6 +53,10 @@ void synchronize();
 int64_t device_bytes_in_use();
 int64_t device_bytes_peak();
 void reset_device_peak();
+// Per-op wall-time profile of every dev:: op from now on (clears what was recorded); the report lists ops by
+// total time. Each profiled op waits for the device, so profile runs are slower than normal ones.
+void set_profiling(bool on);
+std::string profile_report();
 
 // ---- ops (see cpu/ops.h for shapes and semantics; backward functions ADD into their outputs) ----
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -4,6 +4,7 @@
 //   ncp_bench unet --config sd15|sdxl --latent 64 --batch 2 [--device cuda] [--reps 5] [--peak-tflops 989]
 //   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
 //             [--gradient-checkpointing on] [--weights f32|bf16]
+//   --profile on: also print the time per op kind (each op synchronised: slower than the plain figures)
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
 // forward-equivalents a step does: see below), MFU against --peak-tflops when given, and peak device memory.
@@ -44,6 +45,8 @@ int main(int argc, char** argv) {
     if (weights != "f32" && weights != "bf16") throw ncp::Error("NCP_EINVAL", "--weights must be f32 or bf16");
     const bool bf16 = weights == "bf16";
     ncp::dev::require_device(device);
+    const bool profiling = arg(argc, argv, "--profile", "off") == "on";
+    if (profiling) ncp::dev::set_profiling(true);
     const std::string dev_name = device < 0 ? "cpu" : ncp::cuda::status().device;
     if (what == "unet") {
       const int64_t batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
@@ -70,6 +73,8 @@ int main(int argc, char** argv) {
                   ckpt ? "true" : "false", dev_name.c_str(), weights.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
                   r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), (long long)r.lora_parameters);
     }
+    if (profiling) std::printf("per-op time (every op synchronised; warm-up and timed runs together):\n%s",
+                               ncp::dev::profile_report().c_str());
   } catch (const ncp::Error& e) {
     std::fprintf(stderr, "ncp_bench: %s: %s\n", e.code().c_str(), e.what());
     return 1;
