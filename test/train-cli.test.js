@@ -98,7 +98,7 @@ test('config: bad values, unknown fields and missing data are clear errors namin
   t.regex(r.stderr, /missing\.jsonl/);
 });
 
-test('--device: a malformed value names the flag; cuda without a usable backend says why before any work', (t) => {
+test('--device: a malformed value names the flag; cuda without a usable backend, or bf16 on the CPU, says why before any work', (t) => {
   let r = run('--device', 'gpu0', '--max-steps', '1', '--output', join(tmp, 'dev1'));
   t.not(r.status, 0);
   t.regex(r.stderr, /--device.*gpu0.*cuda:N/);
@@ -107,6 +107,9 @@ test('--device: a malformed value names the flag; cuda without a usable backend 
   // Without a GPU: the backend's reason (no driver, not built); with one GPU: no device 7.
   t.regex(r.stderr, /cuda:7 asked for, but (the CUDA backend is not usable: .+|\d+ CUDA device\(s\) are visible)/);
   t.false(existsSync(join(tmp, 'dev2', 'lora.safetensors')));
+  r = run('--device', 'cpu', '--mixed-precision', 'bf16', '--max-steps', '1', '--output', join(tmp, 'dev3'));
+  t.not(r.status, 0);
+  t.regex(r.stderr, /mixed precision bf16 needs a CUDA device/);
 });
 
 test('--lora-format diffusers and peft: B pre-scaled by alpha / rank, read back to the same adapters', async (t) => {
