@@ -108,18 +108,7 @@ def objective_cases(variant):
         print(f"{os.path.basename(V.GOLDEN)}: objectives inputs missing {[k for k in need if k not in g]}; skipped")
         return res
     rank, alpha = meta["lora"]["rank"], meta["lora"]["alpha"]
-    # verify.check_objectives' inputs: rows [w0..w2, l0..l2], noise / z / t / context shared within a pair
-    x0 = torch.cat([g["in.x0_w"], g["in.x0_l"]])
-    eps = torch.cat([g["in.noise"]] * 2)
-    z = torch.cat([g["in.variance_noise"]] * 2)
-    t = torch.cat([g["in.timestep"]] * 2)
-    ctx = torch.cat([g["in.encoder_hidden_states"]] * 2)
-    ack = V.added_cond(g)
-    if ack is not None:
-        ack = {k: torch.cat([v] * 2) for k, v in ack.items()}
-    ac = g["in.alphas_cumprod"]
-    ac_t = ac[t][:, None, None, None]
-    x_t = ac_t.sqrt() * x0 + (1 - ac_t).sqrt() * eps
+    x0, eps, z, t, ctx, ack, ac, x_t = V.objective_inputs(g)
     for space, layer in SPACES:
         if f"out.dpo.{space}.loss" not in g:
             print(f"{os.path.basename(V.GOLDEN)}: no golden out.dpo.{space}.*; skipped")

@@ -103,11 +103,9 @@ def check_lora_forward():
     check("lora-forward", "out.sample", out, g["out.sample"], 1e-4)
 
 
-def check_objectives():
-    g = load_safetensors(os.path.join(GOLDEN, "objectives.safetensors"))
-    with open(os.path.join(GOLDEN, "objectives.json")) as f:
-        meta = json.load(f)
-    rank, alpha = meta["lora"]["rank"], meta["lora"]["alpha"]
+def objective_inputs(g):
+    """The objectives case's rows [w_0..w_P-1, l_0..l_P-1]: noise, step noise, timestep, context and SDXL's added
+    conditions shared within a pair; returns x0, eps, z, t, ctx, added_cond_kwargs, alphas_cumprod, x_t."""
     x0 = torch.cat([g["in.x0_w"], g["in.x0_l"]])
     eps = torch.cat([g["in.noise"]] * 2)
     z = torch.cat([g["in.variance_noise"]] * 2)
@@ -119,6 +117,15 @@ def check_objectives():
     ac = g["in.alphas_cumprod"]
     ac_t = ac[t][:, None, None, None]
     x_t = ac_t.sqrt() * x0 + (1 - ac_t).sqrt() * eps
+    return x0, eps, z, t, ctx, ack, ac, x_t
+
+
+def check_objectives():
+    g = load_safetensors(os.path.join(GOLDEN, "objectives.safetensors"))
+    with open(os.path.join(GOLDEN, "objectives.json")) as f:
+        meta = json.load(f)
+    rank, alpha = meta["lora"]["rank"], meta["lora"]["alpha"]
+    x0, eps, z, t, ctx, ack, ac, x_t = objective_inputs(g)
     for space, layer in (("latent", None), ("ncp-mid-prev", "mid"), ("ncp-down-prev", "down")):
         unet = build()
         set_lora(unet, g, "lora.", rank, alpha)

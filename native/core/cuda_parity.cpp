@@ -155,14 +155,30 @@ void linear_case(Recorder& r) {
   r.compare("linear", "db", db);
 }
 
+// 3x3 stride 1 and 2 with padding, and the direct 1x1 case, all on odd sizes.
+const cpu::Conv2dShape kConvShapes[] = {{2, 3, 11, 9, 5, 3, 1, 1}, {2, 4, 9, 7, 6, 3, 2, 1}, {3, 5, 5, 7, 4, 1, 1, 0}};
+
+// Per-shape geometry shared by the float and the bf16-weight cases.
+struct ConvCase {
+  ncp_cuda_conv2d_shape gs;
+  std::string tag;
+  int64_t nx, ny, nw;
+  explicit ConvCase(const cpu::Conv2dShape& s)
+      : gs{s.N, s.Cin, s.H, s.W, s.Cout, s.k, s.stride, s.pad},
+        tag("k" + std::to_string(s.k) + "s" + std::to_string(s.stride) + "."),
+        nx(s.N * s.Cin * s.H * s.W),
+        ny(s.N * s.Cout * s.Ho() * s.Wo()),
+        nw(s.Cout * s.Cin * s.k * s.k) {}
+};
+
 void conv2d_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   uint64_t seed = 200;
-  for (const cpu::Conv2dShape s : {cpu::Conv2dShape{2, 3, 11, 9, 5, 3, 1, 1}, cpu::Conv2dShape{2, 4, 9, 7, 6, 3, 2, 1},
-                                   cpu::Conv2dShape{3, 5, 5, 7, 4, 1, 1, 0}}) {
-    const ncp_cuda_conv2d_shape gs{s.N, s.Cin, s.H, s.W, s.Cout, s.k, s.stride, s.pad};
-    const std::string tag = "k" + std::to_string(s.k) + "s" + std::to_string(s.stride) + ".";
-    const int64_t nx = s.N * s.Cin * s.H * s.W, ny = s.N * s.Cout * s.Ho() * s.Wo(), nw = s.Cout * s.Cin * s.k * s.k;
+  for (const cpu::Conv2dShape& s : kConvShapes) {
+    const ConvCase c(s);
+    const ncp_cuda_conv2d_shape& gs = c.gs;
+    const std::string& tag = c.tag;
+    const int64_t nx = c.nx, ny = c.ny, nw = c.nw;
     const Vec x = random_vec(nx, ++seed), W = random_vec(nw, ++seed), b = random_vec(s.Cout, ++seed),
               dy = random_vec(ny, ++seed);
     Buffer gx(t, x), gW(t, W), gb(t, b), gdy(t, dy), gy(t, Vec(ny));
@@ -486,11 +502,11 @@ void mixed_cases(Recorder& r) {
            "linear_backward_input_w");
     r.compare("linear (W bf16)", "dx", dx);
   }
-  for (const cpu::Conv2dShape s : {cpu::Conv2dShape{2, 3, 11, 9, 5, 3, 1, 1}, cpu::Conv2dShape{2, 4, 9, 7, 6, 3, 2, 1},
-                                   cpu::Conv2dShape{3, 5, 5, 7, 4, 1, 1, 0}}) {
-    const ncp_cuda_conv2d_shape gs{s.N, s.Cin, s.H, s.W, s.Cout, s.k, s.stride, s.pad};
-    const std::string tag = "k" + std::to_string(s.k) + "s" + std::to_string(s.stride) + ".";
-    const int64_t nx = s.N * s.Cin * s.H * s.W, ny = s.N * s.Cout * s.Ho() * s.Wo(), nw = s.Cout * s.Cin * s.k * s.k;
+  for (const cpu::Conv2dShape& s : kConvShapes) {
+    const ConvCase c(s);
+    const ncp_cuda_conv2d_shape& gs = c.gs;
+    const std::string& tag = c.tag;
+    const int64_t nx = c.nx, ny = c.ny, nw = c.nw;
     const Vec x = random_vec(nx, ++seed), W = random_vec(nw, ++seed), b = random_vec(s.Cout, ++seed),
               dy = random_vec(ny, ++seed);
     Buffer gx(t, x), gb(t, b), gdy(t, dy), gy(t, Vec(ny));
