@@ -109,6 +109,7 @@ export async function main(argv: string[]): Promise<void> {
           .option('width', { type: 'number', describe: 'pixels (default: unet sample_size x the VAE downscale)' })
           .option('height', { type: 'number', describe: 'pixels (default: unet sample_size x the VAE downscale)' })
           .option('variant', { type: 'string', describe: 'weights variant, e.g. fp16' })
+          .option('device', { type: 'string', default: 'cpu', describe: 'where the U-Net runs: cpu, cuda or cuda:N (text encoders and VAE: CPU)' })
           .option('out', { type: 'string', demandOption: true, describe: 'PNG file to write' }),
       async (args) => {
         if (!Number.isInteger(args.steps) || args.steps < 1) throw new UsageError('--steps must be a positive integer');
@@ -121,6 +122,7 @@ export async function main(argv: string[]): Promise<void> {
         let bar: ProgressBar | undefined;
         const image = await sampleToFile({
           model: args.model,
+          device: args.device,
           prompt: args.prompt,
           ...(args.negative !== undefined ? { negative: args.negative } : {}),
           ...(args.lora !== undefined ? { lora: args.lora, loraScale: args['lora-scale'] } : {}),

@@ -87,8 +87,8 @@ export function cudaParity(): Promise<Record<string, number>> {
  * Loads the U-Net of a diffusers model folder (`<dir>/unet`: config.json and one safetensors file, an fp16/bf16
  * variant such as `variant: 'fp16'`, or shards with an index) into float32.
  */
-export async function loadUNet(modelDir: string, options: { variant?: string } = {}): Promise<UNet> {
-  return native().loadUNet(modelDir, options.variant ?? '');
+export async function loadUNet(modelDir: string, options: { variant?: string; device?: string } = {}): Promise<UNet> {
+  return native().loadUNet(modelDir, options.variant ?? '', options.device ?? 'cpu');
 }
 
 /**

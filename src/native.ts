@@ -267,7 +267,7 @@ export interface NativeBinding {
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;
   cudaParity(): Promise<Record<string, number>>;
-  loadUNet(modelDir: string, variant?: string): Promise<NativeUNet>;
+  loadUNet(modelDir: string, variant?: string, device?: string): Promise<NativeUNet>;
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>;
   gradFile(options: ObjectiveOptions & { model: string; input: string; output: string; variant?: string; loraAlpha?: number }): Promise<string[]>;
   benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number; device?: string }): Promise<StepBenchResult>;

@@ -39,6 +39,8 @@ export interface SampleOptions {
   width?: number;
   height?: number;
   variant?: string;
+  /** Where the U-Net runs: 'cpu' (default), 'cuda' or 'cuda:N' (the text encoders and the VAE stay on the CPU). */
+  device?: string;
   /** Called with 0 before the first step, then after each step (for progress display). */
   onStep?: (done: number, total: number) => void;
 }
@@ -185,7 +187,7 @@ export async function sample(options: SampleOptions): Promise<SampledImage> {
 
   const n = native();
   const variant = options.variant ?? '';
-  const unet: NativeUNet = await n.loadUNet(model, variant);
+  const unet: NativeUNet = await n.loadUNet(model, variant, options.device ?? 'cpu');
   const uc = unet.config();
   const sdxl = uc.sdxl;
   if (lora) unet.setLora(lora, loraScale);

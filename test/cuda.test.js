@@ -22,3 +22,23 @@ test('cudaParity rejects with NCP_ENOCUDA and the reason when CUDA is not usable
   t.is(err.code, 'NCP_ENOCUDA');
   t.true(err.message.includes(cuda.reason));
 });
+
+// Every entry point that takes a device checks it before any work: a bad name is NCP_EINVAL naming the value; a
+// CUDA device without a usable backend is NCP_ENOCUDA with the reason; an index past the visible devices says how
+// many there are. (On a GPU machine the last two are the same "visible" error, for an index of 99.)
+test('loadUNet, createTrainer and benchStep name a device they cannot use', async (t) => {
+  const { loadUNet, createTrainer, benchStep } = await import('../dist/index.js');
+  const model = new URL('../assets/tiny-sd15', import.meta.url).pathname;
+  const bad = await t.throwsAsync(() => loadUNet(model, { device: 'gpu' }));
+  t.is(bad.code, 'NCP_EINVAL');
+  t.regex(bad.message, /'gpu'.*cpu, cuda or cuda:N/);
+  for (const call of [
+    () => loadUNet(model, { device: 'cuda:99' }),
+    () => createTrainer({ model, device: 'cuda:99' }),
+    () => benchStep({ preset: 'sd15', latent: 8, device: 'cuda:99' }),
+  ]) {
+    const err = await t.throwsAsync(async () => call());
+    t.true(['NCP_ENOCUDA', 'NCP_EINVAL'].includes(err.code), err.code);
+    t.regex(err.message, cuda.usable ? /cuda:99 asked for, but \d+ CUDA device\(s\) are visible/ : /cuda:99 asked for, but the CUDA backend is not usable/);
+  }
+});

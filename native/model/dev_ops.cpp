@@ -124,7 +124,13 @@ std::string profile_report() {
 
 int current_device() { return g_device; }
 
-DeviceScope::DeviceScope(int device) : previous_(g_device) {
+static std::recursive_mutex& device_mutex() {
+  static std::recursive_mutex* m = new std::recursive_mutex();
+  return *m;
+}
+
+DeviceScope::DeviceScope(int device) : lock_(device_mutex(), std::defer_lock), previous_(g_device) {
+  if (device >= 0) lock_.lock();
   if (device >= 0 && device != g_device) {
     require_device(device);
     ok(table().set_device(device), "set_device");

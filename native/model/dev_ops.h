@@ -11,6 +11,7 @@
 // NCP_ECUDA for anything else, with the library's message naming the op.
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "cpu/ops.h"
@@ -22,7 +23,9 @@ int current_device();
 inline bool on_cuda() { return current_device() >= 0; }
 
 // Sets the calling thread's device until the scope ends (scopes nest). Selecting a CUDA device checks that the
-// backend is usable and throws NCP_ENOCUDA with the reason when it is not.
+// backend is usable and throws NCP_ENOCUDA with the reason when it is not. A CUDA scope also holds a process-wide
+// lock: libncp_cuda keeps process-wide scratch arenas and runs on one stream, so work from two threads (two
+// U-Nets driven from two Promise workers) takes turns instead of sharing an arena.
 class DeviceScope {
  public:
   explicit DeviceScope(int device);
@@ -31,6 +34,7 @@ class DeviceScope {
   DeviceScope& operator=(const DeviceScope&) = delete;
 
  private:
+  std::unique_lock<std::recursive_mutex> lock_;
   int previous_;
 };
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 
+#include "model/dev_ops.h"
 #include "model/unet_io.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
@@ -227,11 +228,24 @@ class UNetHandle : public Napi::ObjectWrap<UNetHandle> {
 
 Napi::Value LoadUNet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throw_error(env, "NCP_EINVAL", "loadUNet(modelDir, variant?): modelDir must be a string");
+  if (!info[0].IsString())
+    throw_error(env, "NCP_EINVAL", "loadUNet(modelDir, variant?, device?): modelDir must be a string");
   const std::string dir = info[0].As<Napi::String>().Utf8Value();
   const std::string variant = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  int device = -1;
+  try {
+    device = dev::parse_device(info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu");
+    dev::require_device(device);
+  } catch (const Error& e) {
+    throw_error(env, e.code(), "loadUNet: " + std::string(e.what()));
+  }
   return PromiseWorker<std::shared_ptr<LoadedUNet>>::Start(
-      env, [dir, variant] { return std::shared_ptr<LoadedUNet>(model::load_unet(dir, variant)); },
+      env,
+      [dir, variant, device] {
+        std::shared_ptr<LoadedUNet> m(model::load_unet(dir, variant));
+        m->to_device(device);  // the handle's forward/encode then run there (host arrays in and out)
+        return m;
+      },
       [](Napi::Env e, std::shared_ptr<LoadedUNet>& m) -> Napi::Value {
         // The class constructor is kept per environment (worker threads each load the addon).
         Napi::Object handle = e.GetInstanceData<Napi::FunctionReference>()->New({});
