@@ -145,7 +145,7 @@ DeviceScope::~DeviceScope() {
 
 int parse_device(const std::string& s) {
   if (s == "cpu") return -1;
-  if (s == "cuda" || s == "gpu") return 0;
+  if (s == "cuda") return 0;
   if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
       std::all_of(s.begin() + 5, s.end(), [](char c) { return c >= '0' && c <= '9'; }))
     return std::atoi(s.c_str() + 5);
