@@ -1,7 +1,6 @@
 // benchGemm(M, N, K, reps) and benchConv2d({ n, cin, h, w, cout, k, stride, pad }, backward, reps): median GFLOP/s,
 // measured off the event loop. `npm run bench` prints them as a table.
 #include "cpu/bench.h"
-#include "model/dev_ops.h"
 #include "model/unet_bench.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
@@ -41,25 +40,13 @@ Napi::Value BenchConv2d(const Napi::CallbackInfo& info) {
       [](Napi::Env e, double& g) -> Napi::Value { return Napi::Number::New(e, g); });
 }
 
-// "cpu", "cuda" or "cuda:N", checked here so that a bad value or an unusable backend fails before any work.
-int device_arg(Napi::Env env, const std::string& s) {
-  try {
-    const int d = dev::parse_device(s);
-    dev::require_device(d);
-    return d;
-  } catch (const Error& e) {
-    throw_error(env, e.code(), e.what());
-  }
-  return -1;
-}
-
 Napi::Value BenchUNet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString()) throw_error(env, "NCP_EINVAL", "benchUNet(preset, latent, batch, reps): preset must be a string");
   const std::string preset = info[0].As<Napi::String>().Utf8Value();
   const int64_t latent = positive(env, info[1], "latent"), batch = positive(env, info[2], "batch");
   const int reps = int(positive(env, info[3], "reps"));
-  const int device = device_arg(env, info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "cpu");
+  const int device = device_arg(env, info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "cpu", "benchUNet");
   return PromiseWorker<model::UNetBenchResult>::Start(
       env, [=] { return model::bench_unet(preset, latent, batch, reps, device); },
       [](Napi::Env e, model::UNetBenchResult& r) -> Napi::Value {
@@ -103,7 +90,7 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
                reps = number_attr(env, o, "reps", 3);
   if (!(latent >= 1 && pairs >= 1 && reps >= 1))
     throw_error(env, "NCP_EINVAL", "benchStep: latent, pairs and reps must be >= 1");
-  const int device = device_arg(env, string_attr(env, o, "device", "cpu"));
+  const int device = device_arg(env, string_attr(env, o, "device", "cpu"), "benchStep");
   return PromiseWorker<train::StepBenchResult>::Start(
       env,
       [=] { return train::bench_step(preset, int64_t(latent), int64_t(pairs), objective, space, int(reps), device); },

@@ -1,6 +1,7 @@
 #include "napi/tensor_args.h"
 
 #include "core/error.h"
+#include "model/dev_ops.h"
 #include "napi/async.h"
 
 namespace ncp::napi {
@@ -86,6 +87,17 @@ std::string string_attr(Napi::Env env, const Napi::Object& attrs, const std::str
   Napi::Value v = attrs.Get(name);
   if (!v.IsString()) throw_error(env, "NCP_EINVAL", "attribute '" + name + "' must be a string");
   return v.As<Napi::String>().Utf8Value();
+}
+
+int device_arg(Napi::Env env, const std::string& device, const std::string& who) {
+  try {
+    const int d = dev::parse_device(device);
+    dev::require_device(d);
+    return d;
+  } catch (const Error& e) {
+    throw_error(env, e.code(), who + ": " + e.what());
+  }
+  return -1;
 }
 
 Napi::Array string_array(Napi::Env env, const std::vector<std::string>& items) {

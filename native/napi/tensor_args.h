@@ -34,6 +34,10 @@ void expect_shape(Napi::Env env, const std::string& op, const std::string& name,
 
 double number_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name, double fallback);
 bool bool_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name, bool fallback);
+// "cpu", "cuda" or "cuda:N" as a device index (-1 for the CPU), checked before any work: a bad name or index
+// throws NCP_EINVAL, an unusable CUDA backend NCP_ENOCUDA with the reason; `who` prefixes the message.
+int device_arg(Napi::Env env, const std::string& device, const std::string& who);
+
 std::string string_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name,
                         const std::string& fallback);
 

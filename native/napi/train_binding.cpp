@@ -9,7 +9,6 @@
 #include "napi/bindings.h"
 #include "napi/tensor_args.h"
 #include "train/grad_io.h"
-#include "model/dev_ops.h"
 #include "train/trainer.h"
 
 namespace ncp::napi {
@@ -48,16 +47,13 @@ train::TrainerConfig read_trainer_config(Napi::Env env, const Napi::Object& o) {
   c.variant = string_attr(env, o, "variant", "");
   c.seed = uint64_t(number_attr(env, o, "seed", 0));
   c.gradient_checkpointing = bool_attr(env, o, "gradientCheckpointing", false);
-  try {
-    c.device = dev::parse_device(string_attr(env, o, "device", "cpu"));
-    dev::require_device(c.device);
-    const std::string mp = string_attr(env, o, "mixedPrecision", "no");
-    check(mp == "no" || mp == "bf16", "NCP_EINVAL", "mixedPrecision must be 'no' or 'bf16', got '" + mp + "'");
-    check(mp == "no" || c.device >= 0, "NCP_EINVAL", "mixed precision bf16 needs a CUDA device (device is cpu)");
-    c.bf16_weights = mp == "bf16";
-  } catch (const Error& e) {
-    throw_error(env, e.code(), "createTrainer: " + std::string(e.what()));
-  }
+  c.device = device_arg(env, string_attr(env, o, "device", "cpu"), "createTrainer");
+  const std::string mp = string_attr(env, o, "mixedPrecision", "no");
+  if (mp != "no" && mp != "bf16")
+    throw_error(env, "NCP_EINVAL", "createTrainer: mixedPrecision must be 'no' or 'bf16', got '" + mp + "'");
+  if (mp == "bf16" && c.device < 0)
+    throw_error(env, "NCP_EINVAL", "createTrainer: mixed precision bf16 needs a CUDA device (device is cpu)");
+  c.bf16_weights = mp == "bf16";
   const Napi::Object lora = object_attr(env, o, "lora");
   c.lora_rank = int64_t(number_attr(env, lora, "rank", double(c.lora_rank)));
   c.lora_alpha = number_attr(env, lora, "alpha", NAN);

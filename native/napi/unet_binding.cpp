@@ -5,7 +5,6 @@
 #include <cmath>
 #include <memory>
 
-#include "model/dev_ops.h"
 #include "model/unet_io.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
@@ -232,13 +231,9 @@ Napi::Value LoadUNet(const Napi::CallbackInfo& info) {
     throw_error(env, "NCP_EINVAL", "loadUNet(modelDir, variant?, device?): modelDir must be a string");
   const std::string dir = info[0].As<Napi::String>().Utf8Value();
   const std::string variant = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
-  int device = -1;
-  try {
-    device = dev::parse_device(info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu");
-    dev::require_device(device);
-  } catch (const Error& e) {
-    throw_error(env, e.code(), "loadUNet: " + std::string(e.what()));
-  }
+  const int device =
+      device_arg(env, info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu",
+                 "loadUNet");
   return PromiseWorker<std::shared_ptr<LoadedUNet>>::Start(
       env,
       [dir, variant, device] {
