@@ -158,29 +158,31 @@ void linear_case(Recorder& r) {
 // 3x3 stride 1 and 2 with padding, and the direct 1x1 case, all on odd sizes.
 const cpu::Conv2dShape kConvShapes[] = {{2, 3, 11, 9, 5, 3, 1, 1}, {2, 4, 9, 7, 6, 3, 2, 1}, {3, 5, 5, 7, 4, 1, 1, 0}};
 
-// Per-shape geometry shared by the float and the bf16-weight cases.
+// One conv case shared by the float and the bf16-weight checks: the shape in both APIs' forms, and random
+// input, weights, bias and output gradient drawn from `seed` (advanced past them).
 struct ConvCase {
   ncp_cuda_conv2d_shape gs;
   std::string tag;
   int64_t nx, ny, nw;
-  explicit ConvCase(const cpu::Conv2dShape& s)
+  Vec x, W, b, dy;
+  ConvCase(const cpu::Conv2dShape& s, uint64_t& seed)
       : gs{s.N, s.Cin, s.H, s.W, s.Cout, s.k, s.stride, s.pad},
         tag("k" + std::to_string(s.k) + "s" + std::to_string(s.stride) + "."),
         nx(s.N * s.Cin * s.H * s.W),
         ny(s.N * s.Cout * s.Ho() * s.Wo()),
-        nw(s.Cout * s.Cin * s.k * s.k) {}
+        nw(s.Cout * s.Cin * s.k * s.k),
+        x(random_vec(nx, ++seed)),
+        W(random_vec(nw, ++seed)),
+        b(random_vec(s.Cout, ++seed)),
+        dy(random_vec(ny, ++seed)) {}
 };
 
 void conv2d_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   uint64_t seed = 200;
   for (const cpu::Conv2dShape& s : kConvShapes) {
-    const ConvCase c(s);
-    const ncp_cuda_conv2d_shape& gs = c.gs;
-    const std::string& tag = c.tag;
-    const int64_t nx = c.nx, ny = c.ny, nw = c.nw;
-    const Vec x = random_vec(nx, ++seed), W = random_vec(nw, ++seed), b = random_vec(s.Cout, ++seed),
-              dy = random_vec(ny, ++seed);
+    const ConvCase c(s, seed);
+    const auto& [gs, tag, nx, ny, nw, x, W, b, dy] = c;
     Buffer gx(t, x), gW(t, W), gb(t, b), gdy(t, dy), gy(t, Vec(ny));
     Vec y(ny);
     cpu::conv2d_forward<float>(y.data(), x.data(), W.data(), b.data(), s);
@@ -321,19 +323,16 @@ void activation_cases(Recorder& r) {
 
 void layout_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
-  {  // transpose (odd sizes crossing the 32x32 tiles), y = a x + b y, y = a x + c
+  {  // transpose (odd sizes crossing the 32x32 tiles), y = a x + c
     const int64_t N = 3, rows = 45, cols = 70, n = N * rows * cols;
-    const Vec x = random_vec(n, 590), y0 = random_vec(n, 591);
-    Buffer gx(t, x), gy(t, Vec(n)), gz(t, y0), gw(t, Vec(n));
-    Vec y(n), z(n), w(n);
+    const Vec x = random_vec(n, 590);
+    Buffer gx(t, x), gy(t, Vec(n)), gw(t, Vec(n));
+    Vec y(n), w(n);
     for (int64_t b = 0; b < N; ++b)
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < cols; ++j) y[size_t((b * cols + j) * rows + i)] = x[size_t((b * rows + i) * cols + j)];
     r.call(t->transpose_batched(gy.get(), gx.get(), N, rows, cols), "transpose_batched");
     r.compare("transpose_batched", "y", gy, y);
-    for (int64_t i = 0; i < n; ++i) z[size_t(i)] = 0.7f * x[size_t(i)] - 1.3f * y0[size_t(i)];
-    r.call(t->axpby(gz.get(), 0.7f, gx.get(), -1.3f, n), "axpby");
-    r.compare("axpby", "y", gz, z);
     for (int64_t i = 0; i < n; ++i) w[size_t(i)] = 2.0f * x[size_t(i)] - 1.0f;
     r.call(t->scale_shift(gw.get(), gx.get(), 2.0f, -1.0f, n), "scale_shift");
     r.compare("scale_shift", "y", gw, w);
@@ -503,12 +502,8 @@ void mixed_cases(Recorder& r) {
     r.compare("linear (W bf16)", "dx", dx);
   }
   for (const cpu::Conv2dShape& s : kConvShapes) {
-    const ConvCase c(s);
-    const ncp_cuda_conv2d_shape& gs = c.gs;
-    const std::string& tag = c.tag;
-    const int64_t nx = c.nx, ny = c.ny, nw = c.nw;
-    const Vec x = random_vec(nx, ++seed), W = random_vec(nw, ++seed), b = random_vec(s.Cout, ++seed),
-              dy = random_vec(ny, ++seed);
+    const ConvCase c(s, seed);
+    const auto& [gs, tag, nx, ny, nw, x, W, b, dy] = c;
     Buffer gx(t, x), gb(t, b), gdy(t, dy), gy(t, Vec(ny));
     Bf16Buffer gW(t, W);
     Vec y(ny);

@@ -52,7 +52,6 @@ ncp_cuda_api make_table() {
   t.mse_backward = mse_backward;
   t.adamw_step = adamw_step;
   t.transpose_batched = transpose_batched;
-  t.axpby = axpby;
   t.scale_shift = scale_shift;
   t.gemm_mixed = gemm_mixed;
   t.linear_forward_w = linear_forward_w;

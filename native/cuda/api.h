@@ -164,8 +164,6 @@ typedef struct ncp_cuda_api {
   /* ---- layout and scaling, for the U-Net on the device (model/dev_ops.h) ---- */
   /* y [N, cols, rows] = x [N, rows, cols] transposed per batch item (NCHW <-> NLC). */
   int (*transpose_batched)(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
-  /* y = a x + b y over n values (b = 0 ignores y's old contents, NaN included). */
-  int (*axpby)(float* y, float a, const float* x, float b, int64_t n);
   /* y = a x + c over n values (centre_input_sample's 2x - 1). */
   int (*scale_shift)(float* y, const float* x, float a, float c, int64_t n);
 

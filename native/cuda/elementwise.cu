@@ -147,12 +147,6 @@ int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t
   return check_launch("transpose_batched");
 }
 
-int axpby(float* y, float a, const float* x, float b, int64_t n) {
-  NCP_REQUIRE(n >= 0, "axpby: negative size %lld", (long long)n);
-  if (b == 0.f) return launch_each("axpby", n, [=] __device__(int64_t i) { y[i] = a * x[i]; });
-  return launch_each("axpby", n, [=] __device__(int64_t i) { y[i] = a * x[i] + b * y[i]; });
-}
-
 int scale_shift(float* y, const float* x, float a, float c, int64_t n) {
   NCP_REQUIRE(n >= 0, "scale_shift: negative size %lld", (long long)n);
   return launch_each("scale_shift", n, [=] __device__(int64_t i) { y[i] = a * x[i] + c; });

@@ -83,7 +83,6 @@ int linear_backward_input_w(float* dx, const float* dy, const void* W, int32_t w
 int conv2d_forward_w(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
                      const ncp_cuda_conv2d_shape* s);
 int conv2d_backward_input_w(float* dx, const float* dy, const void* W, int32_t w_dtype, const ncp_cuda_conv2d_shape* s);
-int axpby(float* y, float a, const float* x, float b, int64_t n);
 int scale_shift(float* y, const float* x, float a, float c, int64_t n);
 
 // embeddings.cu

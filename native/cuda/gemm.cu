@@ -134,6 +134,18 @@ int to_bf16_precision(float* dst, const void* src, bool src_bf16, int64_t n) {
                      [=] __device__(int64_t i) { dst[i] = __bfloat162float(__float2bfloat16_rn(p[i])); });
 }
 
+// The operand as bf16 for cuBLAS: `src` itself when it already is, else a copy rounded to bf16 in scratch `slot`.
+int bf16_operand(int slot, const void* src, bool src_bf16, int64_t n, const void** out) {
+  *out = src;
+  if (src_bf16) return NCP_CUDA_OK;
+  __nv_bfloat16* t = nullptr;
+  NCP_TRY(scratch(slot, size_t(n) * sizeof(__nv_bfloat16), reinterpret_cast<void**>(&t)));
+  const float* p = static_cast<const float*>(src);
+  NCP_TRY(launch_each("gemm (bf16) operand", n, [=] __device__(int64_t i) { t[i] = __float2bfloat16_rn(p[i]); }));
+  *out = t;
+  return NCP_CUDA_OK;
+}
+
 }  // namespace
 
 int gemm_batched_mixed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A, bool a_bf16,
@@ -150,22 +162,9 @@ int gemm_batched_mixed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
                   fits_int(N) && fits_int(K) && fits_int(lda) && fits_int(ldb) && fits_int(ldc) && fits_int(batch);
   if (ex) {
     // Round the float operand(s) to bf16 once, then one bf16 x bf16 -> float GEMM.
-    const void* a = A;
-    const void* b = B;
-    if (!a_bf16) {
-      __nv_bfloat16* t = nullptr;
-      NCP_TRY(scratch(2, size_t(span_a) * sizeof(__nv_bfloat16), reinterpret_cast<void**>(&t)));
-      const float* src = static_cast<const float*>(A);
-      NCP_TRY(launch_each("gemm (bf16) operand A", span_a, [=] __device__(int64_t i) { t[i] = __float2bfloat16_rn(src[i]); }));
-      a = t;
-    }
-    if (!b_bf16) {
-      __nv_bfloat16* t = nullptr;
-      NCP_TRY(scratch(3, size_t(span_b) * sizeof(__nv_bfloat16), reinterpret_cast<void**>(&t)));
-      const float* src = static_cast<const float*>(B);
-      NCP_TRY(launch_each("gemm (bf16) operand B", span_b, [=] __device__(int64_t i) { t[i] = __float2bfloat16_rn(src[i]); }));
-      b = t;
-    }
+    const void *a = nullptr, *b = nullptr;
+    NCP_TRY(bf16_operand(2, A, a_bf16, span_a, &a));
+    NCP_TRY(bf16_operand(3, B, b_bf16, span_b, &b));
     const int st = cublas::gemm_bf16(ta, tb, int(M), int(N), int(K), alpha, a, int(lda), stride_a, b, int(ldb),
                                      stride_b, beta, C, int(ldc), stride_c, int(batch));
     if (st != 0)

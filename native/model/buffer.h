@@ -25,7 +25,6 @@ class Buffer {
   float* data() { return data_; }
   const float* data() const { return data_; }
   int64_t size() const { return size_; }
-  int device() const { return device_; }
 
  private:
   float* data_ = nullptr;

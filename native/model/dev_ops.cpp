@@ -198,11 +198,6 @@ void free(float* p) {
   if (it != m.sizes.end()) m.in_use -= it->second, m.sizes.erase(it);
 }
 
-int64_t device_bytes_in_use() {
-  std::lock_guard<std::mutex> lock(device_memory().mu);
-  return device_memory().in_use;
-}
-
 int64_t device_bytes_peak() {
   std::lock_guard<std::mutex> lock(device_memory().mu);
   return device_memory().peak;

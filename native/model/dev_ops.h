@@ -52,9 +52,8 @@ void copy(float* dst, const float* src, int64_t n);            // same device
 void upload(float* dst, const float* host, int64_t n);         // host -> current device (a copy on the CPU)
 void download(float* host, const float* src, int64_t n);       // current device -> host
 void synchronize();
-// Bytes of CUDA memory this process holds through alloc (weights, cached activations) now and at most since
-// the last reset, on all devices together.
-int64_t device_bytes_in_use();
+// Bytes of CUDA memory this process held at most through alloc (weights, cached activations) since the last
+// reset, on all devices together.
 int64_t device_bytes_peak();
 void reset_device_peak();
 // Per-op wall-time profile of every dev:: op from now on (clears what was recorded); the report lists ops by

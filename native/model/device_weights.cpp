@@ -11,7 +11,7 @@ int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }  // 256-byte starts fo
 }  // namespace
 
 DeviceWeights::DeviceWeights(const WeightMap& host, int device, bool bf16_matrices)
-    : device_(device), bf16_(bf16_matrices) {
+    : device_(device) {
   check(device >= 0, "NCP_EINVAL", "DeviceWeights: device must be a CUDA device index");
   // Float slots each tensor takes: a bf16 tensor of n values fills (n + 1) / 2 of them.
   auto as_bf16 = [&](const Tensor32& t) { return bf16_matrices && t.shape.size() >= 2; };
@@ -51,10 +51,7 @@ DeviceWeights::~DeviceWeights() {
 
 const float* DeviceWeights::get(const std::string& name, const std::vector<int64_t>& shape) const {
   const auto it = tensors_.find(name);
-  if (it == tensors_.end()) throw Error("NCP_EMISSING", "weight " + name + " " + shape_str(shape) + " is not loaded");
-  if (it->second.shape != shape)
-    throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(it->second.shape) + ", the model expects " +
-                                  shape_str(shape));
+  check_weight(name, it == tensors_.end() ? nullptr : &it->second.shape, shape);
   return it->second.data;
 }
 

@@ -27,7 +27,6 @@ class DeviceWeights {
   const float* get(const std::string& name, const std::vector<int64_t>& shape) const;
   bool is_bf16(const std::string& name) const;
   int device() const { return device_; }
-  bool bf16_matrices() const { return bf16_; }
   size_t bytes() const { return size_t(floats_) * sizeof(float); }
 
  private:
@@ -40,7 +39,6 @@ class DeviceWeights {
   float* block_ = nullptr;
   int64_t floats_ = 0;
   int device_ = 0;
-  bool bf16_ = false;
 };
 
 }  // namespace ncp::model

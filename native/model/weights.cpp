@@ -27,12 +27,15 @@ void allocate(std::vector<float>& v, size_t n) {
 
 }  // namespace
 
+void check_weight(const std::string& name, const std::vector<int64_t>* stored, const std::vector<int64_t>& want) {
+  if (!stored) throw Error("NCP_EMISSING", "weight " + name + " " + shape_str(want) + " is not loaded");
+  if (*stored != want)
+    throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(*stored) + ", the model expects " + shape_str(want));
+}
+
 const float* WeightMap::get(const std::string& name, const std::vector<int64_t>& shape) const {
   const auto it = tensors_.find(name);
-  if (it == tensors_.end()) throw Error("NCP_EMISSING", "weight " + name + " " + shape_str(shape) + " is not loaded");
-  if (it->second.shape != shape)
-    throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(it->second.shape) + ", the model expects " +
-                                  shape_str(shape));
+  check_weight(name, it == tensors_.end() ? nullptr : &it->second.shape, shape);
   return it->second.data.data();
 }
 

@@ -17,6 +17,10 @@ struct ParamSpec {
 };
 using Manifest = std::vector<ParamSpec>;
 
+// The lookup check both weight maps (host WeightMap, DeviceWeights) apply: throws NCP_EMISSING naming the tensor
+// when `stored` is null, NCP_ESHAPE naming both shapes when it differs from `want`.
+void check_weight(const std::string& name, const std::vector<int64_t>* stored, const std::vector<int64_t>& want);
+
 struct Tensor32 {
   std::vector<int64_t> shape;
   std::vector<float> data;

@@ -30,29 +30,35 @@ constexpr double kGoldenTol = 1e-4;
 
 }  // namespace
 
+// The golden forward case of `name` on GPU 0 (float32 or bf16 weights) through the file path, with every traced
+// intermediate: each tensor the golden file also holds, and its relative error.
+static std::vector<std::pair<std::string, double>> golden_forward_errors(const char* name, bool bf16) {
+  test::TempDir dir;
+  auto m = model::load_unet(test::golden_path(name));
+  m->to_device(0, bf16);
+  const std::string input = test::golden_path(std::string(name) + "/forward.safetensors");
+  const std::string output = dir.path() + "/" + name + ".safetensors";
+  const auto written = model::unet_forward_file(*m, input, output, true);
+  const model::SafetensorsFile golden = model::SafetensorsFile::open(input);
+  const model::SafetensorsFile ours = model::SafetensorsFile::open(output);
+  std::vector<std::pair<std::string, double>> errors;
+  for (const std::string& t : written) {
+    if (!golden.find(t)) continue;
+    const std::vector<float> a = ours.read_f32(t), b = golden.read_f32(t);
+    NCP_EXPECT(a.size() == b.size(), name << " " << t);
+    errors.emplace_back(t, a.size() == b.size() ? test::rel_error(a.data(), b.data(), int64_t(b.size())) : INFINITY);
+  }
+  NCP_EXPECT(errors.size() >= 5, name << ": only " << errors.size() << " tensors compared");
+  return errors;
+}
+
 NCP_TEST("cuda: U-Net forward on the GPU matches the golden output and trace (tiny-sd15, tiny-sdxl)") {
   if (!gpu_or_skip()) return;
-  test::TempDir dir;
-  for (const char* name : {"tiny-sd15", "tiny-sdxl"}) {
-    auto m = model::load_unet(test::golden_path(name));
-    m->to_device(0);
-    const std::string input = test::golden_path(std::string(name) + "/forward.safetensors");
-    const std::string output = dir.path() + "/" + name + ".safetensors";
-    const auto written = model::unet_forward_file(*m, input, output, true);
-    const model::SafetensorsFile golden = model::SafetensorsFile::open(input);
-    const model::SafetensorsFile ours = model::SafetensorsFile::open(output);
-    int compared = 0;
-    for (const std::string& t : written) {
-      if (!golden.find(t)) continue;
-      const std::vector<float> a = ours.read_f32(t), b = golden.read_f32(t);
-      NCP_EXPECT(a.size() == b.size(), name << " " << t);
-      const double e = test::rel_error(a.data(), b.data(), int64_t(b.size()));
+  for (const char* name : {"tiny-sd15", "tiny-sdxl"})
+    for (const auto& [t, e] : golden_forward_errors(name, false)) {
       std::printf("    %s %-28s rel err %.2e\n", name, t.c_str(), e);
       NCP_EXPECT(e <= kGoldenTol, name << " " << t << ": relative error " << e << " > " << kGoldenTol);
-      ++compared;
     }
-    NCP_EXPECT(compared >= 5, name << ": only " << compared << " tensors compared");
-  }
 }
 
 // Mixed precision: weight matrices in bf16, GEMM inputs rounded to bf16, float accumulation. Bound 2e-2 on the
@@ -60,23 +66,11 @@ NCP_TEST("cuda: U-Net forward on the GPU matches the golden output and trace (ti
 // network's depth); the measured values are printed for the README.
 NCP_TEST("cuda: U-Net forward with bf16 weights stays within 2e-2 of the golden output and trace") {
   if (!gpu_or_skip()) return;
-  test::TempDir dir;
   for (const char* name : {"tiny-sd15", "tiny-sdxl"}) {
-    auto m = model::load_unet(test::golden_path(name));
-    m->to_device(0, true);
-    const std::string input = test::golden_path(std::string(name) + "/forward.safetensors");
-    const std::string output = dir.path() + "/" + name + ".bf16.safetensors";
-    const auto written = model::unet_forward_file(*m, input, output, true);
-    const model::SafetensorsFile golden = model::SafetensorsFile::open(input);
-    const model::SafetensorsFile ours = model::SafetensorsFile::open(output);
     double worst = 0;
     std::string worst_name;
-    for (const std::string& t : written) {
-      if (!golden.find(t)) continue;
-      const std::vector<float> a = ours.read_f32(t), b = golden.read_f32(t);
-      const double e = test::rel_error(a.data(), b.data(), int64_t(b.size()));
+    for (const auto& [t, e] : golden_forward_errors(name, true))
       if (!(e <= worst)) worst = e, worst_name = t;
-    }
     std::printf("    %s bf16 weights: worst %.2e (%s)\n", name, worst, worst_name.c_str());
     NCP_EXPECT(worst <= 2e-2, name << " bf16: " << worst_name << " relative error " << worst);
   }
