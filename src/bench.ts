@@ -136,13 +136,28 @@ export function formatStepBench(r: StepBenchReport): string {
   ].join('\n');
 }
 
-/** Writes random SD weights as one fp16 (or bf16/f32) safetensors file, then times loading it into float32. */
-export async function benchLoad(preset: 'sd15' | 'sdxl', dtype: string, dir = tmpdir()): Promise<string> {
+/**
+ * Writes random SD weights as one fp16 (or bf16/f32) safetensors file, then times loading it as loadUNet does
+ * (the weight matrices stay in the mapped file) and, with reps > 0, forwards on the loaded weights.
+ */
+export async function benchLoad(
+  preset: 'sd15' | 'sdxl',
+  dtype: string,
+  forward: { latent: number; batch: number; reps: number } = { latent: 32, batch: 2, reps: 0 },
+  dir = tmpdir(),
+): Promise<string> {
   const path = join(dir, `ncp-bench-${process.pid}-${preset}.${dtype.toLowerCase()}.safetensors`);
-  const r = await native().benchUNetLoad(preset, dtype, path);
+  const r = await native().benchUNetLoad(preset, dtype, path, forward.latent, forward.batch, forward.reps);
   const gb = (b: number) => (b / 1e9).toFixed(2);
-  return [
+  const lines = [
     `machine: ${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
-    `unet ${preset} ${dtype} file ${gb(r.fileBytes)} GB -> float32 ${gb(r.float32Bytes)} GB: load ${r.seconds.toFixed(2)} s, peak RSS ${gb(r.peakRssBytes)} GB`,
-  ].join('\n');
+    `unet ${preset} ${dtype} file ${gb(r.fileBytes)} GB: load ${r.seconds.toFixed(2)} s, peak RSS ${gb(r.peakRssBytes)} GB` +
+      `${r.peakRssIsLoadOnly ? '' : ' (includes writing the file)'}; weights held ${gb(r.weightBytes)} GB, float32 copies ${gb(r.copiedBytes)} GB`,
+  ];
+  if (forward.reps > 0)
+    lines.push(
+      `forward latent ${forward.latent} batch ${forward.batch} on these weights: first ${r.firstForwardSeconds.toFixed(2)} s, ` +
+        `median ${r.forwardMedianSeconds.toFixed(2)} s (${(r.forwardGflop / r.forwardMedianSeconds).toFixed(0)} GFLOP/s)`,
+    );
+  return lines.join('\n');
 }

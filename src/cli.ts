@@ -260,6 +260,7 @@ export async function main(argv: string[]): Promise<void> {
           .option('objective', { choices: ['sft', 'dpo', 'cpo'] as const, default: 'dpo' as const, describe: 'step: objective' })
           .option('space', { choices: ['latent', 'ncp'] as const, default: 'ncp' as const, describe: 'step: error space' })
           .option('dtype', { choices: ['F16', 'BF16', 'F32'] as const, default: 'F16' as const, describe: 'load: file dtype' })
+          .option('forward', { type: 'boolean', default: false, describe: 'load: then time forwards (--latent, --batch, --reps) on the loaded weights' })
           .option('json', { type: 'boolean', default: false })
           .option('reps', { type: 'number', describe: 'timed repetitions, median reported (default: ops 5, unet 3)' })
           .option('config', { choices: ['sd15', 'sdxl'] as const, default: 'sd15' as const, describe: 'unet: architecture' })
@@ -275,7 +276,8 @@ export async function main(argv: string[]): Promise<void> {
           return;
         }
         if (args.what === 'load') {
-          process.stdout.write((await benchLoad(args.config, args.dtype)) + '\n');
+          const forward = { latent: args.latent, batch: args.batch, reps: args.forward ? args.reps ?? 3 : 0 };
+          process.stdout.write((await benchLoad(args.config, args.dtype, forward)) + '\n');
           return;
         }
         if (args.what === 'unet') {

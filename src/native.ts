@@ -252,6 +252,23 @@ export interface StepBenchResult {
   forwardGflop: number;
 }
 
+export interface UNetLoadBenchResult {
+  fileBytes: number;
+  /** Loading as loadUNet does: weight matrices used in place from the mapped file, the rest converted. */
+  seconds: number;
+  /** Peak resident set during the load, mapped file pages included. */
+  peakRssBytes: number;
+  /** False when the kernel could not reset the peak after writing the file: the figure then includes the writer. */
+  peakRssIsLoadOnly: boolean;
+  weightBytes: number;
+  /** float32 copies the load made (biases and norms). */
+  copiedBytes: number;
+  /** reps > 0: the first forward on the loaded weights, then the median of `reps` more. */
+  firstForwardSeconds: number;
+  forwardMedianSeconds: number;
+  forwardGflop: number;
+}
+
 /** The raw binding. Prefer the typed wrappers in index.ts. */
 export interface NativeBinding {
   info(): NativeInfo;
@@ -262,7 +279,7 @@ export interface NativeBinding {
   benchGemm(m: number, n: number, k: number, reps: number): Promise<number>;
   benchConv2d(shape: Conv2dBenchShape, backward: boolean, reps: number): Promise<number>;
   benchUNet(preset: string, latent: number, batch: number, reps: number, device?: string): Promise<UNetBenchResult>;
-  benchUNetLoad(preset: string, dtype: string, path: string): Promise<{ fileBytes: number; seconds: number; peakRssBytes: number; float32Bytes: number }>;
+  benchUNetLoad(preset: string, dtype: string, path: string, latent: number, batch: number, reps: number): Promise<UNetLoadBenchResult>;
   toFloat32(bytes: Uint8Array, dtype: string): Float32Array;
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;

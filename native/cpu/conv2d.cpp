@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "cpu/gemm_own.h"
+#include "cpu/half_load.h"
 #include "cpu/ops.h"
 
 namespace ncp::cpu {
@@ -124,9 +125,10 @@ Columns<T> make_columns(const T* img, int64_t batch, int64_t C, int64_t H, int64
   return {out, C, Hp, Wp, k, stride, 0, Ho, Wo};
 }
 
-// C[M, cols] = beta C + A[M, K] col (K = col rows, lda = K) on ncp's kernels.
-template <class T>
-void gemm_with_columns(T* C, int64_t ldc, int64_t M, const T* A, const Columns<T>& col, int64_t cols, T beta) {
+// C[M, cols] = beta C + A[M, K] col (K = col rows, lda = K) on ncp's kernels. SA: A's stored type (T, or
+// F16/BF16 weights widened while packing).
+template <class T, class SA>
+void gemm_with_columns(T* C, int64_t ldc, int64_t M, const SA* A, const Columns<T>& col, int64_t cols, T beta) {
   const int64_t K = col.rows();
   gemm_detail::with_own_kernel<T>([&](auto mr, auto nr, MicroKernel<T> ukr, const Blocking& bk) {
     constexpr int MR = decltype(mr)::value, NR = decltype(nr)::value;
@@ -144,8 +146,8 @@ void gemm_with_columns(T* C, int64_t ldc, int64_t M, const T* A, const Columns<T
 // image repacks A (M x K) each time; one GEMM over the whole batch packs it once but stages its output
 // (M x HoWo per image) through a copy, which costs about as much per element as packing ~4 of A's: so the
 // batch goes in one GEMM when A's rows are much longer than an image (deep, low-resolution layers).
-template <class T>
-void conv_as_gemm(T* out, bool accumulate, const T* bias, const T* A, int64_t M, const Columns<T>& col,
+template <class T, class SA>
+void conv_as_gemm(T* out, bool accumulate, const T* bias, const SA* A, int64_t M, const Columns<T>& col,
                   int64_t batch) {
   const int64_t HoWo = col.Ho * col.Wo;
   if (batch > 1 && col.rows() >= 4 * HoWo) {
@@ -204,14 +206,65 @@ void col2im_add(T* dx, const T* dcol, const Conv2dShape& s) {
   });
 }
 
-}  // namespace
-
-template <class T>
-void conv2d_forward(T* y, const T* x, const T* W, const T* b, const Conv2dShape& s) {
+template <class T, class SW>
+void forward_impl(T* y, const T* x, const SW* W, const T* b, const Conv2dShape& s) {
   check_shape(s, "conv2d_forward");
   static thread_local Scratch<T> padded;
   const auto col = make_columns(x, s.N, s.Cin, s.H, s.W, s.k, s.stride, s.pad, padded);
   conv_as_gemm(y, false, b, W, s.Cout, col, s.N);
+}
+
+// dx += conv^T dy. SW: W's stored type (T, or F16/BF16 for float).
+template <class T, class SW>
+void backward_input_impl(T* dx, const T* dy, const SW* W, const Conv2dShape& s) {
+  const int64_t k = s.k, kk = k * k, Ho = s.Ho(), Wo = s.Wo(), HoWo = Ho * Wo, K = s.Cin * kk;
+  auto w = [&](int64_t i) -> T {
+    if constexpr (kIsHalf<SW>)
+      return load_f32(W + i);
+    else
+      return W[i];
+  };
+  if (s.stride == 1) {
+    // dx[ci, i, j] = sum_{co, kh, kw} dy[co, i + pad - kh, j + pad - kw] W[co, ci, kh, kw]: a convolution of dy
+    // (padding k - 1 - pad) with Wt[ci, (co, kh', kw')] = W[co, ci, k-1-kh', k-1-kw'].
+    static thread_local Scratch<T> flipped;
+    T* Wt = flipped.get(s.Cin * s.Cout * kk);
+    parallel_for(s.Cin, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ci = c0; ci < c1; ++ci)
+        for (int64_t co = 0; co < s.Cout; ++co)
+          for (int64_t r = 0; r < kk; ++r) Wt[(ci * s.Cout + co) * kk + r] = w((co * s.Cin + ci) * kk + kk - 1 - r);
+    });
+    static thread_local Scratch<T> padded;
+    const auto col = make_columns(dy, s.N, s.Cout, Ho, Wo, k, int64_t(1), k - 1 - s.pad, padded);
+    conv_as_gemm(dx, true, static_cast<const T*>(nullptr), static_cast<const T*>(Wt), s.Cin, col, s.N);
+    return;
+  }
+  static thread_local Scratch<T> columns;
+  T* dcol = columns.get(K * HoWo);
+  for (int64_t n = 0; n < s.N; ++n) {
+    if constexpr (kIsHalf<SW>)
+      gemm_w(true, false, K, HoWo, s.Cout, 1.0f, WeightRef(W, stored_dtype<SW>()), K, dy + n * s.Cout * HoWo, HoWo,
+             0.0f, dcol, HoWo);
+    else
+      gemm<T>(true, false, K, HoWo, s.Cout, T(1), W, K, dy + n * s.Cout * HoWo, HoWo, T(0), dcol, HoWo);
+    col2im_add(dx + n * s.Cin * s.H * s.W, dcol, s);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void conv2d_forward(T* y, const T* x, const T* W, const T* b, const Conv2dShape& s) {
+  forward_impl(y, x, W, b, s);
+}
+
+void conv2d_forward_w(float* y, const float* x, WeightRef W, const float* b, const Conv2dShape& s) {
+  with_stored_type(W, "conv2d_forward", [&](auto w) { forward_impl(y, x, w, b, s); });
+}
+
+void conv2d_backward_input_w(float* dx, const float* dy, WeightRef W, const Conv2dShape& s) {
+  check_shape(s, "conv2d_backward");
+  with_stored_type(W, "conv2d_backward", [&](auto w) { backward_input_impl(dx, dy, w, s); });
 }
 
 template <class T>
@@ -259,28 +312,7 @@ void conv2d_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, c
     });
   }
 
-  if (!dx) return;
-  if (s.stride == 1) {
-    // dx[ci, i, j] = sum_{co, kh, kw} dy[co, i + pad - kh, j + pad - kw] W[co, ci, kh, kw]: a convolution of dy
-    // (padding k - 1 - pad) with Wt[ci, (co, kh', kw')] = W[co, ci, k-1-kh', k-1-kw'].
-    static thread_local Scratch<T> flipped;
-    T* Wt = flipped.get(s.Cin * s.Cout * kk);
-    parallel_for(s.Cin, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t ci = c0; ci < c1; ++ci)
-        for (int64_t co = 0; co < s.Cout; ++co)
-          for (int64_t r = 0; r < kk; ++r) Wt[(ci * s.Cout + co) * kk + r] = W[(co * s.Cin + ci) * kk + kk - 1 - r];
-    });
-    static thread_local Scratch<T> padded;
-    const auto col = make_columns(dy, s.N, s.Cout, Ho, Wo, k, int64_t(1), k - 1 - s.pad, padded);
-    conv_as_gemm(dx, true, static_cast<const T*>(nullptr), Wt, s.Cin, col, s.N);
-    return;
-  }
-  static thread_local Scratch<T> columns;
-  T* dcol = columns.get(K * HoWo);
-  for (int64_t n = 0; n < s.N; ++n) {
-    gemm<T>(true, false, K, HoWo, s.Cout, T(1), W, K, dy + n * s.Cout * HoWo, HoWo, T(0), dcol, HoWo);
-    col2im_add(dx + n * s.Cin * s.H * s.W, dcol, s);
-  }
+  if (dx) backward_input_impl(dx, dy, W, s);
 }
 
 template void conv2d_forward<float>(float*, const float*, const float*, const float*, const Conv2dShape&);

@@ -11,6 +11,7 @@
 #include "core/threads.h"
 #include "cpu/gemm_dispatch.h"
 #include "cpu/gemm_own.h"
+#include "cpu/half_load.h"
 #include "cpu/ops.h"
 
 #ifdef NCP_HAVE_OPENBLAS
@@ -53,8 +54,9 @@ std::atomic<GemmBackend>& current() {
   return backend;
 }
 
-template <class T>
-void own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+// SA, SB: the stored types of A and B (T, or F16/BF16 widened by the packers for float).
+template <class T, class SA, class SB>
+void own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const SA* A, int64_t lda, const SB* B,
               int64_t ldb, T beta, T* C, int64_t ldc) {
   using namespace gemm_detail;
   with_own_kernel<T>([&](auto mr, auto nr, MicroKernel<T> ukr, const Blocking& bk) {
@@ -135,17 +137,25 @@ const char* gemm_provider() {
   return name.c_str();
 }
 
+namespace {
+// The cases with nothing to multiply; true when handled. C = beta C, where beta == 0 clears C without reading
+// it (it may hold NaN).
+template <class T>
+bool trivial_gemm(int64_t M, int64_t N, int64_t K, T alpha, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return true;
+  if (K != 0 && alpha != T(0)) return false;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+  return true;
+}
+
+}  // namespace
+
 template <class T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
   check_args(ta, tb, M, N, K, lda, ldb, ldc);
-  if (M == 0 || N == 0) return;
-  if (K == 0 || alpha == T(0)) {
-    // Nothing to multiply: C = beta C, where beta == 0 clears C without reading it (it may hold NaN).
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
-    return;
-  }
+  if (trivial_gemm(M, N, K, alpha, beta, C, ldc)) return;
 #ifdef NCP_HAVE_OPENBLAS
   if constexpr (std::is_same_v<T, float>) {
     // Inside a parallel_for chunk OpenBLAS would start its own threads on cores ours already use: our kernel
@@ -157,6 +167,19 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   }
 #endif
   own_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_w(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, WeightRef A, int64_t lda,
+            WeightRef B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (A.dtype == DType::F32 && B.dtype == DType::F32)
+    return gemm<float>(ta, tb, M, N, K, alpha, static_cast<const float*>(A.data), lda,
+                       static_cast<const float*>(B.data), ldb, beta, C, ldc);
+  check_args(ta, tb, M, N, K, lda, ldb, ldc);
+  with_stored_type(A, "gemm", [&](auto a) {
+    with_stored_type(B, "gemm", [&](auto b) {
+      if (!trivial_gemm(M, N, K, alpha, beta, C, ldc)) own_gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    });
+  });
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,

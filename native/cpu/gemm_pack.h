@@ -1,6 +1,7 @@
 // Packing strided operands into the panel layout of the blocked GEMM (gemm_driver.h). The transposing case
 // (the panel side runs across rows of the source: non-transposed A, transposed B, the im2col rows of the
 // conv2d weight gradient) moves float 8 x 8 blocks through AVX2 registers instead of scattering single values.
+// A float panel may be packed from F16/BF16 source values (half_load.h): they are widened on the way.
 #pragma once
 #include <immintrin.h>
 
@@ -8,13 +9,16 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cpu/half_load.h"
+
 namespace ncp::cpu::gemm_detail {
 
 // d[q * ld + i] = alpha * s[i * rs + q] for q < 8 and i < width (<= 8), where rows i >= live read as zero.
-inline void transpose_8x8(float* d, int64_t ld, const float* s, int64_t rs, int live, float alpha, int width) {
+template <class S>
+void transpose_8x8(float* d, int64_t ld, const S* s, int64_t rs, int live, float alpha, int width) {
   const __m256 va = _mm256_set1_ps(alpha);
   __m256 r[8];
-  for (int i = 0; i < 8; ++i) r[i] = i < live ? _mm256_mul_ps(va, _mm256_loadu_ps(s + i * rs)) : _mm256_setzero_ps();
+  for (int i = 0; i < 8; ++i) r[i] = i < live ? _mm256_mul_ps(va, load8_f32(s + i * rs)) : _mm256_setzero_ps();
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
   const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -38,14 +42,31 @@ inline void transpose_8x8(float* d, int64_t ld, const float* s, int64_t rs, int 
 // Packs `rows` rows (the MR or NR side) by kc columns of a strided matrix, element (r, p) at
 // src[r * rs + p * ps], into panels of width R: dst[panel * panel_stride + p * R + r], scaled by alpha,
 // zero-padded to R. panel_stride is R * kc for a whole block; larger when a caller packs it in k slices.
-template <int R, class T>
-void pack_panels(T* dst, int64_t panel_stride, const T* src, int64_t rs, int64_t ps, int64_t rows, int64_t kc,
+// S is T, or F16/BF16 for a float panel.
+template <int R, class T, class S>
+void pack_panels(T* dst, int64_t panel_stride, const S* src, int64_t rs, int64_t ps, int64_t rows, int64_t kc,
                  T alpha) {
+  static_assert(std::is_same_v<S, T> || (kIsHalf<S> && std::is_same_v<T, float>), "source type");
+  auto value = [](const S* p) -> T {
+    if constexpr (kIsHalf<S>)
+      return load_f32(p);
+    else
+      return *p;
+  };
   for (int64_t r0 = 0; r0 < rows; r0 += R, dst += panel_stride, src += R * rs) {
     const int64_t nr = std::min<int64_t>(R, rows - r0);
     if (rs == 1 && nr == R) {
-      for (int64_t p = 0; p < kc; ++p)
-        for (int r = 0; r < R; ++r) dst[p * R + r] = alpha * src[p * ps + r];
+      if constexpr (kIsHalf<S>) {
+        const __m256 va = _mm256_set1_ps(alpha);
+        for (int64_t p = 0; p < kc; ++p) {
+          int r = 0;
+          for (; r + 8 <= R; r += 8) _mm256_storeu_ps(dst + p * R + r, _mm256_mul_ps(va, load8_f32(src + p * ps + r)));
+          for (; r < R; ++r) dst[p * R + r] = alpha * load_f32(src + p * ps + r);
+        }
+      } else {
+        for (int64_t p = 0; p < kc; ++p)
+          for (int r = 0; r < R; ++r) dst[p * R + r] = alpha * src[p * ps + r];
+      }
       continue;
     }
     int64_t p_done = 0;
@@ -65,7 +86,7 @@ void pack_panels(T* dst, int64_t panel_stride, const T* src, int64_t rs, int64_t
     for (int64_t p0 = p_done; p0 < kc; p0 += kStep) {
       const int64_t p1 = std::min(kc, p0 + kStep);
       for (int64_t r = 0; r < nr; ++r)
-        for (int64_t p = p0; p < p1; ++p) dst[p * R + r] = alpha * src[r * rs + p * ps];
+        for (int64_t p = p0; p < p1; ++p) dst[p * R + r] = alpha * value(src + r * rs + p * ps);
       for (int64_t r = nr; r < R; ++r)
         for (int64_t p = p0; p < p1; ++p) dst[p * R + r] = T(0);
     }

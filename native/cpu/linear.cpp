@@ -7,14 +7,29 @@
 
 namespace ncp::cpu {
 
+namespace {
 template <class T>
-void linear_forward(T* y, const T* x, const T* W, const T* b, int64_t rows, int64_t in, int64_t out) {
-  gemm<T>(false, true, rows, out, in, T(1), x, in, W, in, T(0), y, out);
-  if (!b) return;
+void add_row_bias(T* y, const T* b, int64_t rows, int64_t out) {
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(out, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t j = 0; j < out; ++j) y[r * out + j] += b[j];
   });
+}
+}  // namespace
+
+template <class T>
+void linear_forward(T* y, const T* x, const T* W, const T* b, int64_t rows, int64_t in, int64_t out) {
+  gemm<T>(false, true, rows, out, in, T(1), x, in, W, in, T(0), y, out);
+  if (b) add_row_bias(y, b, rows, out);
+}
+
+void linear_forward_w(float* y, const float* x, WeightRef W, const float* b, int64_t rows, int64_t in, int64_t out) {
+  gemm_w(false, true, rows, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+  if (b) add_row_bias(y, b, rows, out);
+}
+
+void linear_backward_input_w(float* dx, const float* dy, WeightRef W, int64_t rows, int64_t in, int64_t out) {
+  gemm_w(false, false, rows, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);
 }
 
 template <class T>

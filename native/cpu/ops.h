@@ -11,6 +11,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace ncp::cpu {
 
 // ---- GEMM ------------------------------------------------------------------------------------------------
@@ -40,6 +42,27 @@ template <class T>
 void conv2d_forward(T* y, const T* x, const T* W, const T* b, const Conv2dShape& s);
 template <class T>
 void conv2d_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, const Conv2dShape& s);
+
+// ---- Frozen layer weights as stored: float32, or F16/BF16 values (a half-precision model file kept mapped,
+// possibly unaligned) that the GEMM packers widen to float32 as they copy panels. The results are bit-identical
+// to the float32 ops on the widened weights: widening is exact and the arithmetic is the same. Half weights
+// always run on ncp's own kernels (a BLAS cannot read them).
+struct WeightRef {
+  const void* data = nullptr;
+  DType dtype = DType::F32;  // F32, F16 or BF16 (NCP_EDTYPE otherwise)
+  WeightRef() = default;
+  WeightRef(const float* w) : data(w) {}  // NOLINT: a float pointer is a float32 weight
+  WeightRef(const void* w, DType t) : data(w), dtype(t) {}
+};
+void linear_forward_w(float* y, const float* x, WeightRef W, const float* b, int64_t rows, int64_t in, int64_t out);
+// dx += dy W.
+void linear_backward_input_w(float* dx, const float* dy, WeightRef W, int64_t rows, int64_t in, int64_t out);
+void conv2d_forward_w(float* y, const float* x, WeightRef W, const float* b, const Conv2dShape& s);
+// dx += conv^T dy.
+void conv2d_backward_input_w(float* dx, const float* dy, WeightRef W, const Conv2dShape& s);
+// C = alpha op(A) op(B) + beta C where A and B may each be float32 or half (the GEMM above otherwise).
+void gemm_w(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, WeightRef A, int64_t lda,
+            WeightRef B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // ---- GroupNorm over x [N, C, HW] with G groups; gamma/beta [C] (nullptr = identity affine).
 // saved_mean, saved_rstd: [N*G].

@@ -17,6 +17,14 @@ const float* ParamSource::take(const std::string& name, std::vector<int64_t> sha
   return device_weights_ ? device_weights_->get(name, shape) : weights_->get(name, shape);
 }
 
+cpu::WeightRef ParamSource::take_matrix(const std::string& name, std::vector<int64_t> shape) {
+  if (manifest_) {
+    manifest_->push_back({name, std::move(shape)});
+    return {};
+  }
+  return device_weights_ ? device_weights_->get_matrix(name, shape) : weights_->get_matrix(name, shape);
+}
+
 void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols) {
   dev::transpose_batched(y, x, N, rows, cols);
 }
@@ -24,8 +32,7 @@ void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_
 // ---- Leaf layers -------------------------------------------------------------------------------------------
 Linear::Linear(ParamSource& p, const std::string& prefix, int64_t in_, int64_t out_, bool bias, bool conv1x1)
     : in(in_), out(out_), name(prefix) {
-  W = p.take(prefix + ".weight", conv1x1 ? std::vector<int64_t>{out, in, 1, 1} : std::vector<int64_t>{out, in});
-  W_bf16 = p.is_bf16(prefix + ".weight");
+  W = p.take_matrix(prefix + ".weight", conv1x1 ? std::vector<int64_t>{out, in, 1, 1} : std::vector<int64_t>{out, in});
   if (bias) b = p.take(prefix + ".bias", {out});
 }
 
@@ -37,7 +44,7 @@ void lora_down(Buffer& u, const LoraAdapter& a, const float* x, int64_t rows) {
 }  // namespace
 
 void Linear::forward(float* y, const float* x, int64_t rows, bool lora_on) const {
-  dev::linear_forward(y, x, W, W_bf16, b, rows, in, out);
+  dev::linear_forward(y, x, W, b, rows, in, out);
   if (lora_on && lora) {
     Buffer u;
     lora_down(u, *lora, x, rows);
@@ -47,7 +54,7 @@ void Linear::forward(float* y, const float* x, int64_t rows, bool lora_on) const
 }
 
 void Linear::backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const {
-  if (dx) dev::linear_backward_input(dx, dy, W, W_bf16, rows, in, out);
+  if (dx) dev::linear_backward_input(dx, dy, W, rows, in, out);
   if (!(lora_on && lora)) return;
   LoraAdapter& a = *lora;
   const int64_t r = a.rank;
@@ -62,17 +69,16 @@ void Linear::backward(float* dx, const float* dy, const float* x, int64_t rows, 
 
 Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t cout_, int64_t k_, int64_t stride_)
     : cin(cin_), cout(cout_), k(k_), stride(stride_), pad(k_ / 2) {
-  W = p.take(prefix + ".weight", {cout, cin, k, k});
-  W_bf16 = p.is_bf16(prefix + ".weight");
+  W = p.take_matrix(prefix + ".weight", {cout, cin, k, k});
   b = p.take(prefix + ".bias", {cout});
 }
 
 void Conv2d::forward(float* y, const float* x, int64_t N, int64_t H, int64_t Wd) const {
-  dev::conv2d_forward(y, x, W, W_bf16, b, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
+  dev::conv2d_forward(y, x, W, b, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
 }
 
 void Conv2d::backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t Wd) const {
-  dev::conv2d_backward_input(dx, dy, W, W_bf16, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
+  dev::conv2d_backward_input(dx, dy, W, cpu::Conv2dShape{N, cin, H, Wd, cout, k, stride, pad});
 }
 
 GroupNorm::GroupNorm(ParamSource& p, const std::string& prefix, int64_t C_, int64_t groups_, double eps_)

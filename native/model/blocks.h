@@ -31,9 +31,11 @@ class ParamSource {
   explicit ParamSource(Manifest& manifest) : manifest_(&manifest) {}
   explicit ParamSource(const WeightMap& weights) : weights_(&weights) {}
   explicit ParamSource(const DeviceWeights& weights) : device_weights_(&weights) {}
+  // A float32 tensor (biases, norm parameters, embeddings).
   const float* take(const std::string& name, std::vector<int64_t> shape);
-  // Whether the tensor take() returned for `name` holds bf16 values (DeviceWeights with bf16 matrices).
-  bool is_bf16(const std::string& name) const { return device_weights_ && device_weights_->is_bf16(name); }
+  // A Linear or conv weight as held: float32, F16/BF16 kept in a mapped file (host), or bf16 (DeviceWeights
+  // with bf16 matrices). In manifest mode, records it and returns an empty reference.
+  cpu::WeightRef take_matrix(const std::string& name, std::vector<int64_t> shape);
 
  private:
   Manifest* manifest_ = nullptr;
@@ -54,9 +56,8 @@ struct NormStats {
 struct Linear {
   int64_t in = 0, out = 0;
   std::string name;          // diffusers module name ("...attn1.to_q"), to attach LoRA adapters by
-  const float* W = nullptr;  // [out, in]
+  cpu::WeightRef W;          // [out, in], float32 or half (ParamSource::take_matrix)
   const float* b = nullptr;  // [out] or nullptr
-  bool W_bf16 = false;       // W holds bf16 values (mixed precision on a CUDA device)
   LoraAdapter* lora = nullptr;
   Linear() = default;
   // conv1x1: stored as a 1x1 convolution [out, in, 1, 1], which has the memory layout of [out, in].
@@ -70,9 +71,8 @@ struct Linear {
 
 struct Conv2d {
   int64_t cin = 0, cout = 0, k = 0, stride = 1, pad = 0;
-  const float* W = nullptr;  // [cout, cin, k, k]
+  cpu::WeightRef W;          // [cout, cin, k, k], float32 or half (ParamSource::take_matrix)
   const float* b = nullptr;  // [cout]
-  bool W_bf16 = false;       // W holds bf16 values (mixed precision on a CUDA device)
   Conv2d() = default;
   Conv2d(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t k, int64_t stride = 1);
   int64_t out_size(int64_t n) const { return (n + 2 * pad - k) / stride + 1; }

@@ -247,45 +247,49 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   cpu::gemm<float>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void linear_forward(float* y, const float* x, const float* W, bool W_bf16, const float* b, int64_t rows, int64_t in,
+namespace {
+// The CUDA library's name for a weight's dtype: float32 or bf16 (DeviceWeights stores nothing else).
+int32_t cuda_weight_dtype(const cpu::WeightRef& W, const char* op) {
+  if (W.dtype == DType::F32) return NCP_CUDA_F32;
+  if (W.dtype == DType::BF16) return NCP_CUDA_BF16;
+  throw Error("NCP_EDTYPE", std::string(op) + ": " + dtype_name(W.dtype) + " weights on a CUDA device");
+}
+}  // namespace
+
+void linear_forward(float* y, const float* x, cpu::WeightRef W, const float* b, int64_t rows, int64_t in,
                     int64_t out) {
   OpTimer timer("linear_forward");
   if (on_cuda())
-    return ok(table().linear_forward_w(y, x, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, b, rows, in, out),
+    return ok(table().linear_forward_w(y, x, W.data, cuda_weight_dtype(W, "linear_forward"), b, rows, in, out),
               "linear_forward");
-  check(!W_bf16, "NCP_EINVAL", "linear_forward: bf16 weights on the CPU");
-  cpu::linear_forward(y, x, W, b, rows, in, out);
+  cpu::linear_forward_w(y, x, W, b, rows, in, out);
 }
 
-void linear_backward_input(float* dx, const float* dy, const float* W, bool W_bf16, int64_t rows, int64_t in,
-                           int64_t out) {
+void linear_backward_input(float* dx, const float* dy, cpu::WeightRef W, int64_t rows, int64_t in, int64_t out) {
   OpTimer timer("linear_backward_input");
   if (on_cuda())
-    return ok(table().linear_backward_input_w(dx, dy, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, rows, in, out),
+    return ok(table().linear_backward_input_w(dx, dy, W.data, cuda_weight_dtype(W, "linear_backward"), rows, in, out),
               "linear_backward");
-  check(!W_bf16, "NCP_EINVAL", "linear_backward: bf16 weights on the CPU");
-  cpu::linear_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, rows, in, out);
+  cpu::linear_backward_input_w(dx, dy, W, rows, in, out);
 }
 
-void conv2d_forward(float* y, const float* x, const float* W, bool W_bf16, const float* b, const cpu::Conv2dShape& s) {
+void conv2d_forward(float* y, const float* x, cpu::WeightRef W, const float* b, const cpu::Conv2dShape& s) {
   OpTimer timer("conv2d_forward");
   if (on_cuda()) {
     const ncp_cuda_conv2d_shape c = conv_shape(s);
-    return ok(table().conv2d_forward_w(y, x, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, b, &c), "conv2d_forward");
+    return ok(table().conv2d_forward_w(y, x, W.data, cuda_weight_dtype(W, "conv2d_forward"), b, &c), "conv2d_forward");
   }
-  check(!W_bf16, "NCP_EINVAL", "conv2d_forward: bf16 weights on the CPU");
-  cpu::conv2d_forward(y, x, W, b, s);
+  cpu::conv2d_forward_w(y, x, W, b, s);
 }
 
-void conv2d_backward_input(float* dx, const float* dy, const float* W, bool W_bf16, const cpu::Conv2dShape& s) {
+void conv2d_backward_input(float* dx, const float* dy, cpu::WeightRef W, const cpu::Conv2dShape& s) {
   OpTimer timer("conv2d_backward_input");
   if (on_cuda()) {
     const ncp_cuda_conv2d_shape c = conv_shape(s);
-    return ok(table().conv2d_backward_input_w(dx, dy, W, W_bf16 ? NCP_CUDA_BF16 : NCP_CUDA_F32, &c),
+    return ok(table().conv2d_backward_input_w(dx, dy, W.data, cuda_weight_dtype(W, "conv2d_backward"), &c),
               "conv2d_backward");
   }
-  check(!W_bf16, "NCP_EINVAL", "conv2d_backward: bf16 weights on the CPU");
-  cpu::conv2d_backward<float>(dx, nullptr, nullptr, dy, nullptr, W, s);
+  cpu::conv2d_backward_input_w(dx, dy, W, s);
 }
 
 void group_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,

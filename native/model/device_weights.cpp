@@ -13,35 +13,51 @@ int64_t aligned(int64_t n) { return (n + 63) / 64 * 64; }  // 256-byte starts fo
 DeviceWeights::DeviceWeights(const WeightMap& host, int device, bool bf16_matrices)
     : device_(device) {
   check(device >= 0, "NCP_EINVAL", "DeviceWeights: device must be a CUDA device index");
-  // Float slots each tensor takes: a bf16 tensor of n values fills (n + 1) / 2 of them.
-  auto as_bf16 = [&](const Tensor32& t) { return bf16_matrices && t.shape.size() >= 2; };
-  auto slots = [&](const Tensor32& t) {
-    const int64_t n = int64_t(t.data.size());
-    return aligned(as_bf16(t) ? (n + 1) / 2 : n);
+  // Every host tensor, copied or mapped, with a way to get its values as float32 (mapped halves are widened
+  // one tensor at a time, so the host never holds a float32 copy of the model).
+  struct Source {
+    const std::string* name;
+    const std::vector<int64_t>* shape;
+    int64_t n;
+    const Tensor32* copy;
+    const MappedTensor* mapped;
   };
-  for (const auto& [name, t] : host.all()) floats_ += slots(t);
+  std::vector<Source> sources;
+  for (const auto& [name, t] : host.all()) sources.push_back({&name, &t.shape, int64_t(t.data.size()), &t, nullptr});
+  for (const auto& [name, t] : host.mapped()) sources.push_back({&name, &t.shape, t.numel(), nullptr, &t});
+  // Float slots each tensor takes: a bf16 tensor of n values fills (n + 1) / 2 of them.
+  auto as_bf16 = [&](const Source& t) { return bf16_matrices && t.shape->size() >= 2; };
+  auto slots = [&](const Source& t) { return aligned(as_bf16(t) ? (t.n + 1) / 2 : t.n); };
+  for (const auto& t : sources) floats_ += slots(t);
   dev::DeviceScope scope(device);
   block_ = dev::alloc(floats_ > 0 ? floats_ : 1);
   int64_t at = 0;
   std::vector<uint16_t> half;
-  for (const auto& [name, t] : host.all()) {
-    const int64_t n = int64_t(t.data.size());
-    if (as_bf16(t)) {
-      half.resize(size_t(n + 1));
-      half[size_t(n)] = 0;
-      convert_from_f32(half.data(), t.data.data(), DType::BF16, n);
-      dev::upload(block_ + at, reinterpret_cast<const float*>(half.data()), (n + 1) / 2);
-    } else {
-      dev::upload(block_ + at, t.data.data(), n);
+  std::vector<float> widened;
+  for (const auto& t : sources) {
+    const float* values = t.copy ? t.copy->data.data() : nullptr;
+    if (t.mapped) {
+      widened.resize(size_t(t.n));
+      convert_to_f32(widened.data(), t.mapped->values.data, t.mapped->values.dtype, t.n);
+      values = widened.data();
     }
-    tensors_[name] = Entry{t.shape, block_ + at, as_bf16(t)};
+    if (as_bf16(t)) {
+      half.resize(size_t(t.n + 1));
+      half[size_t(t.n)] = 0;
+      convert_from_f32(half.data(), values, DType::BF16, t.n);
+      dev::upload(block_ + at, reinterpret_cast<const float*>(half.data()), (t.n + 1) / 2);
+    } else {
+      dev::upload(block_ + at, values, t.n);
+    }
+    tensors_[*t.name] = Entry{*t.shape, block_ + at, as_bf16(t)};
     at += slots(t);
   }
 }
 
-bool DeviceWeights::is_bf16(const std::string& name) const {
+cpu::WeightRef DeviceWeights::get_matrix(const std::string& name, const std::vector<int64_t>& shape) const {
   const auto it = tensors_.find(name);
-  return it != tensors_.end() && it->second.bf16;
+  check_weight(name, it == tensors_.end() ? nullptr : &it->second.shape, shape);
+  return {it->second.data, it->second.bf16 ? DType::BF16 : DType::F32};
 }
 
 DeviceWeights::~DeviceWeights() {
@@ -50,9 +66,9 @@ DeviceWeights::~DeviceWeights() {
 }
 
 const float* DeviceWeights::get(const std::string& name, const std::vector<int64_t>& shape) const {
-  const auto it = tensors_.find(name);
-  check_weight(name, it == tensors_.end() ? nullptr : &it->second.shape, shape);
-  return it->second.data;
+  const cpu::WeightRef w = get_matrix(name, shape);
+  check(w.dtype == DType::F32, "NCP_EDTYPE", "weight " + name + " is held as bf16; only a Linear or conv weight may be");
+  return static_cast<const float*>(w.data);
 }
 
 }  // namespace ncp::model

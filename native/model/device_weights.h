@@ -13,7 +13,8 @@ namespace ncp::model {
 
 class DeviceWeights {
  public:
-  // Uploads every tensor of `host` to `device` (a CUDA device index). With bf16_matrices, every tensor of two or
+  // Uploads every tensor of `host` (float32 copies and mapped F32/F16/BF16 matrices, widened on the way) to
+  // `device` (a CUDA device index). With bf16_matrices, every tensor of two or
   // more dimensions (the Linear and conv weights: all but a sliver of the bytes) is stored as bf16, rounded to
   // nearest even: half the memory, and the GEMMs run on bf16 tensor cores with float accumulation. Biases and
   // norm parameters stay float32. NCP_ENOMEM names the size when the device cannot hold them; NCP_ENOCUDA when
@@ -23,9 +24,10 @@ class DeviceWeights {
   DeviceWeights(const DeviceWeights&) = delete;
   DeviceWeights& operator=(const DeviceWeights&) = delete;
 
-  // A device pointer; the errors of WeightMap::get.
+  // A device pointer; the errors of WeightMap::get (NCP_EDTYPE for a bf16 matrix).
   const float* get(const std::string& name, const std::vector<int64_t>& shape) const;
-  bool is_bf16(const std::string& name) const;
+  // A Linear or conv weight: float32, or bf16 with bf16_matrices.
+  cpu::WeightRef get_matrix(const std::string& name, const std::vector<int64_t>& shape) const;
   int device() const { return device_; }
   size_t bytes() const { return size_t(floats_) * sizeof(float); }
 

@@ -231,6 +231,22 @@ void SafetensorsFile::release(const TensorInfo& t) const {
   ::madvise(reinterpret_cast<void*>(base + from), size_t(to - from), MADV_DONTNEED);
 }
 
+void SafetensorsFile::prefault() const {
+  if (!map_) return;
+  ::madvise(map_, map_size_, MADV_NORMAL);
+#ifdef MADV_POPULATE_READ
+  if (::madvise(map_, map_size_, MADV_POPULATE_READ) == 0) return;
+#endif
+  // Kernels before 5.14: touch one byte per page, on both cores (the faults are the cost).
+  const auto page = int64_t(::sysconf(_SC_PAGESIZE));
+  const auto* bytes = static_cast<const volatile unsigned char*>(map_);
+  parallel_for(int64_t((map_size_ + size_t(page) - 1) / size_t(page)), 4096, [&](int64_t p0, int64_t p1) {
+    unsigned sum = 0;
+    for (int64_t p = p0; p < p1; ++p) sum += bytes[p * page];
+    (void)sum;
+  });
+}
+
 void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   // Validate everything before touching the disk.

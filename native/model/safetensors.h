@@ -55,6 +55,9 @@ class SafetensorsFile {
   // Lets the kernel drop t's mapped pages from this process (they refault from the page cache if read again),
   // so loading a model does not keep the whole file resident next to its float32 copy.
   void release(const TensorInfo& t) const;
+  // Faults the whole mapping in now (reading the file where it is not cached), for tensors that will be used in
+  // place: the load then pays its I/O, not the first forward pass. The advice turns to random access.
+  void prefault() const;
   // Unmaps the file; the tensors' data pointers are invalid afterwards.
   void close();
 

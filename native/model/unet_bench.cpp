@@ -2,11 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <vector>
-
-#include <sys/resource.h>
-
 #include <cstdio>
+#include <fstream>
+#include <vector>
 
 #include "core/error.h"
 #include "model/dev_ops.h"
@@ -95,21 +93,17 @@ double unet_forward_flops(const UNetConfig& c, int64_t batch, int64_t height, in
   return f.total;
 }
 
-UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device,
-                           bool bf16_weights) {
-  using clock = std::chrono::steady_clock;
-  check(device >= 0 || !bf16_weights, "NCP_EINVAL", "bench unet: bf16 weights (mixed precision) need a CUDA device");
-  const UNetConfig config = unet_preset(preset);
-  UNetBenchResult r;
-  auto t0 = clock::now();
-  WeightMap weights = random_weights(UNet::manifest(config), 1234);
-  r.load_seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  r.parameters = int64_t(weights.bytes() / sizeof(float));
-  dev::reset_device_peak();
-  const UNet unet = device < 0 ? UNet(config, weights)
-                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device, bf16_weights));
-  if (device >= 0) weights = WeightMap();
+namespace {
 
+struct ForwardTimes {
+  double first = 0, median = 0, best = 0;
+};
+
+// The first forward is timed on its own (it sizes the activation buffers and, after a load,
+// shows whether any cost was deferred to it), then the median and best of `reps` more.
+ForwardTimes time_forward(const UNet& unet, int64_t latent, int64_t batch, int reps) {
+  using clock = std::chrono::steady_clock;
+  const UNetConfig& config = unet.config();
   const int64_t text_len = 77;
   const WeightMap inputs = random_weights(
       {{"sample", {batch, config.in_channels, latent, latent}},
@@ -134,7 +128,10 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   for (int64_t d : shape) n *= d;
   std::vector<float> out(static_cast<size_t>(n));
 
-  unet.forward(in, out.data());  // warm-up: page in weights, size activation buffers
+  ForwardTimes r;
+  auto t0 = clock::now();
+  unet.forward(in, out.data());
+  r.first = std::chrono::duration<double>(clock::now() - t0).count();
   std::vector<double> times;
   for (int i = 0; i < std::max(1, reps); ++i) {
     auto t = clock::now();
@@ -142,14 +139,54 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
     times.push_back(std::chrono::duration<double>(clock::now() - t).count());
   }
   std::sort(times.begin(), times.end());
-  r.median_seconds = times[times.size() / 2];
-  r.best_seconds = times.front();
-  r.gflop = unet_forward_flops(config, batch, latent, latent, text_len) / 1e9;
+  r.median = times[times.size() / 2];
+  r.best = times.front();
+  return r;
+}
+
+// The process' peak resident set since the last reset_peak_rss (VmHWM), in bytes; 0 where unreadable.
+double peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;
+  return 0;
+}
+
+// Resets VmHWM to the current RSS (Linux >= 4.0); false where the kernel does not allow it.
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return bool(clear);
+}
+
+}  // namespace
+
+UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device,
+                           bool bf16_weights) {
+  using clock = std::chrono::steady_clock;
+  check(device >= 0 || !bf16_weights, "NCP_EINVAL", "bench unet: bf16 weights (mixed precision) need a CUDA device");
+  const UNetConfig config = unet_preset(preset);
+  UNetBenchResult r;
+  auto t0 = clock::now();
+  WeightMap weights = random_weights(UNet::manifest(config), 1234);
+  r.load_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  r.parameters = int64_t(weights.bytes() / sizeof(float));
+  dev::reset_device_peak();
+  const UNet unet = device < 0 ? UNet(config, weights)
+                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device, bf16_weights));
+  if (device >= 0) weights = WeightMap();
+  const ForwardTimes t = time_forward(unet, latent, batch, reps);
+  r.median_seconds = t.median;
+  r.best_seconds = t.best;
+  r.gflop = unet_forward_flops(config, batch, latent, latent, 77) / 1e9;
   r.device_peak_bytes = double(dev::device_bytes_peak());
   return r;
 }
 
-UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype_name, const std::string& path) {
+UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype_name, const std::string& path,
+                                    int64_t latent, int64_t batch, int reps) {
   using clock = std::chrono::steady_clock;
   DType dtype;
   if (!dtype_from_name(dtype_name, &dtype) || (dtype != DType::F16 && dtype != DType::BF16 && dtype != DType::F32))
@@ -171,17 +208,25 @@ UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string
     write_safetensors(path, tensors);
   }
   UNetLoadBenchResult r;
+  r.peak_rss_is_load_only = reset_peak_rss();
+  // What load_unet does with a folder's weights file: the matrices stay mapped, the rest becomes float32.
   auto t0 = clock::now();
-  const WeightMap weights = load_weights(manifest, {path});
+  const WeightMap weights = load_weights(manifest, {path}, "", LoadMode::MapMatrices);
+  const UNet unet(config, weights);
   r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  r.float32_bytes = double(weights.bytes());
-  struct rusage usage;
-  getrusage(RUSAGE_SELF, &usage);
-  r.peak_rss_bytes = double(usage.ru_maxrss) * 1024.0;
+  r.peak_rss_bytes = peak_rss_bytes();
+  r.weight_bytes = double(weights.bytes());
+  r.copied_bytes = double(weights.copied_bytes());
   if (FILE* f = std::fopen(path.c_str(), "rb")) {
     std::fseek(f, 0, SEEK_END);
     r.file_bytes = double(std::ftell(f));
     std::fclose(f);
+  }
+  if (reps > 0) {
+    const ForwardTimes t = time_forward(unet, latent, batch, reps);
+    r.first_forward_seconds = t.first;
+    r.forward_median_seconds = t.median;
+    r.forward_gflop = unet_forward_flops(config, batch, latent, latent, 77) / 1e9;
   }
   std::remove(path.c_str());
   return r;

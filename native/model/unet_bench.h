@@ -25,12 +25,18 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
 
 struct UNetLoadBenchResult {
   double file_bytes = 0, seconds = 0;
-  double peak_rss_bytes = 0;     // of the whole process, after the load
-  double float32_bytes = 0;      // what one float32 copy of the weights takes
+  double peak_rss_bytes = 0;         // peak resident set during the load (mapped file pages included)
+  bool peak_rss_is_load_only = true;  // false: the kernel kept the writer's peak, so the figure includes it
+  double weight_bytes = 0;           // the weights as held: mapped matrices at their stored size
+  double copied_bytes = 0;           // float32 copies the load made (biases, norms)
+  double first_forward_seconds = 0, forward_median_seconds = 0, forward_gflop = 0;  // reps > 0
 };
 
 // Writes random weights of `preset` as one `dtype` (F16, BF16 or F32) safetensors file at `path`, then times
-// load_weights of it into float32 and reports the process' peak RSS (one float32 copy is the floor).
-UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype, const std::string& path);
+// what load_unet does with it (LoadMode::MapMatrices, then binding the U-Net) and the peak RSS of that load.
+// With reps > 0, then times forwards at latent x latent, batch `batch` on the loaded weights: the first one on
+// its own (no cost deferred by the load) and the median of `reps` more.
+UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype, const std::string& path,
+                                    int64_t latent = 32, int64_t batch = 2, int reps = 0);
 
 }  // namespace ncp::model

@@ -13,7 +13,7 @@ struct LoadedUNet {
   std::string model_dir;
   std::vector<std::string> weight_files;
   UNetConfig config;
-  WeightMap weights;           // emptied by to_device
+  WeightMap weights;           // weight matrices used in place from the mapped files; emptied by to_device
   std::unique_ptr<UNet> unet;  // points into weights, or into the device copy
   int device = -1;             // -1: the CPU
 
@@ -23,7 +23,8 @@ struct LoadedUNet {
   void to_device(int device, bool bf16 = false);
 };
 
-// Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards) into float32.
+// Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards). The weight matrices stay
+// in the mapped files in their stored F32/F16/BF16 (LoadMode::MapMatrices); the rest is converted to float32.
 std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::string& variant = "");
 
 // Host copies of a forward pass's inputs, as read from a file or handed over by JavaScript.

@@ -33,19 +33,53 @@ void check_weight(const std::string& name, const std::vector<int64_t>* stored, c
     throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(*stored) + ", the model expects " + shape_str(want));
 }
 
-const float* WeightMap::get(const std::string& name, const std::vector<int64_t>& shape) const {
+int64_t MappedTensor::numel() const {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+cpu::WeightRef WeightMap::get_matrix(const std::string& name, const std::vector<int64_t>& shape) const {
+  const auto m = mapped_.find(name);
+  if (m != mapped_.end()) {
+    check_weight(name, &m->second.shape, shape);
+    return m->second.values;
+  }
   const auto it = tensors_.find(name);
   check_weight(name, it == tensors_.end() ? nullptr : &it->second.shape, shape);
   return it->second.data.data();
 }
 
-size_t WeightMap::bytes() const {
+const float* WeightMap::get(const std::string& name, const std::vector<int64_t>& shape) const {
+  const cpu::WeightRef w = get_matrix(name, shape);
+  check(w.dtype == DType::F32, "NCP_EDTYPE",
+        "weight " + name + " is held as " + dtype_name(w.dtype) + "; only a Linear or conv weight may be");
+  return static_cast<const float*>(w.data);
+}
+
+size_t WeightMap::copied_bytes() const {
   size_t n = 0;
   for (const auto& kv : tensors_) n += kv.second.data.size() * sizeof(float);
   return n;
 }
 
-WeightMap load_weights(const Manifest& manifest, const std::vector<std::string>& files, const std::string& prefix) {
+size_t WeightMap::bytes() const {
+  size_t n = copied_bytes();
+  for (const auto& kv : mapped_) n += size_t(kv.second.numel()) * dtype_size(kv.second.values.dtype);
+  return n;
+}
+
+namespace {
+// Whether load_weights keeps t in place rather than copying it (LoadMode::MapMatrices).
+bool keep_mapped(const TensorInfo& t) {
+  if (t.shape.size() < 2 || t.numel() == 0) return false;
+  if (t.dtype == DType::F16 || t.dtype == DType::BF16) return true;
+  return t.dtype == DType::F32 && uintptr_t(t.data) % alignof(float) == 0;
+}
+}  // namespace
+
+WeightMap load_weights(const Manifest& manifest, const std::vector<std::string>& files, const std::string& prefix,
+                       LoadMode mode) {
   if (files.empty()) throw Error("NCP_EINVAL", "load_weights: no weight files given");
   std::unordered_set<std::string> wanted;
   for (const auto& p : manifest)
@@ -102,15 +136,25 @@ WeightMap load_weights(const Manifest& manifest, const std::vector<std::string>&
   for (size_t f = 0; f < opened.size(); ++f) {
     auto& list = jobs[f];
     std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.first->data < b.first->data; });
+    auto file = std::make_shared<SafetensorsFile>(std::move(opened[f]));
+    bool keep = false;
     for (const auto& job : list) {
+      if (mode == LoadMode::MapMatrices && keep_mapped(*job.first)) {
+        out.put_mapped(job.second->name, MappedTensor{job.second->shape, {job.first->data, job.first->dtype}});
+        keep = true;
+        continue;
+      }
       Tensor32 t;
       t.shape = job.second->shape;
       allocate(t.data, size_t(job.first->numel()));
-      opened[f].read_f32_into(*job.first, t.data.data());
-      opened[f].release(*job.first);
+      file->read_f32_into(*job.first, t.data.data());
+      if (mode == LoadMode::Float32) file->release(*job.first);
       out.put(job.second->name, std::move(t));
     }
-    opened[f].close();
+    if (keep) {
+      file->prefault();
+      out.keep_open(std::move(file));
+    }
   }
   return out;
 }

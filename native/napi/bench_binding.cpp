@@ -65,16 +65,23 @@ Napi::Value BenchUNet(const Napi::CallbackInfo& info) {
 Napi::Value BenchUNetLoad(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString() || !info[1].IsString() || !info[2].IsString())
-    throw_error(env, "NCP_EINVAL", "benchUNetLoad(preset, dtype, path): three strings");
+    throw_error(env, "NCP_EINVAL", "benchUNetLoad(preset, dtype, path, latent, batch, reps): preset, dtype and path are strings");
   const std::string preset = info[0].As<Napi::String>(), dtype = info[1].As<Napi::String>(), path = info[2].As<Napi::String>();
+  const int64_t latent = positive(env, info[3], "latent"), batch = positive(env, info[4], "batch");
+  const int reps = info[5].IsNumber() && info[5].As<Napi::Number>().Int32Value() == 0 ? 0 : int(positive(env, info[5], "reps"));
   return PromiseWorker<model::UNetLoadBenchResult>::Start(
-      env, [=] { return model::bench_unet_load(preset, dtype, path); },
+      env, [=] { return model::bench_unet_load(preset, dtype, path, latent, batch, reps); },
       [](Napi::Env e, model::UNetLoadBenchResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(e);
         o.Set("fileBytes", r.file_bytes);
         o.Set("seconds", r.seconds);
         o.Set("peakRssBytes", r.peak_rss_bytes);
-        o.Set("float32Bytes", r.float32_bytes);
+        o.Set("peakRssIsLoadOnly", r.peak_rss_is_load_only);
+        o.Set("weightBytes", r.weight_bytes);
+        o.Set("copiedBytes", r.copied_bytes);
+        o.Set("firstForwardSeconds", r.first_forward_seconds);
+        o.Set("forwardMedianSeconds", r.forward_median_seconds);
+        o.Set("forwardGflop", r.forward_gflop);
         return o;
       });
 }

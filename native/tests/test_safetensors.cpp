@@ -304,6 +304,47 @@ NCP_TEST("load_weights: converts F16/BF16/F32 into float32 and strips a prefix")
   NCP_EXPECT(e.code == "NCP_EMISSING" && e.has("lin2.weight"), e.code << " " << e.message);
 }
 
+NCP_TEST("load_weights MapMatrices: half and aligned float32 matrices stay in the file, the rest is copied") {
+  TempDir dir;
+  const std::vector<float> w = {0.5f, -1.25f, 2.0f, 4.0f, -0.125f, 8.0f}, b = {1.5f, -3.0f};
+  const auto w16 = to_half(w, DType::F16), c16 = to_half(w, DType::BF16), b16 = to_half(b, DType::F16);
+  write_safetensors(dir / "m.safetensors", {tensor("lin.weight", DType::F16, {2, 3}, w16),
+                                            tensor("conv.weight", DType::BF16, {2, 3, 1, 1}, c16),
+                                            tensor("f32.weight", DType::F32, {3, 2}, w),
+                                            tensor("lin.bias", DType::F16, {2}, b16)});
+  const Manifest manifest = {
+      {"lin.weight", {2, 3}}, {"conv.weight", {2, 3, 1, 1}}, {"f32.weight", {3, 2}}, {"lin.bias", {2}}};
+  WeightMap kept;
+  {
+    // A copy outlives the map it came from: the copy holds the mapping open.
+    const WeightMap first = load_weights(manifest, {dir / "m.safetensors"}, "", LoadMode::MapMatrices);
+    kept = first;
+  }
+  NCP_EXPECT(kept.mapped().size() == 3 && kept.all().size() == 1, kept.mapped().size() << " " << kept.all().size());
+  NCP_EXPECT(kept.copied_bytes() == 2 * sizeof(float) && kept.bytes() == 6 * 2 + 6 * 2 + 6 * 4 + 2 * 4,
+             kept.copied_bytes() << " " << kept.bytes());
+  const ncp::cpu::WeightRef lin = kept.get_matrix("lin.weight", {2, 3});
+  const ncp::cpu::WeightRef conv = kept.get_matrix("conv.weight", {2, 3, 1, 1});
+  NCP_EXPECT(lin.dtype == DType::F16 && conv.dtype == DType::BF16, dtype_name(lin.dtype) << " " << dtype_name(conv.dtype));
+  std::vector<float> widened(6);
+  convert_to_f32(widened.data(), lin.data, DType::F16, 6);
+  NCP_EXPECT(widened == w, "lin.weight values through the mapping");
+  convert_to_f32(widened.data(), conv.data, DType::BF16, 6);
+  NCP_EXPECT(widened == w, "conv.weight values through the mapping");
+  const float* f = kept.get("f32.weight", {3, 2});  // float32 in place serves get() too
+  NCP_EXPECT(std::vector<float>(f, f + 6) == w, "f32.weight values");
+  const float* lb = kept.get("lin.bias", {2});
+  NCP_EXPECT(std::vector<float>(lb, lb + 2) == b, "lin.bias values");
+
+  // A half matrix asked for as float32 names the tensor and how it is held; shape errors as for copies.
+  Caught e = error_of([&] { kept.get("lin.weight", {2, 3}); });
+  NCP_EXPECT(e.code == "NCP_EDTYPE" && e.has("lin.weight") && e.has("F16"), e.code << " " << e.message);
+  e = error_of([&] { kept.get_matrix("conv.weight", {2, 3}); });
+  NCP_EXPECT(e.code == "NCP_ESHAPE" && e.has("[2, 3, 1, 1]") && e.has("[2, 3]"), e.code << " " << e.message);
+  e = error_of([&] { kept.get_matrix("nope.weight", {2, 3}); });
+  NCP_EXPECT(e.code == "NCP_EMISSING" && e.has("nope.weight"), e.code << " " << e.message);
+}
+
 NCP_TEST("load_weights: every missing, mis-shaped and extra tensor in one NCP_EWEIGHTS error") {
   TempDir dir;
   const std::vector<float> w(32 * 4 * 9, 0.5f), foo(3, 1.0f), ok(4, 2.0f);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "model/blocks.h"
 #include "model/safetensors.h"
@@ -23,6 +25,7 @@
 namespace {
 using namespace ncp::test;
 using namespace ncp::model;
+using ncp::DType;
 
 // PyTorch float32 lands at ~1e-6 of the float64 reference; 1e-4 is the project's bar (golden/README.md).
 constexpr double kGoldenTol = 1e-4;
@@ -274,16 +277,21 @@ struct Projection {
   }
 };
 
-void backward_fd(const std::string& m, ncp::model::EncoderLayer* layer) {
-  Model model(m);
-  UNet& unet = *model.unet;
-  LoraSet lora;
+// Rank-2 adapters on attention, projection and feed-forward layers, with seeded non-zero A and B.
+void attach_seeded_lora(UNet& unet, LoraSet& lora) {
   unet.create_lora(lora, {"to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2"}, 2, 4.0f);
   uint64_t seed = 11;
   for (const auto& a : lora.adapters()) {
     ncp::test::fill_uniform(a->A, seed++, -0.2, 0.2);
     ncp::test::fill_uniform(a->B, seed++, -0.2, 0.2);
   }
+}
+
+void backward_fd(const std::string& m, ncp::model::EncoderLayer* layer) {
+  Model model(m);
+  UNet& unet = *model.unet;
+  LoraSet lora;
+  attach_seeded_lora(unet, lora);
   std::vector<float> sample = model.sample;
   UNetInputs in = model.inputs();
   in.sample = sample.data();
@@ -352,6 +360,80 @@ void backward_fd(const std::string& m, ncp::model::EncoderLayer* layer) {
 }
 
 }  // namespace
+
+// ---- Weights kept in the model file (LoadMode::MapMatrices, what load_unet does): the forward output, the input
+// gradient and the LoRA gradients must be bit-identical to the same file converted to float32 copies, for F32
+// (used in place), F16 and BF16 files.
+namespace {
+
+bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void mapped_matches_copied(const std::string& m, DType dt) {
+  const Model golden(m);
+  TempDir dir;
+  const std::string path = dir / "unet.safetensors";
+  {
+    std::vector<std::vector<unsigned char>> stored;
+    std::vector<TensorData> tensors;
+    for (const auto& [name, t] : golden.weights.all()) {
+      stored.emplace_back(t.data.size() * ncp::dtype_size(dt));
+      ncp::convert_from_f32(stored.back().data(), t.data.data(), dt, int64_t(t.data.size()));
+    }
+    size_t i = 0;
+    for (const auto& [name, t] : golden.weights.all())
+      tensors.push_back({name, dt, t.shape, stored[i].data(), stored[i].size()}), ++i;
+    write_safetensors(path, tensors);
+  }
+  const Manifest manifest = UNet::manifest(golden.config);
+  const WeightMap copied = load_weights(manifest, {path});
+  const WeightMap mapped = load_weights(manifest, {path}, "", LoadMode::MapMatrices);
+  size_t matrices = 0;
+  for (const auto& p : manifest) matrices += p.shape.size() >= 2;
+  NCP_EXPECT(mapped.mapped().size() == matrices && mapped.copied_bytes() < copied.copied_bytes() / 50,
+             m << " " << ncp::dtype_name(dt) << ": " << mapped.mapped().size() << " of " << matrices
+               << " matrices mapped, " << mapped.copied_bytes() << " bytes copied");
+
+  struct Run {
+    std::vector<float> out, dsample, lora_grads;
+  };
+  auto run = [&](const WeightMap& weights) {
+    UNet unet(golden.config, weights);
+    LoraSet lora;
+    attach_seeded_lora(unet, lora);
+    const UNetInputs in = golden.inputs();
+    Run r;
+    r.out.resize(size_t(numel(unet.output_shape(in))));
+    r.dsample.resize(golden.sample.size());
+    std::vector<float> dy(r.out.size());
+    ncp::test::fill_uniform(dy, 5);
+    UNetTape tape;
+    unet.forward_train(in, r.out.data(), tape, true);
+    unet.backward(dy.data(), tape, r.dsample.data());
+    for (const auto& a : lora.adapters()) {
+      r.lora_grads.insert(r.lora_grads.end(), a->dA.begin(), a->dA.end());
+      r.lora_grads.insert(r.lora_grads.end(), a->dB.begin(), a->dB.end());
+    }
+    return r;
+  };
+  const Run a = run(copied), b = run(mapped);
+  const std::string what = m + " " + ncp::dtype_name(dt);
+  NCP_EXPECT(bit_equal(a.out, b.out), what << " forward rel err " << rel_error(b.out.data(), a.out.data(), int64_t(a.out.size())));
+  NCP_EXPECT(bit_equal(a.dsample, b.dsample), what << " d sample rel err "
+                                                    << rel_error(b.dsample.data(), a.dsample.data(), int64_t(a.dsample.size())));
+  NCP_EXPECT(bit_equal(a.lora_grads, b.lora_grads), what << " LoRA grads differ");
+  std::printf("    %-40s forward, d sample and %zu LoRA grads bit-identical\n", what.c_str(), a.lora_grads.size());
+}
+
+}  // namespace
+
+NCP_TEST("unet weights kept in the file (F32, F16, BF16) train bit-identically to float32 copies, tiny-sd15") {
+  for (const DType dt : {DType::F32, DType::F16, DType::BF16}) mapped_matches_copied("tiny-sd15", dt);
+}
+NCP_TEST("unet weights kept in the file (F32, F16, BF16) train bit-identically to float32 copies, tiny-sdxl") {
+  for (const DType dt : {DType::F32, DType::F16, DType::BF16}) mapped_matches_copied("tiny-sdxl", dt);
+}
 
 NCP_TEST("unet backward: finite differences of input and LoRA gradients, tiny-sd15 forward") {
   backward_fd("tiny-sd15", nullptr);
