@@ -100,6 +100,8 @@ export interface StepBenchReport {
   peakRssBytes: number;
   device: string;
   devicePeakBytes: number;
+  /** Set: the weights were written as a safetensors file of this dtype and loaded as loadUNet does. */
+  weightsFile?: 'F32' | 'F16' | 'BF16';
 }
 
 /** `bench step`: one optimiser step (policy fwd+bwd, reference fwd, NCP encoder passes, AdamW), LoRA r4. */
@@ -111,6 +113,7 @@ export async function benchStepReport(o: {
   space: 'latent' | 'ncp';
   reps: number;
   device?: string;
+  weightsFile?: 'F32' | 'F16' | 'BF16';
 }): Promise<StepBenchReport> {
   const device = o.device ?? 'cpu';
   const r = await benchStep({ ...o, device });
@@ -130,7 +133,8 @@ export async function benchStepReport(o: {
 export function formatStepBench(r: StepBenchReport): string {
   return [
     `machine: ${r.machine}, threads: ${r.threads}`,
-    `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)`,
+    `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)` +
+      (r.weightsFile ? `, weights from a ${r.weightsFile} file` : ''),
     `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB` +
       (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`),
   ].join('\n');

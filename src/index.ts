@@ -85,7 +85,10 @@ export function cudaParity(): Promise<Record<string, number>> {
 
 /**
  * Loads the U-Net of a diffusers model folder (`<dir>/unet`: config.json and one safetensors file, an fp16/bf16
- * variant such as `variant: 'fp16'`, or shards with an index) into float32.
+ * variant such as `variant: 'fp16'`, or shards with an index). The weight matrices are used in place from the
+ * mapped file in their stored dtype (half values are widened to float32 inside the matrix products, with results
+ * identical to a float32 copy); biases and norms are converted to float32. The file must stay in place while the
+ * U-Net is in use (writers that replace files by renaming, as ours do, are safe).
  */
 export async function loadUNet(modelDir: string, options: { variant?: string; device?: string } = {}): Promise<UNet> {
   return native().loadUNet(modelDir, options.variant ?? '', options.device ?? 'cpu');

@@ -287,7 +287,7 @@ export interface NativeBinding {
   loadUNet(modelDir: string, variant?: string, device?: string): Promise<NativeUNet>;
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>;
   gradFile(options: ObjectiveOptions & { model: string; input: string; output: string; variant?: string; loraAlpha?: number }): Promise<string[]>;
-  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number; device?: string }): Promise<StepBenchResult>;
+  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number; device?: string; weightsFile?: string }): Promise<StepBenchResult>;
   unetForwardFile(options: { model: string; input: string; output: string; trace?: boolean; variant?: string }): Promise<string[]>;
   loadTextEncoder(modelDir: string, component: string, variant: string): Promise<NativeTextEncoder>;
   loadVae(modelDir: string, variant: string): Promise<NativeVae>;

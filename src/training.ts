@@ -44,6 +44,8 @@ export function benchStep(options: {
   reps?: number;
   /** 'cpu' (default), 'cuda' or 'cuda:N'. */
   device?: string;
+  /** Write the weights as a safetensors file of this dtype and load it as loadUNet does (default: float32 in memory). */
+  weightsFile?: 'F32' | 'F16' | 'BF16';
 }): Promise<StepBenchResult> {
   return native().benchStep({
     preset: options.preset,
@@ -53,5 +55,6 @@ export function benchStep(options: {
     space: options.space ?? 'ncp',
     reps: options.reps ?? 3,
     device: options.device ?? 'cpu',
+    weightsFile: options.weightsFile ?? '',
   });
 }

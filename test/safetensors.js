@@ -12,7 +12,8 @@ export function readSafetensors(path) {
 }
 
 // tensors: { name: { dtype: 'F32' | 'I64' | 'F16' | ..., shape, bytes: Uint8Array } }, written as given, unchecked.
-export function writeSafetensors(path, tensors, metadata) {
+// headerPad: extra header spaces (the format allows any length): 2 puts every tensor at a 2 mod 8 byte address.
+export function writeSafetensors(path, tensors, metadata, headerPad = 0) {
   const header = metadata ? { __metadata__: metadata } : {};
   const parts = [];
   let offset = 0;
@@ -22,7 +23,7 @@ export function writeSafetensors(path, tensors, metadata) {
     offset += t.bytes.byteLength;
   }
   let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  json += ' '.repeat((8 - (json.length % 8)) % 8 + headerPad);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(json.length));
   writeFileSync(path, Buffer.concat([len, Buffer.from(json), ...parts]));

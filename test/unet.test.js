@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { loadUNet } from '../dist/index.js';
 import { relError } from './helpers.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
+import { fromFloat32, toFloat32 } from '../dist/safetensors.js';
 
 const golden = fileURLToPath(new URL('./fixtures/golden/', import.meta.url));
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -54,6 +55,38 @@ test('library: loadUNet + forward and encode, with the same numbers as the file 
   const err = await t.throwsAsync(() => unet.forward({ ...inputs, time_ids: undefined }));
   t.is(err.code, 'NCP_EMISSING');
   t.regex(err.message, /in\.time_ids/);
+});
+
+test('library: an fp16 variant, and F16/F32 tensors at unaligned addresses, run exactly as their float32 widening', async (t) => {
+  // The U-Net keeps weight matrices in the mapped file and widens halves inside the GEMMs; a misaligned float32
+  // matrix is copied instead. Every form must give the float32 model of the same values, bit for bit.
+  const ref = readSafetensors(join(golden, 'tiny-sd15', 'forward.safetensors'));
+  const src = readSafetensors(weights(join(golden, 'tiny-sd15')));
+  const half = {}, widened = {}, mixed = {};
+  let parameters = 0, i = 0;
+  for (const [name, w] of Object.entries(src)) {
+    const bytes = fromFloat32(w.data, 'F16');
+    half[name] = { dtype: 'F16', shape: w.shape, bytes };
+    widened[name] = { dtype: 'F32', shape: w.shape, bytes: new Uint8Array(toFloat32(bytes, 'F16').buffer) };
+    mixed[name] = i++ % 2 ? half[name] : widened[name];
+    parameters += w.data.length;
+  }
+  const variantDir = join(tmp, 'fp16-variant'), mixedDir = join(tmp, 'mixed-unaligned');
+  for (const d of [variantDir, mixedDir]) cpSync(join(golden, 'tiny-sd15'), d, { recursive: true });
+  writeSafetensors(join(variantDir, 'unet', 'diffusion_pytorch_model.fp16.safetensors'), half);
+  writeSafetensors(weights(variantDir), widened);
+  writeSafetensors(weights(mixedDir), mixed, undefined, 2);
+  const inputs = {
+    sample: { data: ref['in.sample'].data, shape: ref['in.sample'].shape },
+    timestep: { data: ref['in.timestep'].data, shape: ref['in.timestep'].shape },
+    encoder_hidden_states: { data: ref['in.encoder_hidden_states'].data, shape: ref['in.encoder_hidden_states'].shape },
+  };
+  const forward = async (dir, variant) => (await (await loadUNet(dir, { variant })).forward(inputs)).sample.data;
+  const float32 = await forward(variantDir, '');
+  t.true(relError(float32, ref['out.sample'].data) < 1e-2, 'fp16-rounded weights stay near the golden output');
+  t.deepEqual(await forward(variantDir, 'fp16'), float32);
+  t.deepEqual(await forward(mixedDir, ''), float32);
+  t.is((await loadUNet(variantDir, { variant: 'fp16' })).config().parameters, parameters);
 });
 
 // A copy of tiny-sd15 to break in various ways.

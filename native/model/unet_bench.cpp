@@ -185,6 +185,21 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   return r;
 }
 
+void write_random_weights_file(const Manifest& manifest, DType dtype, const std::string& path) {
+  // Converted one tensor at a time so the file's dtype copy is the only full copy held while writing.
+  std::vector<std::vector<unsigned char>> stored;
+  std::vector<TensorData> tensors;
+  for (size_t i = 0; i < manifest.size(); ++i) {
+    const WeightMap one = random_weights({manifest[i]}, 1234 + i);
+    const Tensor32& t = one.all().begin()->second;
+    stored.emplace_back(t.data.size() * dtype_size(dtype));
+    convert_from_f32(stored.back().data(), t.data.data(), dtype, int64_t(t.data.size()));
+  }
+  for (size_t i = 0; i < manifest.size(); ++i)
+    tensors.push_back({manifest[i].name, dtype, manifest[i].shape, stored[i].data(), stored[i].size()});
+  write_safetensors(path, tensors);
+}
+
 UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string& dtype_name, const std::string& path,
                                     int64_t latent, int64_t batch, int reps) {
   using clock = std::chrono::steady_clock;
@@ -193,20 +208,7 @@ UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string
     throw Error("NCP_EDTYPE", "bench load: dtype must be F16, BF16 or F32, got '" + dtype_name + "'");
   const UNetConfig config = unet_preset(preset);
   const Manifest manifest = UNet::manifest(config);
-  {
-    // Converted one tensor at a time so the file's dtype copy is the only full copy held while writing.
-    std::vector<std::vector<unsigned char>> stored;
-    std::vector<TensorData> tensors;
-    for (size_t i = 0; i < manifest.size(); ++i) {
-      const WeightMap one = random_weights({manifest[i]}, 1234 + i);
-      const Tensor32& t = one.all().begin()->second;
-      stored.emplace_back(t.data.size() * dtype_size(dtype));
-      convert_from_f32(stored.back().data(), t.data.data(), dtype, int64_t(t.data.size()));
-    }
-    for (size_t i = 0; i < manifest.size(); ++i)
-      tensors.push_back({manifest[i].name, dtype, manifest[i].shape, stored[i].data(), stored[i].size()});
-    write_safetensors(path, tensors);
-  }
+  write_random_weights_file(manifest, dtype, path);
   UNetLoadBenchResult r;
   r.peak_rss_is_load_only = reset_peak_rss();
   // What load_unet does with a folder's weights file: the matrices stay mapped, the rest becomes float32.

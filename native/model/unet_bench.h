@@ -3,7 +3,9 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.h"
 #include "model/unet_config.h"
+#include "model/weights.h"
 
 namespace ncp::model {
 
@@ -22,6 +24,10 @@ struct UNetBenchResult {
 // device: -1 the CPU, N CUDA device N.
 UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device = -1,
                            bool bf16_weights = false);
+
+// Writes random weights for `manifest` (the values of random_weights, one seed per tensor) as one `dtype`
+// safetensors file at `path`.
+void write_random_weights_file(const Manifest& manifest, DType dtype, const std::string& path);
 
 struct UNetLoadBenchResult {
   double file_bytes = 0, seconds = 0;

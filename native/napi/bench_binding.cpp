@@ -98,9 +98,13 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
   if (!(latent >= 1 && pairs >= 1 && reps >= 1))
     throw_error(env, "NCP_EINVAL", "benchStep: latent, pairs and reps must be >= 1");
   const int device = device_arg(env, string_attr(env, o, "device", "cpu"), "benchStep");
+  const std::string weights_file = string_attr(env, o, "weightsFile", "");
   return PromiseWorker<train::StepBenchResult>::Start(
       env,
-      [=] { return train::bench_step(preset, int64_t(latent), int64_t(pairs), objective, space, int(reps), device); },
+      [=] {
+        return train::bench_step(preset, int64_t(latent), int64_t(pairs), objective, space, int(reps), device, false,
+                                 false, weights_file);
+      },
       [](Napi::Env e, train::StepBenchResult& r) -> Napi::Value {
         Napi::Object out = Napi::Object::New(e);
         out.Set("medianSeconds", r.median_seconds);

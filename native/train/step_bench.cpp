@@ -1,11 +1,16 @@
 #include "train/step_bench.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
+#include "core/dtype.h"
+#include "core/error.h"
 #include "model/dev_ops.h"
 #include "model/unet_bench.h"
 #include "model/unet_presets.h"
@@ -15,11 +20,24 @@ namespace ncp::train {
 
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
                            const std::string& space, int reps, int device, bool checkpointing,
-                           bool bf16_weights) {
+                           bool bf16_weights, const std::string& file_dtype) {
   auto m = std::make_shared<model::LoadedUNet>();
   m->model_dir = "<random " + preset + ">";
   m->config = model::unet_preset(preset);
-  m->weights = model::random_weights(model::UNet::manifest(m->config), 1234);
+  const model::Manifest manifest = model::UNet::manifest(m->config);
+  if (file_dtype.empty()) {
+    m->weights = model::random_weights(manifest, 1234);
+  } else {
+    DType dtype;
+    check(dtype_from_name(file_dtype, &dtype) && (dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16),
+          "NCP_EDTYPE", "bench step: weights file dtype must be F32, F16 or BF16, got '" + file_dtype + "'");
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string path = std::string(tmp && *tmp ? tmp : "/tmp") + "/ncp-step-bench-" +
+                             std::to_string(::getpid()) + "." + file_dtype + ".safetensors";
+    model::write_random_weights_file(manifest, dtype, path);
+    m->weights = model::load_weights(manifest, {path}, "", model::LoadMode::MapMatrices);
+    std::remove(path.c_str());  // the mapping stays valid after the name is gone
+  }
   m->unet = std::make_unique<model::UNet>(m->config, m->weights);
 
   TrainerConfig c;

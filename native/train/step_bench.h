@@ -8,16 +8,18 @@ namespace ncp::train {
 
 struct StepBenchResult {
   double median_seconds = 0, best_seconds = 0;
-  double peak_rss_bytes = 0;  // of the process after the steps (the weights are one float32 copy)
+  double peak_rss_bytes = 0;  // of the process after the steps (weights included)
   int64_t lora_parameters = 0;
   double page_faults_per_step = 0;  // minor faults: fresh memory touched per steady-state step
   double device_peak_bytes = 0;     // CUDA memory held at most (weights + cached activations); 0 on the CPU
   double forward_gflop = 0;         // one U-Net forward over the 2P rows, for throughput figures
 };
 
-// device: -1 the CPU, N CUDA device N.
+// device: -1 the CPU, N CUDA device N. file_dtype: "" keeps random float32 weights in memory; "F32", "F16" or
+// "BF16" writes them as such a safetensors file and loads it as load_unet does (matrices kept in the mapped file:
+// the figures of training from an fp16 checkpoint).
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
                            const std::string& space, int reps, int device = -1, bool checkpointing = false,
-                           bool bf16_weights = false);
+                           bool bf16_weights = false, const std::string& file_dtype = "");
 
 }  // namespace ncp::train
