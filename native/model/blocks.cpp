@@ -19,7 +19,7 @@ const float* ParamSource::take(const std::string& name, std::vector<int64_t> sha
 
 cpu::WeightRef ParamSource::take_matrix(const std::string& name, std::vector<int64_t> shape) {
   if (manifest_) {
-    manifest_->push_back({name, std::move(shape)});
+    manifest_->push_back({name, std::move(shape), true});
     return {};
   }
   return device_weights_ ? device_weights_->get_matrix(name, shape) : weights_->get_matrix(name, shape);

@@ -33,6 +33,16 @@ void check_weight(const std::string& name, const std::vector<int64_t>* stored, c
     throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(*stored) + ", the model expects " + shape_str(want));
 }
 
+double parameter_count(const Manifest& manifest) {
+  double total = 0;
+  for (const auto& p : manifest) {
+    double n = 1;
+    for (const int64_t d : p.shape) n *= double(d);
+    total += n;
+  }
+  return total;
+}
+
 int64_t MappedTensor::numel() const {
   int64_t n = 1;
   for (const int64_t d : shape) n *= d;
@@ -70,9 +80,9 @@ size_t WeightMap::bytes() const {
 }
 
 namespace {
-// Whether load_weights keeps t in place rather than copying it (LoadMode::MapMatrices).
+// Whether load_weights keeps t, a matrix of the manifest, in place rather than copying it (LoadMode::MapMatrices).
 bool keep_mapped(const TensorInfo& t) {
-  if (t.shape.size() < 2 || t.numel() == 0) return false;
+  if (t.numel() == 0) return false;
   if (t.dtype == DType::F16 || t.dtype == DType::BF16) return true;
   return t.dtype == DType::F32 && uintptr_t(t.data) % alignof(float) == 0;
 }
@@ -139,7 +149,7 @@ WeightMap load_weights(const Manifest& manifest, const std::vector<std::string>&
     auto file = std::make_shared<SafetensorsFile>(std::move(opened[f]));
     bool keep = false;
     for (const auto& job : list) {
-      if (mode == LoadMode::MapMatrices && keep_mapped(*job.first)) {
+      if (mode == LoadMode::MapMatrices && job.second->matrix && keep_mapped(*job.first)) {
         out.put_mapped(job.second->name, MappedTensor{job.second->shape, {job.first->data, job.first->dtype}});
         keep = true;
         continue;

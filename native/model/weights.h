@@ -23,8 +23,12 @@ namespace ncp::model {
 struct ParamSpec {
   std::string name;            // e.g. "down_blocks.0.attentions.0.proj_in.weight"
   std::vector<int64_t> shape;  // as stored in the file
+  bool matrix = false;         // a Linear or conv weight, which the module can read in F16/BF16 (take_matrix)
 };
 using Manifest = std::vector<ParamSpec>;
+
+// Values a manifest declares (the model's parameter count, however its weights are held).
+double parameter_count(const Manifest& manifest);
 
 // The lookup check both weight maps (host WeightMap, DeviceWeights) apply: throws NCP_EMISSING naming the tensor
 // when `stored` is null, NCP_ESHAPE naming both shapes when it differs from `want`.
@@ -73,7 +77,7 @@ class WeightMap {
 
 enum class LoadMode {
   Float32,      // every tensor converted into a float32 copy, each file unmapped when done
-  MapMatrices,  // tensors of 2+ dimensions stored as F16/BF16 (or 4-byte aligned F32) stay in the mapped file
+  MapMatrices,  // the manifest's matrices stored as F16/BF16 (or 4-byte aligned F32) stay in the mapped file
 };
 
 // Reads the tensors of `manifest` from the given safetensors files (one file, or the shards of an index) with

@@ -118,7 +118,7 @@ class TextEncoderHandle : public Napi::ObjectWrap<TextEncoderHandle> {
     o.Set("hasProjection", c.has_projection);
     o.Set("projectionDim", double(c.has_projection ? c.projection_dim : 0));
     o.Set("eosTokenId", double(c.eos_token_id));
-    o.Set("parameters", double(model->weights.bytes() / sizeof(float)));
+    o.Set("parameters", model::parameter_count(model::TextEncoder::manifest(c)));
     return o;
   }
 };
@@ -202,7 +202,7 @@ class VaeHandle : public Napi::ObjectWrap<VaeHandle> {
     o.Set("scalingFactor", c.scaling_factor);
     o.Set("shiftFactor", c.shift_factor);
     o.Set("downscale", double(model->vae->image_size(1)));
-    o.Set("parameters", double(model->weights.bytes() / sizeof(float)));
+    o.Set("parameters", model::parameter_count(model::Vae::manifest(c)));
     return o;
   }
 };

@@ -220,14 +220,8 @@ class UNetHandle : public Napi::ObjectWrap<UNetHandle> {
     o.Set("crossAttentionDim", double(c.cross_attention_dim));
     o.Set("sdxl", c.text_time_embedding);
     o.Set("pooledDim", double(model->unet->pooled_dim()));
-    // Counted from the manifest: the host map holds half or no weights (kept in the file, or moved to a device).
-    double parameters = 0;
-    for (const auto& p : model::UNet::manifest(c)) {
-      double n = 1;
-      for (const int64_t d : p.shape) n *= double(d);
-      parameters += n;
-    }
-    o.Set("parameters", parameters);
+    // From the manifest: the host map holds the matrices in their file dtype, or nothing once on a device.
+    o.Set("parameters", model::parameter_count(model::UNet::manifest(c)));
     return o;
   }
 };

@@ -165,6 +165,18 @@ NCP_TEST("clip text fp16 variant, position_ids buffer, no projection, text_encod
   NCP_EXPECT(o.text_embeds.shape.empty() && o.text_embeds.data.empty());
   expect_close("fp16 weights last_hidden_state", o.last_hidden_state.data, g.ref("out.last_hidden_state"), 1e-2);
   expect_close("fp16 weights pooled", o.pooled.data, g.ref("out.pooled"), 1e-2);
+  // The matrices stay fp16 in the mapped file (the token embedding is copied) and compute exactly as float32 copies.
+  size_t matrices = 0;
+  for (const auto& p : TextEncoder::manifest(m->config)) matrices += p.matrix;
+  NCP_EXPECT(matrices == 12 && m->weights.mapped().size() == matrices &&
+                 m->weights.mapped().begin()->second.values.dtype == ncp::DType::F16,
+             matrices << " " << m->weights.mapped().size());
+  NCP_EXPECT(!m->weights.has("text_model.embeddings.token_embedding.weight") ||
+             m->weights.all().count("text_model.embeddings.token_embedding.weight"));
+  const WeightMap copied = load_weights(TextEncoder::manifest(m->config), m->weight_files);
+  const TextEncoderOutput r = TextEncoder(m->config, copied).encode(g.ids.data(), 2, 16);
+  NCP_EXPECT(r.last_hidden_state.data == o.last_hidden_state.data && r.pooled.data == o.pooled.data,
+             "fp16 matrices used in place differ from their float32 copies");
 
   // Through the file path of `forward --component text-encoder-2`: no out.text_embeds without a projection.
   write_stored(dir / "in.safetensors", {{"in.input_ids", read_stored(golden_path("tiny-sd15/text_encoder.safetensors")).at("in.input_ids")}});

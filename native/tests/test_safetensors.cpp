@@ -311,18 +311,24 @@ NCP_TEST("load_weights MapMatrices: half and aligned float32 matrices stay in th
   write_safetensors(dir / "m.safetensors", {tensor("lin.weight", DType::F16, {2, 3}, w16),
                                             tensor("conv.weight", DType::BF16, {2, 3, 1, 1}, c16),
                                             tensor("f32.weight", DType::F32, {3, 2}, w),
-                                            tensor("lin.bias", DType::F16, {2}, b16)});
-  const Manifest manifest = {
-      {"lin.weight", {2, 3}}, {"conv.weight", {2, 3, 1, 1}}, {"f32.weight", {3, 2}}, {"lin.bias", {2}}};
+                                            tensor("lin.bias", DType::F16, {2}, b16),
+                                            tensor("embedding", DType::F16, {3, 2}, w16)});
+  const Manifest manifest = {{"lin.weight", {2, 3}, true},
+                             {"conv.weight", {2, 3, 1, 1}, true},
+                             {"f32.weight", {3, 2}, true},
+                             {"lin.bias", {2}},
+                             {"embedding", {3, 2}}};  // 2-D but not a matrix the module reads as half: copied
   WeightMap kept;
   {
     // A copy outlives the map it came from: the copy holds the mapping open.
     const WeightMap first = load_weights(manifest, {dir / "m.safetensors"}, "", LoadMode::MapMatrices);
     kept = first;
   }
-  NCP_EXPECT(kept.mapped().size() == 3 && kept.all().size() == 1, kept.mapped().size() << " " << kept.all().size());
-  NCP_EXPECT(kept.copied_bytes() == 2 * sizeof(float) && kept.bytes() == 6 * 2 + 6 * 2 + 6 * 4 + 2 * 4,
+  NCP_EXPECT(kept.mapped().size() == 3 && kept.all().size() == 2, kept.mapped().size() << " " << kept.all().size());
+  NCP_EXPECT(kept.copied_bytes() == 8 * sizeof(float) && kept.bytes() == 6 * 2 + 6 * 2 + 6 * 4 + 8 * 4,
              kept.copied_bytes() << " " << kept.bytes());
+  const float* emb = kept.get("embedding", {3, 2});
+  NCP_EXPECT(std::vector<float>(emb, emb + 6) == w, "embedding values");
   const ncp::cpu::WeightRef lin = kept.get_matrix("lin.weight", {2, 3});
   const ncp::cpu::WeightRef conv = kept.get_matrix("conv.weight", {2, 3, 1, 1});
   NCP_EXPECT(lin.dtype == DType::F16 && conv.dtype == DType::BF16, dtype_name(lin.dtype) << " " << dtype_name(conv.dtype));
