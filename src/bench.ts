@@ -156,7 +156,8 @@ export async function benchLoad(
   const lines = [
     `machine: ${cpus()[0]?.model ?? 'unknown CPU'} (${cpus().length} cores)`,
     `unet ${preset} ${dtype} file ${gb(r.fileBytes)} GB: load ${r.seconds.toFixed(2)} s, peak RSS ${gb(r.peakRssBytes)} GB` +
-      `${r.peakRssIsLoadOnly ? '' : ' (includes writing the file)'}; weights held ${gb(r.weightBytes)} GB, float32 copies ${gb(r.copiedBytes)} GB`,
+      (r.peakRssIsLoadOnly ? ` (${gb(r.rssBeforeBytes)} GB before the load)` : ' (includes writing the file)') +
+      `; weights held ${gb(r.weightBytes)} GB, float32 copies ${gb(r.copiedBytes)} GB`,
   ];
   if (forward.reps > 0)
     lines.push(

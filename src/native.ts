@@ -260,6 +260,8 @@ export interface UNetLoadBenchResult {
   peakRssBytes: number;
   /** False when the kernel could not reset the peak after writing the file: the figure then includes the writer. */
   peakRssIsLoadOnly: boolean;
+  /** Resident set just before the load: the peak minus this is what loading added. */
+  rssBeforeBytes: number;
   weightBytes: number;
   /** float32 copies the load made (biases and norms). */
   copiedBytes: number;

@@ -144,12 +144,13 @@ ForwardTimes time_forward(const UNet& unet, int64_t latent, int64_t batch, int r
   return r;
 }
 
-// The process' peak resident set since the last reset_peak_rss (VmHWM), in bytes; 0 where unreadable.
-double peak_rss_bytes() {
+// A field of /proc/self/status in bytes: "VmHWM" (the peak resident set since the last reset_peak_rss) or
+// "VmRSS" (now); 0 where unreadable.
+double status_bytes(const std::string& field) {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) * 1024.0;
   return 0;
 }
 
@@ -211,12 +212,13 @@ UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string
   write_random_weights_file(manifest, dtype, path);
   UNetLoadBenchResult r;
   r.peak_rss_is_load_only = reset_peak_rss();
+  r.rss_before_bytes = status_bytes("VmRSS");
   // What load_unet does with a folder's weights file: the matrices stay mapped, the rest becomes float32.
   auto t0 = clock::now();
   const WeightMap weights = load_weights(manifest, {path}, "", LoadMode::MapMatrices);
   const UNet unet(config, weights);
   r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  r.peak_rss_bytes = peak_rss_bytes();
+  r.peak_rss_bytes = status_bytes("VmHWM");
   r.weight_bytes = double(weights.bytes());
   r.copied_bytes = double(weights.copied_bytes());
   if (FILE* f = std::fopen(path.c_str(), "rb")) {

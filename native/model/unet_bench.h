@@ -32,6 +32,7 @@ void write_random_weights_file(const Manifest& manifest, DType dtype, const std:
 struct UNetLoadBenchResult {
   double file_bytes = 0, seconds = 0;
   double peak_rss_bytes = 0;         // peak resident set during the load (mapped file pages included)
+  double rss_before_bytes = 0;       // resident set just before the load (the process and the file writer's rest)
   bool peak_rss_is_load_only = true;  // false: the kernel kept the writer's peak, so the figure includes it
   double weight_bytes = 0;           // the weights as held: mapped matrices at their stored size
   double copied_bytes = 0;           // float32 copies the load made (biases, norms)

@@ -77,6 +77,7 @@ Napi::Value BenchUNetLoad(const Napi::CallbackInfo& info) {
         o.Set("seconds", r.seconds);
         o.Set("peakRssBytes", r.peak_rss_bytes);
         o.Set("peakRssIsLoadOnly", r.peak_rss_is_load_only);
+        o.Set("rssBeforeBytes", r.rss_before_bytes);
         o.Set("weightBytes", r.weight_bytes);
         o.Set("copiedBytes", r.copied_bytes);
         o.Set("firstForwardSeconds", r.first_forward_seconds);
