@@ -206,7 +206,7 @@ std::unique_ptr<LoadedTextEncoder> load_text_encoder(const std::string& model_di
   }
   // The projection and MLP matrices stay in the mapped file (the token embedding is copied: it is gathered, not
   // multiplied): CLIP-G's 1.4 GB of fp16 loads without a 2.8 GB float32 copy.
-  m->weights = load_weights(TextEncoder::manifest(m->config), files.weight_files, "", LoadMode::MapMatrices);
+  m->weights = load_weights(TextEncoder::manifest(m->config), files.weight_files, "", model_load_mode());
   m->encoder = std::make_unique<TextEncoder>(m->config, m->weights);
   return m;
 }

@@ -12,7 +12,7 @@ std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::s
   m->model_dir = model_dir;
   m->weight_files = files.weight_files;
   m->config = parse_unet_config(files.config_text, files.config_path);
-  m->weights = load_weights(UNet::manifest(m->config), files.weight_files, "", LoadMode::MapMatrices);
+  m->weights = load_weights(UNet::manifest(m->config), files.weight_files, "", model_load_mode());
   m->unet = std::make_unique<UNet>(m->config, m->weights);
   return m;
 }

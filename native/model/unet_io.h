@@ -24,7 +24,8 @@ struct LoadedUNet {
 };
 
 // Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards). The weight matrices stay
-// in the mapped files in their stored F32/F16/BF16 (LoadMode::MapMatrices); the rest is converted to float32.
+// in the mapped files in their stored F32/F16/BF16 (model_load_mode(): MapMatrices unless NCP_MMAP=0); the rest
+// is converted to float32.
 std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::string& variant = "");
 
 // Host copies of a forward pass's inputs, as read from a file or handed over by JavaScript.

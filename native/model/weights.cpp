@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -31,6 +32,11 @@ void check_weight(const std::string& name, const std::vector<int64_t>* stored, c
   if (!stored) throw Error("NCP_EMISSING", "weight " + name + " " + shape_str(want) + " is not loaded");
   if (*stored != want)
     throw Error("NCP_ESHAPE", "weight " + name + " is " + shape_str(*stored) + ", the model expects " + shape_str(want));
+}
+
+LoadMode model_load_mode() {
+  const char* env = std::getenv("NCP_MMAP");
+  return env && std::string(env) == "0" ? LoadMode::Float32 : LoadMode::MapMatrices;
 }
 
 double parameter_count(const Manifest& manifest) {

@@ -80,6 +80,12 @@ enum class LoadMode {
   MapMatrices,  // the manifest's matrices stored as F16/BF16 (or 4-byte aligned F32) stay in the mapped file
 };
 
+// How the model loaders (U-Net, text encoders) read weights: MapMatrices, or Float32 when the environment has
+// NCP_MMAP=0. A mapped file must not be rewritten in place while the model is in use (a truncating copy over it
+// makes the next read of a dropped page a SIGBUS, as with any mmap); replacing it by rename, as every safetensors
+// writer does, is safe. NCP_MMAP=0 is for file systems where that cannot be promised.
+LoadMode model_load_mode();
+
 // Reads the tensors of `manifest` from the given safetensors files (one file, or the shards of an index) with
 // an optional name prefix stripped: with a prefix, only the files' tensors whose names start with it take part
 // (the rest are neither loaded nor "extra"). Throws NCP_EWEIGHTS naming the files, with a summary line and one

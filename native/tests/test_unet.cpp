@@ -18,6 +18,7 @@
 #include "model/safetensors.h"
 #include "model/unet.h"
 #include "model/unet_config.h"
+#include "model/unet_io.h"
 #include "model/weights.h"
 #include "tests/fixtures.h"
 #include "tests/harness.h"
@@ -427,6 +428,17 @@ void mapped_matches_copied(const std::string& m, DType dt) {
 }
 
 }  // namespace
+
+NCP_TEST("load_unet keeps matrices in the file unless NCP_MMAP=0") {
+  const std::string dir = golden_dir() + "/tiny-sd15";
+  const auto mapped = load_unet(dir);
+  NCP_EXPECT(!mapped->weights.mapped().empty());
+  ::setenv("NCP_MMAP", "0", 1);
+  const auto copied = load_unet(dir);
+  ::unsetenv("NCP_MMAP");
+  NCP_EXPECT(copied->weights.mapped().empty() && copied->weights.copied_bytes() == copied->weights.bytes());
+  NCP_EXPECT(ncp::model::parameter_count(UNet::manifest(copied->config)) * sizeof(float) == double(copied->weights.bytes()));
+}
 
 NCP_TEST("unet weights kept in the file (F32, F16, BF16) train bit-identically to float32 copies, tiny-sd15") {
   for (const DType dt : {DType::F32, DType::F16, DType::BF16}) mapped_matches_copied("tiny-sd15", dt);
