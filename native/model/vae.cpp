@@ -402,8 +402,9 @@ std::unique_ptr<LoadedVae> load_vae(const std::string& model_dir, const std::str
       if (deprecated_name(p.name) != p.name && f.find(deprecated_name(p.name))) deprecated = true;
   }
   if (!deprecated) {
-    m->weights = load_weights(manifest, files.weight_files);
+    m->weights = load_weights(manifest, files.weight_files, "", model_load_mode());
   } else {
+    // Copied into float32: the renamed attention tensors are re-put under their current names below.
     Manifest old = manifest;
     for (auto& p : old) p.name = deprecated_name(p.name);
     m->weights = load_weights(old, files.weight_files);

@@ -6,10 +6,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "model/blocks.h"
 #include "model/component_io.h"
@@ -107,7 +109,16 @@ NCP_TEST("vae batch slicing") {
 void transpose_symmetry(int64_t H, int64_t W) {
   Golden g;
   WeightMap transposed;
-  for (const auto& [key, t] : g.model->weights.all()) {
+  // Every tensor as float32: the copies, and the matrices the loader kept in the mapped file.
+  std::map<std::string, Tensor32> all = g.model->weights.all();
+  for (const auto& [key, m] : g.model->weights.mapped()) {
+    Tensor32& t = all[key];
+    t.shape = m.shape;
+    t.data.resize(size_t(m.numel()));
+    ncp::convert_to_f32(t.data.data(), m.values.data, m.values.dtype, m.numel());
+  }
+  NCP_EXPECT(!g.model->weights.mapped().empty());
+  for (const auto& [key, t] : all) {
     Tensor32 u = t;
     if (t.shape.size() == 4 && t.shape[2] > 1)
       transpose_batched(u.data.data(), t.data.data(), t.shape[0] * t.shape[1], t.shape[2], t.shape[3]);
