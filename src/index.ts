@@ -175,7 +175,8 @@ class TextEncoderImpl implements TextEncoder {
 
 /**
  * Loads `<dir>/text_encoder` (or `text_encoder_2` for SDXL's second encoder): config.json and model.safetensors,
- * an fp16 variant or shards, into float32. hidden_act, widths, layers and heads come from the config.
+ * an fp16 variant or shards (matrices stay in the mapped file, as for loadUNet). hidden_act, widths, layers and heads
+ * come from the config.
  */
 export async function loadTextEncoder(
   modelDir: string,
@@ -211,7 +212,7 @@ class VaeImpl implements Vae {
   }
 }
 
-/** Loads `<dir>/vae` (config.json and diffusion_pytorch_model.safetensors, a variant or shards) into float32. */
+/** Loads `<dir>/vae` (config.json and diffusion_pytorch_model.safetensors, a variant or shards; matrices stay in the mapped file as for loadUNet). */
 export async function loadVae(modelDir: string, options: { variant?: string } = {}): Promise<Vae> {
   return new VaeImpl(await native().loadVae(modelDir, options.variant ?? ''));
 }

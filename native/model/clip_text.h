@@ -96,7 +96,8 @@ struct LoadedTextEncoder {
   std::unique_ptr<TextEncoder> encoder;  // points into weights
 };
 
-// Reads <model_dir>/<component>/config.json and model[.<variant>].safetensors (or its shard index) into float32.
+// Reads <model_dir>/<component>/config.json and model[.<variant>].safetensors (or its shard index); the matrices
+// stay in the mapped file (model_load_mode()), the rest is converted to float32.
 // Missing or mis-shaped tensors are one NCP_EWEIGHTS error naming each tensor and the file.
 std::unique_ptr<LoadedTextEncoder> load_text_encoder(const std::string& model_dir,
                                                      const std::string& component = "text_encoder",

@@ -126,8 +126,9 @@ struct LoadedVae {
   std::unique_ptr<Vae> vae;  // points into weights
 };
 
-// Reads <model_dir>/vae/config.json and diffusion_pytorch_model[.<variant>].safetensors (or its shards) into
-// float32; attention weights under the pre-0.14 names are renamed on the way in. Missing or mis-shaped tensors
+// Reads <model_dir>/vae/config.json and diffusion_pytorch_model[.<variant>].safetensors (or its shards); the matrices
+// stay in the mapped file (model_load_mode()), the rest is converted to float32. Attention weights under the
+// pre-0.14 names are renamed on the way in (that file is copied into float32 whole). Missing or mis-shaped tensors
 // are one NCP_EWEIGHTS error naming each tensor and the file.
 std::unique_ptr<LoadedVae> load_vae(const std::string& model_dir, const std::string& variant = "");
 
