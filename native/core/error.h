@@ -18,6 +18,8 @@ class Error : public std::runtime_error {
 
 // "[2, 4, 16, 16]"
 std::string shape_str(const std::vector<int64_t>& shape);
+// The number of elements of a tensor of that shape (1 for a scalar).
+int64_t shape_numel(const std::vector<int64_t>& shape);
 
 // Throws Error("NCP_EINVAL", what + ": " + detail) unless cond holds.
 inline void check(bool cond, const char* code, const std::string& message) {

@@ -95,6 +95,9 @@ double unet_forward_flops(const UNetConfig& c, int64_t batch, int64_t height, in
 
 namespace {
 
+// Text tokens of the benchmark's conditioning (CLIP's context length).
+constexpr int64_t kTextLen = 77;
+
 struct ForwardTimes {
   double first = 0, median = 0, best = 0;
 };
@@ -104,7 +107,7 @@ struct ForwardTimes {
 ForwardTimes time_forward(const UNet& unet, int64_t latent, int64_t batch, int reps) {
   using clock = std::chrono::steady_clock;
   const UNetConfig& config = unet.config();
-  const int64_t text_len = 77;
+  const int64_t text_len = kTextLen;
   const WeightMap inputs = random_weights(
       {{"sample", {batch, config.in_channels, latent, latent}},
        {"context", {batch, text_len, config.cross_attention_dim}},
@@ -181,7 +184,7 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   const ForwardTimes t = time_forward(unet, latent, batch, reps);
   r.median_seconds = t.median;
   r.best_seconds = t.best;
-  r.gflop = unet_forward_flops(config, batch, latent, latent, 77) / 1e9;
+  r.gflop = unet_forward_flops(config, batch, latent, latent, kTextLen) / 1e9;
   r.device_peak_bytes = double(dev::device_bytes_peak());
   return r;
 }
@@ -230,7 +233,7 @@ UNetLoadBenchResult bench_unet_load(const std::string& preset, const std::string
     const ForwardTimes t = time_forward(unet, latent, batch, reps);
     r.first_forward_seconds = t.first;
     r.forward_median_seconds = t.median;
-    r.forward_gflop = unet_forward_flops(config, batch, latent, latent, 77) / 1e9;
+    r.forward_gflop = unet_forward_flops(config, batch, latent, latent, kTextLen) / 1e9;
   }
   std::remove(path.c_str());
   return r;

@@ -41,19 +41,11 @@ LoadMode model_load_mode() {
 
 double parameter_count(const Manifest& manifest) {
   double total = 0;
-  for (const auto& p : manifest) {
-    double n = 1;
-    for (const int64_t d : p.shape) n *= double(d);
-    total += n;
-  }
+  for (const auto& p : manifest) total += double(shape_numel(p.shape));
   return total;
 }
 
-int64_t MappedTensor::numel() const {
-  int64_t n = 1;
-  for (const int64_t d : shape) n *= d;
-  return n;
-}
+int64_t MappedTensor::numel() const { return shape_numel(shape); }
 
 cpu::WeightRef WeightMap::get_matrix(const std::string& name, const std::vector<int64_t>& shape) const {
   const auto m = mapped_.find(name);

@@ -6,11 +6,7 @@
 
 namespace ncp::napi {
 
-int64_t numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
+int64_t numel(const std::vector<int64_t>& shape) { return shape_numel(shape); }
 
 HostTensor read_tensor(Napi::Env env, const Napi::Object& obj, const std::string& name, bool optional) {
   HostTensor t;
