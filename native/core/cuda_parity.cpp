@@ -236,29 +236,45 @@ void norm_cases(Recorder& r) {
     Vec x = random_vec(n, 400);
     for (auto& e : x) e += 3.f;  // an offset mean: one-pass variance would lose digits here
     const Vec gamma = random_vec(C, 401, 0.5, 1.5), beta = random_vec(C, 402), dy = random_vec(n, 403);
-    for (const bool affine : {true, false}) {
-      const std::string tag = affine ? "" : "plain.";
-      const float* g = affine ? gamma.data() : nullptr;
-      const float* bt = affine ? beta.data() : nullptr;
-      Buffer gx(t, x), gg(t, gamma), gb(t, beta), gdy(t, dy), gy(t, Vec(n)), gm(t, Vec(N * G)), gr(t, Vec(N * G));
-      Vec y(n), mean(N * G), rstd(N * G);
-      cpu::group_norm_forward<float>(y.data(), mean.data(), rstd.data(), x.data(), g, bt, N, C, HW, G, eps);
-      r.call(t->group_norm_forward(gy.get(), gm.get(), gr.get(), gx.get(), affine ? gg.get() : nullptr,
-                                   affine ? gb.get() : nullptr, N, C, HW, G, eps),
-             "group_norm_forward");
-      r.compare("group_norm", tag + "y", gy, y);
-      r.compare("group_norm", tag + "mean", gm, mean);
-      r.compare("group_norm", tag + "rstd", gr, rstd);
-      Grad dx(t, n, 404), dgamma(t, C, 405), dbeta(t, C, 406);
-      cpu::group_norm_backward<float>(dx.cpu.data(), dgamma.cpu.data(), dbeta.cpu.data(), dy.data(), x.data(),
-                                      mean.data(), rstd.data(), g, N, C, HW, G);
-      r.call(t->group_norm_backward(dx.gpu.get(), dgamma.gpu.get(), dbeta.gpu.get(), gdy.get(), gx.get(), gm.get(),
-                                    gr.get(), affine ? gg.get() : nullptr, N, C, HW, G),
-             "group_norm_backward");
-      r.compare("group_norm", tag + "dx", dx);
-      r.compare("group_norm", tag + "dgamma", dgamma);
-      r.compare("group_norm", tag + "dbeta", dbeta);
-    }
+    // The plain op, then the fused GroupNorm+SiLU (whose backward recomputes the normalised values).
+    for (const bool silu : {false, true})
+      for (const bool affine : {true, false}) {
+        const std::string op = silu ? "group_norm_silu" : "group_norm", tag = affine ? "" : "plain.";
+        const float* g = affine ? gamma.data() : nullptr;
+        const float* bt = affine ? beta.data() : nullptr;
+        const float* gpu_gamma = nullptr;
+        const float* gpu_beta = nullptr;
+        Buffer gx(t, x), gg(t, gamma), gb(t, beta), gdy(t, dy), gy(t, Vec(n)), gm(t, Vec(N * G)), gr(t, Vec(N * G));
+        if (affine) gpu_gamma = gg.get(), gpu_beta = gb.get();
+        Vec y(n), mean(N * G), rstd(N * G);
+        Grad dx(t, n, 404), dgamma(t, C, 405), dbeta(t, C, 406);
+        if (silu) {
+          cpu::group_norm_silu_forward<float>(y.data(), mean.data(), rstd.data(), x.data(), g, bt, N, C, HW, G, eps);
+          r.call(t->group_norm_silu_forward(gy.get(), gm.get(), gr.get(), gx.get(), gpu_gamma, gpu_beta, N, C, HW, G,
+                                            eps),
+                 "group_norm_silu_forward");
+          cpu::group_norm_silu_backward<float>(dx.cpu.data(), dgamma.cpu.data(), dbeta.cpu.data(), dy.data(),
+                                               x.data(), mean.data(), rstd.data(), g, bt, N, C, HW, G);
+          r.call(t->group_norm_silu_backward(dx.gpu.get(), dgamma.gpu.get(), dbeta.gpu.get(), gdy.get(), gx.get(),
+                                             gm.get(), gr.get(), gpu_gamma, gpu_beta, N, C, HW, G),
+                 "group_norm_silu_backward");
+        } else {
+          cpu::group_norm_forward<float>(y.data(), mean.data(), rstd.data(), x.data(), g, bt, N, C, HW, G, eps);
+          r.call(t->group_norm_forward(gy.get(), gm.get(), gr.get(), gx.get(), gpu_gamma, gpu_beta, N, C, HW, G, eps),
+                 "group_norm_forward");
+          cpu::group_norm_backward<float>(dx.cpu.data(), dgamma.cpu.data(), dbeta.cpu.data(), dy.data(), x.data(),
+                                          mean.data(), rstd.data(), g, N, C, HW, G);
+          r.call(t->group_norm_backward(dx.gpu.get(), dgamma.gpu.get(), dbeta.gpu.get(), gdy.get(), gx.get(),
+                                        gm.get(), gr.get(), gpu_gamma, N, C, HW, G),
+                 "group_norm_backward");
+        }
+        r.compare(op, tag + "y", gy, y);
+        r.compare(op, tag + "mean", gm, mean);
+        r.compare(op, tag + "rstd", gr, rstd);
+        r.compare(op, tag + "dx", dx);
+        r.compare(op, tag + "dgamma", dgamma);
+        r.compare(op, tag + "dbeta", dbeta);
+      }
   }
   {
     const int64_t rows = 13, C = 77, n = rows * C;

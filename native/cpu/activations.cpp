@@ -20,11 +20,6 @@ constexpr double kTanhCubic = 0.044715;
 constexpr double kQuickGelu = 1.702;
 
 template <class T>
-T sigmoid(T x) {
-  return T(1) / (T(1) + vec::exp(-x));
-}
-
-template <class T>
 T gelu_erf(T x) {
   return T(0.5) * x * (T(1) + vec::erf(x * T(kSqrt1_2)));
 }
@@ -36,21 +31,20 @@ T gelu_erf_grad(T x) {
 template <Activation A, class T>
 T apply(T x) {
   if constexpr (A == Activation::SiLU) {
-    return x * sigmoid(x);
+    return vec::silu(x);
   } else if constexpr (A == Activation::GeluErf) {
     return gelu_erf(x);
   } else if constexpr (A == Activation::GeluTanh) {
     return T(0.5) * x * (T(1) + vec::tanh(T(kSqrt2_Pi) * (x + T(kTanhCubic) * x * x * x)));
   } else {
-    return x * sigmoid(T(kQuickGelu) * x);
+    return x * vec::sigmoid(T(kQuickGelu) * x);
   }
 }
 
 template <Activation A, class T>
 T derivative(T x) {
   if constexpr (A == Activation::SiLU) {
-    const T s = sigmoid(x);
-    return s * (T(1) + x * (T(1) - s));
+    return vec::silu_grad(x);
   } else if constexpr (A == Activation::GeluErf) {
     return gelu_erf_grad(x);
   } else if constexpr (A == Activation::GeluTanh) {
@@ -58,7 +52,7 @@ T derivative(T x) {
     return T(0.5) * (T(1) + th) +
            T(0.5) * x * (T(1) - th * th) * T(kSqrt2_Pi) * (T(1) + T(3 * kTanhCubic) * x * x);
   } else {
-    const T s = sigmoid(T(kQuickGelu) * x);
+    const T s = vec::sigmoid(T(kQuickGelu) * x);
     return s + T(kQuickGelu) * x * s * (T(1) - s);
   }
 }

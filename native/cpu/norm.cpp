@@ -73,11 +73,28 @@ void layer_norm_param_grads(T* dgamma, T* dbeta, const T* dy, const T* x, const 
 
 }  // namespace
 
-template <class T>
-void group_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta, int64_t N,
-                        int64_t C, int64_t HW, int64_t G, double eps) {
+namespace {
+
+void check_groups(int64_t C, int64_t G) {
   check(G > 0 && C % G == 0, "NCP_EINVAL",
         "group_norm: channels " + std::to_string(C) + " not divisible by groups " + std::to_string(G));
+}
+
+// The affine map of channel c of group p: y = (x - mean) scale + shift, in float as the forward writes it, so
+// that the fused backward recomputes exactly the values the forward activated.
+template <class T>
+struct ChannelAffine {
+  T mean, scale, shift;
+};
+template <class T>
+ChannelAffine<T> channel_affine(double mean, double rstd, const T* gamma, const T* beta, int64_t c) {
+  return {T(mean), T(rstd * (gamma ? double(gamma[c]) : 1.0)), beta ? beta[c] : T(0)};
+}
+
+template <bool Silu, class T>
+void group_norm_forward_impl(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  check_groups(C, G);
   const int64_t Cg = C / G, m = Cg * HW;
   parallel_for(N * G, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {  // p = n * G + g; the group is the contiguous block x[p * m, (p+1) m)
@@ -86,12 +103,13 @@ void group_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T*
       saved_mean[p] = T(mean);
       saved_rstd[p] = T(rstd);
       for (int64_t cg = 0; cg < Cg; ++cg) {
-        const int64_t c = (p % G) * Cg + cg;
-        const T s = T(rstd * (gamma ? double(gamma[c]) : 1.0)), shift = beta ? beta[c] : T(0);
-        const T tm = T(mean);
+        const ChannelAffine<T> a = channel_affine(mean, rstd, gamma, beta, (p % G) * Cg + cg);
         const T* xc = x + p * m + cg * HW;
         T* yc = y + p * m + cg * HW;
-        for (int64_t i = 0; i < HW; ++i) yc[i] = (xc[i] - tm) * s + shift;
+        for (int64_t i = 0; i < HW; ++i) {
+          const T v = (xc[i] - a.mean) * a.scale + a.shift;
+          yc[i] = Silu ? vec::silu(v) : v;
+        }
       }
     }
   });
@@ -99,56 +117,95 @@ void group_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T*
 
 // With xhat = (x - mean) rstd and g = dy * gamma, dx = rstd (g - mean(g) - xhat mean(g xhat)) over the group.
 // Expanding xhat gives dx = rstd gamma_c dy + a (x - mean) + b per group, from per-channel sums of dy, dy x.
-template <class T>
-void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
-                         const T* saved_rstd, const T* gamma, int64_t N, int64_t C, int64_t HW, int64_t G) {
-  check(G > 0 && C % G == 0, "NCP_EINVAL",
-        "group_norm: channels " + std::to_string(C) + " not divisible by groups " + std::to_string(G));
-  const int64_t Cg = C / G;
+// Silu: dy is the gradient of silu(y); the gradient of y, dy silu'(y), is formed one group at a time from the
+// recomputed y, so no tensor of the normalised values is needed.
+template <bool Silu, class T>
+void group_norm_backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
+                              const T* saved_rstd, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t HW,
+                              int64_t G) {
+  check_groups(C, G);
+  const int64_t Cg = C / G, m = Cg * HW;
+  const double inv_m = 1.0 / double(m);
   std::vector<double> sum_dy(N * C), sum_dyx(N * C);
-  parallel_for(N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const T* d = dy + p * HW;
-      const T* xp = x + p * HW;
-      sum_dy[p] = vec::sum(HW, [&](int64_t i) { return double(d[i]); });
-      sum_dyx[p] = vec::sum(HW, [&](int64_t i) { return double(d[i]) * double(xp[i]); });
-    }
-  });
-  if (dgamma || dbeta) {
-    for (int64_t c = 0; c < C; ++c) {
-      double dg = 0, db = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t p = n * G + c / Cg;
-        dg += (sum_dyx[n * C + c] - double(saved_mean[p]) * sum_dy[n * C + c]) * double(saved_rstd[p]);
-        db += sum_dy[n * C + c];
-      }
-      if (dgamma) dgamma[c] += T(dg);
-      if (dbeta) dbeta[c] += T(db);
-    }
-  }
-  if (!dx) return;
-  const double inv_m = 1.0 / double(Cg * HW);
   parallel_for(N * G, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<T> group_grad(Silu ? m : 0);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n = p / G, c0 = (p % G) * Cg;
+      const double mean = saved_mean[p], rstd = saved_rstd[p];
+      const T* d = dy + p * m;  // the gradient of the normalised output, [Cg, HW]
+      if constexpr (Silu) {
+        for (int64_t cg = 0; cg < Cg; ++cg) {
+          const ChannelAffine<T> a = channel_affine(mean, rstd, gamma, beta, c0 + cg);
+          const T* xc = x + p * m + cg * HW;
+          const T* dc = dy + p * m + cg * HW;
+          T* gc = group_grad.data() + cg * HW;
+          for (int64_t i = 0; i < HW; ++i) gc[i] = dc[i] * vec::silu_grad((xc[i] - a.mean) * a.scale + a.shift);
+        }
+        d = group_grad.data();
+      }
+      for (int64_t cg = 0; cg < Cg; ++cg) {
+        const T* dc = d + cg * HW;
+        const T* xc = x + p * m + cg * HW;
+        sum_dy[n * C + c0 + cg] = vec::sum(HW, [&](int64_t i) { return double(dc[i]); });
+        sum_dyx[n * C + c0 + cg] = vec::sum(HW, [&](int64_t i) { return double(dc[i]) * double(xc[i]); });
+      }
+      if (!dx) continue;
       double sg = 0, sgx = 0;  // sums over the group of g and of g * x
       for (int64_t c = c0; c < c0 + Cg; ++c) {
         const double gm = gamma ? double(gamma[c]) : 1.0;
         sg += gm * sum_dy[n * C + c];
         sgx += gm * sum_dyx[n * C + c];
       }
-      const double mean = saved_mean[p], rstd = saved_rstd[p];
       const double a = (mean * sg - sgx) * rstd * rstd * rstd * inv_m;
       const T ta = T(a), tb = T(-sg * rstd * inv_m), tm = T(mean);
-      for (int64_t c = c0; c < c0 + Cg; ++c) {
-        const T s = T(rstd * (gamma ? double(gamma[c]) : 1.0));
-        const T* d = dy + (n * C + c) * HW;
-        const T* xc = x + (n * C + c) * HW;
-        T* out = dx + (n * C + c) * HW;
-        for (int64_t i = 0; i < HW; ++i) out[i] += s * d[i] + ta * (xc[i] - tm) + tb;
+      for (int64_t cg = 0; cg < Cg; ++cg) {
+        const T s = T(rstd * (gamma ? double(gamma[c0 + cg]) : 1.0));
+        const T* dc = d + cg * HW;
+        const T* xc = x + p * m + cg * HW;
+        T* out = dx + p * m + cg * HW;
+        for (int64_t i = 0; i < HW; ++i) out[i] += s * dc[i] + ta * (xc[i] - tm) + tb;
       }
     }
   });
+  if (!dgamma && !dbeta) return;
+  for (int64_t c = 0; c < C; ++c) {
+    double dg = 0, db = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t p = n * G + c / Cg;
+      dg += (sum_dyx[n * C + c] - double(saved_mean[p]) * sum_dy[n * C + c]) * double(saved_rstd[p]);
+      db += sum_dy[n * C + c];
+    }
+    if (dgamma) dgamma[c] += T(dg);
+    if (dbeta) dbeta[c] += T(db);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void group_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta, int64_t N,
+                        int64_t C, int64_t HW, int64_t G, double eps) {
+  group_norm_forward_impl<false>(y, saved_mean, saved_rstd, x, gamma, beta, N, C, HW, G, eps);
+}
+
+template <class T>
+void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
+                         const T* saved_rstd, const T* gamma, int64_t N, int64_t C, int64_t HW, int64_t G) {
+  group_norm_backward_impl<false>(dx, dgamma, dbeta, dy, x, saved_mean, saved_rstd, gamma, static_cast<const T*>(nullptr),
+                                  N, C, HW, G);
+}
+
+template <class T>
+void group_norm_silu_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  group_norm_forward_impl<true>(y, saved_mean, saved_rstd, x, gamma, beta, N, C, HW, G, eps);
+}
+
+template <class T>
+void group_norm_silu_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
+                              const T* saved_rstd, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t HW,
+                              int64_t G) {
+  group_norm_backward_impl<true>(dx, dgamma, dbeta, dy, x, saved_mean, saved_rstd, gamma, beta, N, C, HW, G);
 }
 
 template <class T>
@@ -192,6 +249,10 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
                                       int64_t, double);                                                        \
   template void group_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, \
                                        int64_t, int64_t, int64_t);                                             \
+  template void group_norm_silu_forward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                           int64_t, double);                                                   \
+  template void group_norm_silu_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
+                                            const T*, int64_t, int64_t, int64_t, int64_t);                     \
   template void layer_norm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, double);    \
   template void layer_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
                                        int64_t);

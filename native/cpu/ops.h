@@ -72,6 +72,16 @@ void group_norm_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T*
 template <class T>
 void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
                          const T* saved_rstd, const T* gamma, int64_t N, int64_t C, int64_t HW, int64_t G);
+// GroupNorm then SiLU as one op: y = silu(group_norm(x)). The backward takes the gradient of y and recomputes
+// the normalised values from x and the saved statistics, so a training tape keeps neither the normalised nor the
+// activated tensor (the resnets' norm1/norm2 and the U-Net's output head), and each runs one pass fewer.
+template <class T>
+void group_norm_silu_forward(T* y, T* saved_mean, T* saved_rstd, const T* x, const T* gamma, const T* beta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G, double eps);
+template <class T>
+void group_norm_silu_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* saved_mean,
+                              const T* saved_rstd, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t HW,
+                              int64_t G);
 
 // ---- LayerNorm over the last dim of x [rows, C]; saved_mean, saved_rstd: [rows].
 template <class T>

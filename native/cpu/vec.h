@@ -91,6 +91,22 @@ inline double erf(double x) { return std::erf(x); }
 inline float tanh(float x) { return 1.0f - 2.0f / (vec::exp(2.0f * x) + 1.0f); }
 inline double tanh(double x) { return std::tanh(x); }
 
+// SiLU x sigmoid(x) and its derivative s (1 + x (1 - s)), shared by the activation op and the fused
+// GroupNorm+SiLU so that both round alike.
+template <class T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + vec::exp(-x));
+}
+template <class T>
+inline T silu(T x) {
+  return x * sigmoid(x);
+}
+template <class T>
+inline T silu_grad(T x) {
+  const T s = sigmoid(x);
+  return s * (T(1) + x * (T(1) - s));
+}
+
 // sum_{i < n} term(i), accumulated in double in a fixed order (so also independent of the thread count).
 template <class F>
 double sum(int64_t n, F term) {

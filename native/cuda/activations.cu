@@ -11,7 +11,6 @@ constexpr float kSqrt2_Pi = 0.79788456080286535588f;    // sqrt(2 / pi)
 constexpr float kTanhCubic = 0.044715f;
 constexpr float kQuickGelu = 1.702f;
 
-__device__ inline float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ inline float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * kSqrt1_2)); }
 __device__ inline float gelu_erf_grad(float x) {
   return 0.5f * (1.f + erff(x * kSqrt1_2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
@@ -20,7 +19,7 @@ __device__ inline float gelu_erf_grad(float x) {
 template <int A>
 __device__ float apply(float x) {
   if constexpr (A == NCP_CUDA_ACT_SILU) {
-    return x * sigmoid(x);
+    return silu(x);
   } else if constexpr (A == NCP_CUDA_ACT_GELU_ERF) {
     return gelu_erf(x);
   } else if constexpr (A == NCP_CUDA_ACT_GELU_TANH) {
@@ -33,8 +32,7 @@ __device__ float apply(float x) {
 template <int A>
 __device__ float derivative(float x) {
   if constexpr (A == NCP_CUDA_ACT_SILU) {
-    const float s = sigmoid(x);
-    return s * (1.f + x * (1.f - s));
+    return silu_grad(x);
   } else if constexpr (A == NCP_CUDA_ACT_GELU_ERF) {
     return gelu_erf_grad(x);
   } else if constexpr (A == NCP_CUDA_ACT_GELU_TANH) {

@@ -31,6 +31,8 @@ ncp_cuda_api make_table() {
   t.conv2d_backward = conv2d_backward;
   t.group_norm_forward = group_norm_forward;
   t.group_norm_backward = group_norm_backward;
+  t.group_norm_silu_forward = group_norm_silu_forward;
+  t.group_norm_silu_backward = group_norm_silu_backward;
   t.layer_norm_forward = layer_norm_forward;
   t.layer_norm_backward = layer_norm_backward;
   t.activation_forward = activation_forward;

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NCP_CUDA_ABI_VERSION 1
+#define NCP_CUDA_ABI_VERSION 2
 #define NCP_CUDA_GET_API_SYMBOL "ncp_cuda_get_api"
 
 #ifdef __cplusplus
@@ -120,6 +120,12 @@ typedef struct ncp_cuda_api {
   int (*group_norm_backward)(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                              const float* saved_mean, const float* saved_rstd, const float* gamma, int64_t N,
                              int64_t C, int64_t HW, int64_t G);
+  /* y = silu(group_norm(x)); the backward takes the gradient of y and recomputes the normalised values. */
+  int (*group_norm_silu_forward)(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
+                                 const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps);
+  int (*group_norm_silu_backward)(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                                  const float* saved_mean, const float* saved_rstd, const float* gamma,
+                                  const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G);
 
   int (*layer_norm_forward)(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
                             const float* beta, int64_t rows, int64_t C, double eps);

@@ -71,6 +71,15 @@ int launch_each(const char* op, int64_t n, F f) {
   return check_launch(op);
 }
 
+// SiLU and its derivative, in the CPU's float formulas (cpu/vec.h); shared by the activation op and the fused
+// GroupNorm+SiLU.
+__device__ inline float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ inline float silu(float x) { return x * sigmoid(x); }
+__device__ inline float silu_grad(float x) {
+  const float s = sigmoid(x);
+  return s * (1.f + x * (1.f - s));
+}
+
 // Sum of v over the block, returned to every thread. blockDim.x must be a multiple of 32 (at most 1024) and
 // every thread must call it.
 template <class T>

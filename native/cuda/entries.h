@@ -41,6 +41,11 @@ int group_norm_forward(float* y, float* saved_mean, float* saved_rstd, const flo
 int group_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                         const float* saved_mean, const float* saved_rstd, const float* gamma, int64_t N, int64_t C,
                         int64_t HW, int64_t G);
+int group_norm_silu_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
+                            const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps);
+int group_norm_silu_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                             const float* saved_mean, const float* saved_rstd, const float* gamma, const float* beta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G);
 int layer_norm_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
                        const float* beta, int64_t rows, int64_t C, double eps);
 int layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,

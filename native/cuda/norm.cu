@@ -21,7 +21,8 @@ __device__ void moments(const float* x, int64_t n, double eps, double& mean, dou
   rstd = 1.0 / sqrt(block_sum(v) / double(n) + eps);
 }
 
-// One block per (n, g); the group is the contiguous range x[p m, (p + 1) m).
+// One block per (n, g); the group is the contiguous range x[p m, (p + 1) m). Silu: y = silu(group_norm(x)).
+template <bool Silu>
 __global__ void group_norm_forward_kernel(float* __restrict__ y, float* __restrict__ saved_mean,
                                           float* __restrict__ saved_rstd, const float* __restrict__ x,
                                           const float* __restrict__ gamma, const float* __restrict__ beta, int64_t G,
@@ -38,19 +39,36 @@ __global__ void group_norm_forward_kernel(float* __restrict__ y, float* __restri
   for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
     const int64_t c = (p % G) * Cg + i / HW;
     const float s = float(rstd * (gamma ? double(gamma[c]) : 1.0)), shift = beta ? beta[c] : 0.f;
-    y[p * m + i] = (xg[i] - tm) * s + shift;
+    const float v = (xg[i] - tm) * s + shift;
+    y[p * m + i] = Silu ? silu(v) : v;
   }
 }
 
-// sums[2 p] = sum_i dy[p, i], sums[2 p + 1] = sum_i dy[p, i] x[p, i] for each (n, c) plane p.
+// The gradient reaching the normalised value at index i of plane (n, c): dy itself, or with Silu (dy being the
+// gradient of silu(y)) dy silu'(y), y recomputed from x and the group's statistics as the forward wrote it.
+template <bool Silu>
+__device__ inline float normed_grad(const float* dy, const float* x, int64_t i, float tm, float s, float shift) {
+  if constexpr (Silu) return dy[i] * silu_grad((x[i] - tm) * s + shift);
+  return dy[i];
+}
+
+// sums[2 p] = sum_i g[p, i], sums[2 p + 1] = sum_i g[p, i] x[p, i] for each (n, c) plane p, g the gradient of
+// the normalised values (normed_grad).
+template <bool Silu>
 __global__ void plane_sums_kernel(double* __restrict__ sums, const float* __restrict__ dy, const float* __restrict__ x,
-                                  int64_t HW) {
-  const int64_t p = blockIdx.x;
+                                  const float* __restrict__ saved_mean, const float* __restrict__ saved_rstd,
+                                  const float* __restrict__ gamma, const float* __restrict__ beta, int64_t C,
+                                  int64_t Cg, int64_t HW) {
+  const int64_t p = blockIdx.x, c = p % C, group = p / C * (C / Cg) + c / Cg;
+  const double rstd = Silu ? saved_rstd[group] : 0.0;
+  const float tm = Silu ? saved_mean[group] : 0.f, s = float(rstd * (gamma ? double(gamma[c]) : 1.0));
+  const float shift = beta ? beta[c] : 0.f;
+  const float *dp = dy + p * HW, *xp = x + p * HW;
   double sd = 0, sdx = 0;
   for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-    const double d = dy[p * HW + i];
+    const double d = normed_grad<Silu>(dp, xp, i, tm, s, shift);
     sd += d;
-    sdx += d * double(x[p * HW + i]);
+    sdx += d * double(xp[i]);
   }
   sd = block_sum(sd);
   sdx = block_sum(sdx);
@@ -61,11 +79,13 @@ __global__ void plane_sums_kernel(double* __restrict__ sums, const float* __rest
 }
 
 // With xhat = (x - mean) rstd and g = dy gamma, dx = rstd (g - mean(g) - xhat mean(g xhat)) over the group,
-// i.e. dx = rstd gamma_c dy + a (x - mean) + b with a, b from the per-plane sums.
+// i.e. dx = rstd gamma_c dy + a (x - mean) + b with a, b from the per-plane sums (dy: normed_grad).
+template <bool Silu>
 __global__ void group_norm_dx_kernel(float* __restrict__ dx, const double* __restrict__ sums,
                                      const float* __restrict__ dy, const float* __restrict__ x,
                                      const float* __restrict__ saved_mean, const float* __restrict__ saved_rstd,
-                                     const float* __restrict__ gamma, int64_t C, int64_t G, int64_t Cg, int64_t HW) {
+                                     const float* __restrict__ gamma, const float* __restrict__ beta, int64_t C,
+                                     int64_t G, int64_t Cg, int64_t HW) {
   const int64_t p = blockIdx.x, n = p / G, c0 = (p % G) * Cg, m = Cg * HW;
   double sg = 0, sgx = 0;
   for (int64_t c = c0; c < c0 + Cg; ++c) {
@@ -78,8 +98,8 @@ __global__ void group_norm_dx_kernel(float* __restrict__ dx, const double* __res
   const float ta = float(a), tb = float(-sg * rstd * inv_m), tm = float(mean);
   for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
     const int64_t c = c0 + i / HW, at = p * m + i;
-    const float s = float(rstd * (gamma ? double(gamma[c]) : 1.0));
-    dx[at] += s * dy[at] + ta * (x[at] - tm) + tb;
+    const float s = float(rstd * (gamma ? double(gamma[c]) : 1.0)), shift = beta ? beta[c] : 0.f;
+    dx[at] += s * normed_grad<Silu>(dy, x, at, tm, s, shift) + ta * (x[at] - tm) + tb;
   }
 }
 
@@ -171,34 +191,64 @@ int check_groups(const char* op, int64_t N, int64_t C, int64_t HW, int64_t G) {
   return NCP_CUDA_OK;
 }
 
+template <bool Silu>
+int group_norm_forward_as(const char* op, float* y, float* saved_mean, float* saved_rstd, const float* x,
+                          const float* gamma, const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G,
+                          double eps) {
+  NCP_TRY(check_groups(op, N, C, HW, G));
+  if (N == 0) return NCP_CUDA_OK;
+  group_norm_forward_kernel<Silu><<<unsigned(N * G), kNormThreads>>>(y, saved_mean, saved_rstd, x, gamma, beta, G,
+                                                                     C / G, HW, eps);
+  return check_launch(op);
+}
+
+template <bool Silu>
+int group_norm_backward_as(const char* op, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                           const float* saved_mean, const float* saved_rstd, const float* gamma, const float* beta,
+                           int64_t N, int64_t C, int64_t HW, int64_t G) {
+  NCP_TRY(check_groups(op, N, C, HW, G));
+  if (N == 0 || (!dx && !dgamma && !dbeta)) return NCP_CUDA_OK;
+  double* sums = nullptr;
+  NCP_TRY(scratch(0, size_t(2 * N * C) * sizeof(double), reinterpret_cast<void**>(&sums)));
+  plane_sums_kernel<Silu><<<unsigned(N * C), kNormThreads>>>(sums, dy, x, saved_mean, saved_rstd, gamma, beta, C,
+                                                             C / G, HW);
+  NCP_TRY(check_launch(op));
+  if (dgamma || dbeta) {
+    group_norm_params_kernel<<<blocks_for(C), kThreads>>>(dgamma, dbeta, sums, saved_mean, saved_rstd, N, C, G, C / G);
+    NCP_TRY(check_launch(op));
+  }
+  if (!dx) return NCP_CUDA_OK;
+  group_norm_dx_kernel<Silu><<<unsigned(N * G), kNormThreads>>>(dx, sums, dy, x, saved_mean, saved_rstd, gamma, beta,
+                                                                C, G, C / G, HW);
+  return check_launch(op);
+}
+
 }  // namespace
 
 int group_norm_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
                        const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
-  NCP_TRY(check_groups("group_norm_forward", N, C, HW, G));
-  if (N == 0) return NCP_CUDA_OK;
-  group_norm_forward_kernel<<<unsigned(N * G), kNormThreads>>>(y, saved_mean, saved_rstd, x, gamma, beta, G, C / G,
-                                                               HW, eps);
-  return check_launch("group_norm_forward");
+  return group_norm_forward_as<false>("group_norm_forward", y, saved_mean, saved_rstd, x, gamma, beta, N, C, HW, G,
+                                      eps);
 }
 
 int group_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
                         const float* saved_mean, const float* saved_rstd, const float* gamma, int64_t N, int64_t C,
                         int64_t HW, int64_t G) {
-  NCP_TRY(check_groups("group_norm_backward", N, C, HW, G));
-  if (N == 0 || (!dx && !dgamma && !dbeta)) return NCP_CUDA_OK;
-  double* sums = nullptr;
-  NCP_TRY(scratch(0, size_t(2 * N * C) * sizeof(double), reinterpret_cast<void**>(&sums)));
-  plane_sums_kernel<<<unsigned(N * C), kNormThreads>>>(sums, dy, x, HW);
-  NCP_TRY(check_launch("group_norm_backward"));
-  if (dgamma || dbeta) {
-    group_norm_params_kernel<<<blocks_for(C), kThreads>>>(dgamma, dbeta, sums, saved_mean, saved_rstd, N, C, G, C / G);
-    NCP_TRY(check_launch("group_norm_backward"));
-  }
-  if (!dx) return NCP_CUDA_OK;
-  group_norm_dx_kernel<<<unsigned(N * G), kNormThreads>>>(dx, sums, dy, x, saved_mean, saved_rstd, gamma, C, G, C / G,
-                                                          HW);
-  return check_launch("group_norm_backward");
+  return group_norm_backward_as<false>("group_norm_backward", dx, dgamma, dbeta, dy, x, saved_mean, saved_rstd,
+                                       gamma, nullptr, N, C, HW, G);
+}
+
+int group_norm_silu_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,
+                            const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  return group_norm_forward_as<true>("group_norm_silu_forward", y, saved_mean, saved_rstd, x, gamma, beta, N, C, HW,
+                                     G, eps);
+}
+
+int group_norm_silu_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                             const float* saved_mean, const float* saved_rstd, const float* gamma, const float* beta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G) {
+  return group_norm_backward_as<true>("group_norm_silu_backward", dx, dgamma, dbeta, dy, x, saved_mean, saved_rstd,
+                                      gamma, beta, N, C, HW, G);
 }
 
 int layer_norm_forward(float* y, float* saved_mean, float* saved_rstd, const float* x, const float* gamma,

@@ -101,6 +101,16 @@ void GroupNorm::backward(float* dx, const float* dy, const float* x, const NormS
                                   groups);
 }
 
+void GroupNorm::forward_silu(float* y, NormStats& s, const float* x, int64_t N, int64_t HW) const {
+  dev::group_norm_silu_forward(y, s.mean.ensure(N * groups), s.rstd.ensure(N * groups), x, gamma, beta, N, C, HW,
+                               groups, eps);
+}
+
+void GroupNorm::backward_silu(float* dx, const float* dy, const float* x, const NormStats& s, int64_t N,
+                              int64_t HW) const {
+  dev::group_norm_silu_backward_input(dx, dy, x, s.mean.data(), s.rstd.data(), gamma, beta, N, C, HW, groups);
+}
+
 LayerNorm::LayerNorm(ParamSource& p, const std::string& prefix, int64_t C_, double eps_) : C(C_), eps(eps_) {
   gamma = p.take(prefix + ".weight", {C});
   beta = p.take(prefix + ".bias", {C});
@@ -136,22 +146,23 @@ ResnetBlock2D::ResnetBlock2D(ParamSource& p, const std::string& prefix, int64_t 
   if (has_shortcut) conv_shortcut = Conv2d(p, prefix + ".conv_shortcut", cin, cout, 1);
 }
 
+// The tape keeps c1 and the two norms' statistics only: the activated tensors are the fused norms' business
+// (their backward rebuilds them from the input), and the convolutions' input gradients read no activation.
 void ResnetBlock2D::forward(float* y, const float* x, const float* temb_act, int64_t N, int64_t H, int64_t W,
                             Acts& a) const {
   const int64_t HW = H * W, nin = N * cin * HW, nout = N * cout * HW;
-  norm1.forward(a.n1.ensure(nin), a.s1, x, N, HW);
-  dev::activation_forward(Activation::SiLU, a.a1.ensure(nin), a.n1.data(), nin);
-  conv1.forward(a.c1.ensure(nout), a.a1.data(), N, H, W);
+  Buffer act, temb;  // scratch: back to the activation cache when the block returns
+  norm1.forward_silu(act.ensure(nin), a.s1, x, N, HW);
+  conv1.forward(a.c1.ensure(nout), act.data(), N, H, W);
   if (temb_dim > 0) {
-    time_emb_proj.forward(a.temb.ensure(N * cout), temb_act, N);
-    dev::add_channel_bias_forward(a.c1.data(), a.temb.data(), N, cout, HW);
+    time_emb_proj.forward(temb.ensure(N * cout), temb_act, N);
+    dev::add_channel_bias_forward(a.c1.data(), temb.data(), N, cout, HW);
   }
-  norm2.forward(a.n2.ensure(nout), a.s2, a.c1.data(), N, HW);
-  dev::activation_forward(Activation::SiLU, a.a2.ensure(nout), a.n2.data(), nout);
-  conv2.forward(y, a.a2.data(), N, H, W);
+  norm2.forward_silu(act.ensure(nout), a.s2, a.c1.data(), N, HW);
+  conv2.forward(y, act.data(), N, H, W);
   if (has_shortcut) {
-    conv_shortcut.forward(a.shortcut.ensure(nout), x, N, H, W);
-    dev::add_forward(y, y, a.shortcut.data(), nout);
+    conv_shortcut.forward(act.data(), x, N, H, W);  // act is free again, and holds nout
+    dev::add_forward(y, y, act.data(), nout);
   } else {
     dev::add_forward(y, y, x, nout);
   }
@@ -160,23 +171,19 @@ void ResnetBlock2D::forward(float* y, const float* x, const float* temb_act, int
 void ResnetBlock2D::backward(float* dx, const float* dy, const float* x, int64_t N, int64_t H, int64_t W,
                              const Acts& a) const {
   const int64_t HW = H * W, nin = N * cin * HW, nout = N * cout * HW;
-  Buffer g_out, g_in;  // gradients at cout and cin channel counts, reused along the chain
   // Shortcut: y = conv2(...) + shortcut(x).
   if (has_shortcut)
     conv_shortcut.backward(dx, dy, N, H, W);
   else
     dev::add_into(dx, dy, nout);
-  float* g = g_out.zeros(nout);
-  conv2.backward(g, dy, N, H, W);                                             // d a2
-  float* g2 = g_in.zeros(std::max(nin, nout));
-  dev::activation_backward(Activation::SiLU, g2, g, a.n2.data(), nout);  // d n2
-  dev::zero(g, nout);
-  norm2.backward(g, g2, a.c1.data(), a.s2, N, HW);                            // d c1 (the time bias passes it on)
-  dev::zero(g2, nin);
-  conv1.backward(g2, g, N, H, W);                                             // d a1
-  float* g3 = g_out.zeros(nin);
-  dev::activation_backward(Activation::SiLU, g3, g2, a.n1.data(), nin);  // d n1
-  norm1.backward(dx, g3, x, a.s1, N, HW);
+  Buffer g_act, g_c1;
+  float* g = g_act.zeros(nout);
+  conv2.backward(g, dy, N, H, W);  // d silu(norm2 c1)
+  float* gc = g_c1.zeros(nout);
+  norm2.backward_silu(gc, g, a.c1.data(), a.s2, N, HW);  // d c1 (the time bias passes it on)
+  g = g_act.zeros(nin);
+  conv1.backward(g, gc, N, H, W);  // d silu(norm1 x)
+  norm1.backward_silu(dx, g, x, a.s1, N, HW);
 }
 
 Attention::Attention(ParamSource& p, const std::string& prefix, int64_t query_dim, int64_t context_dim,
@@ -237,38 +244,54 @@ BasicTransformerBlock::BasicTransformerBlock(ParamSource& p, const std::string& 
 void BasicTransformerBlock::forward(float* y, const float* x, const float* context, int64_t B, int64_t L,
                                     int64_t Lk, Acts& a, bool lora) const {
   const int64_t rows = B * L, n = rows * dim;
+  Buffer normed, gated;  // scratch (see Acts)
   // Each sub-layer's output lands in the next residual buffer, which then takes the residual in place.
-  norm1.forward(a.n1.ensure(n), a.s1, x, rows);
-  attn1.forward(a.h1.ensure(n), a.n1.data(), a.n1.data(), B, L, L, a.attn1, lora);
+  norm1.forward(normed.ensure(n), a.s1, x, rows);
+  attn1.forward(a.h1.ensure(n), normed.data(), normed.data(), B, L, L, a.attn1, lora);
   dev::add_forward(a.h1.data(), a.h1.data(), x, n);
-  norm2.forward(a.n2.ensure(n), a.s2, a.h1.data(), rows);
-  attn2.forward(a.h2.ensure(n), a.n2.data(), context, B, L, Lk, a.attn2, lora);
+  norm2.forward(normed.data(), a.s2, a.h1.data(), rows);
+  attn2.forward(a.h2.ensure(n), normed.data(), context, B, L, Lk, a.attn2, lora);
   dev::add_forward(a.h2.data(), a.h2.data(), a.h1.data(), n);
-  norm3.forward(a.n3.ensure(n), a.s3, a.h2.data(), rows);
-  ff_proj.forward(a.ff_h.ensure(rows * 2 * ff_inner), a.n3.data(), rows, lora);
-  dev::geglu_forward(a.ff_g.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
-  ff_out.forward(y, a.ff_g.data(), rows, lora);
+  norm3.forward(normed.data(), a.s3, a.h2.data(), rows);
+  ff_proj.forward(a.ff_h.ensure(rows * 2 * ff_inner), normed.data(), rows, lora);
+  dev::geglu_forward(gated.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
+  ff_out.forward(y, gated.data(), rows, lora);
   dev::add_forward(y, y, a.h2.data(), n);
 }
 
 void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x, const float* context, int64_t B,
                                      int64_t L, int64_t Lk, const Acts& a, bool lora) const {
   const int64_t rows = B * L, n = rows * dim;
-  Buffer dh, dn, dg, dffh;
+  Buffer dh, dn, dg, dffh, redo;
+  // A sub-layer input the forward did not keep, rebuilt into `redo` when an adapter reads it (nullptr if not).
+  // The recomputed norm is the forward's op on the same input, so the values are the forward's bit for bit.
+  auto renormed = [&](const LayerNorm& norm, const float* in, bool needed) -> const float* {
+    if (!needed) return nullptr;
+    NormStats s;
+    norm.forward(redo.ensure(n), s, in, rows);
+    return redo.data();
+  };
   // y = h2 + ff(norm3 h2)
   float* d_h2 = dh.ensure(n);
   dev::copy(d_h2, dy, n);
-  ff_out.backward(dg.zeros(rows * ff_inner), dy, a.ff_g.data(), rows, lora);
+  const float* gated = nullptr;
+  if (ff_out.reads_input(lora)) {
+    dev::geglu_forward(redo.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
+    gated = redo.data();
+  }
+  ff_out.backward(dg.zeros(rows * ff_inner), dy, gated, rows, lora);
   dev::geglu_backward(dffh.zeros(rows * 2 * ff_inner), dg.data(), a.ff_h.data(), rows, ff_inner);
-  ff_proj.backward(dn.zeros(n), dffh.data(), a.n3.data(), rows, lora);
+  ff_proj.backward(dn.zeros(n), dffh.data(), renormed(norm3, a.h2.data(), ff_proj.reads_input(lora)), rows, lora);
   norm3.backward(d_h2, dn.data(), a.h2.data(), a.s3, rows);
   // h2 = h1 + attn2(norm2 h1, context): no gradient to the text conditioning.
-  attn2.backward(dn.zeros(n), nullptr, d_h2, a.n2.data(), context, B, L, Lk, a.attn2, lora);
+  attn2.backward(dn.zeros(n), nullptr, d_h2, renormed(norm2, a.h1.data(), attn2.reads_x(lora)), context, B, L, Lk,
+                 a.attn2, lora);
   norm2.backward(d_h2, dn.data(), a.h1.data(), a.s2, rows);  // d_h2 now holds d h1
   // h1 = x + attn1(norm1 x)
   dev::add_into(dx, d_h2, n);
   float* d_n1 = dn.zeros(n);
-  attn1.backward(d_n1, d_n1, d_h2, a.n1.data(), a.n1.data(), B, L, L, a.attn1, lora);
+  const float* n1 = renormed(norm1, x, attn1.reads_x(lora) || attn1.reads_context(lora));
+  attn1.backward(d_n1, d_n1, d_h2, n1, n1, B, L, L, a.attn1, lora);
   norm1.backward(dx, d_n1, x, a.s1, rows);
 }
 
@@ -293,14 +316,18 @@ void Transformer2DModel::forward(float* y, const float* x, const float* context,
   const int64_t L = H * W, n = N * C * L, depth = int64_t(blocks.size());
   a.stream.resize(depth + 1);
   a.blocks.resize(depth);
-  norm.forward(a.normed.ensure(n), a.s, x, N, L);
-  transpose_batched(a.tokens.ensure(n), a.normed.data(), N, C, L);
-  proj_in.forward(a.stream[0].ensure(N * L * inner), a.tokens.data(), N * L, lora);
+  Buffer normed, scratch_tokens;  // NCHW norm output, and the NLC tokens when the tape does not keep them
+  Buffer& tokens = proj_in.reads_input(lora) ? a.tokens : scratch_tokens;
+  if (&tokens != &a.tokens) a.tokens = Buffer();  // a kept copy from an earlier pass would only hold memory
+  norm.forward(normed.ensure(n), a.s, x, N, L);
+  transpose_batched(tokens.ensure(n), normed.data(), N, C, L);
+  proj_in.forward(a.stream[0].ensure(N * L * inner), tokens.data(), N * L, lora);
   for (int64_t i = 0; i < depth; ++i)
     blocks[i].forward(a.stream[i + 1].ensure(N * L * inner), a.stream[i].data(), context, N, L, Lk, a.blocks[i],
                       lora);
-  proj_out.forward(a.proj_out.ensure(n), a.stream[depth].data(), N * L, lora);
-  transpose_batched(y, a.proj_out.data(), N, L, C);
+  float* projected = normed.data();  // NLC proj_out output, into the free norm buffer (both N C L floats)
+  proj_out.forward(projected, a.stream[depth].data(), N * L, lora);
+  transpose_batched(y, projected, N, L, C);
   dev::add_forward(y, y, x, n);
 }
 
@@ -317,7 +344,7 @@ void Transformer2DModel::backward(float* dx, const float* dy, const float* x, co
     blocks[i].backward(d_in, d, a.stream[i].data(), context, N, L, Lk, a.blocks[i], lora);
     d = d_in;
   }
-  proj_in.backward(tok.zeros(n), d, a.tokens.data(), N * L, lora);  // d tokens
+  proj_in.backward(tok.zeros(n), d, proj_in.reads_input(lora) ? a.tokens.data() : nullptr, N * L, lora);
   Buffer dn;
   transpose_batched(dn.ensure(n), tok.data(), N, L, C);          // d normed, NCHW
   norm.backward(dx, dn.data(), x, a.s, N, L);

@@ -67,6 +67,8 @@ struct Linear {
   // dx += dy W (+ the LoRA path); the adapter's dA, dB += their gradients. x: the forward input (read only
   // when the adapter is on; A x is recomputed, which costs rank/out of the forward).
   void backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const;
+  // Whether backward reads x: only an attached, enabled adapter does (the base weights are frozen).
+  bool reads_input(bool lora_on) const { return lora_on && lora != nullptr; }
 };
 
 struct Conv2d {
@@ -89,6 +91,9 @@ struct GroupNorm {
   GroupNorm(ParamSource& p, const std::string& prefix, int64_t C, int64_t groups, double eps);
   void forward(float* y, NormStats& s, const float* x, int64_t N, int64_t HW) const;
   void backward(float* dx, const float* dy, const float* x, const NormStats& s, int64_t N, int64_t HW) const;
+  // The norm followed by SiLU, fused: y = silu(norm(x)); the backward takes dy of that y and needs only x and s.
+  void forward_silu(float* y, NormStats& s, const float* x, int64_t N, int64_t HW) const;
+  void backward_silu(float* dx, const float* dy, const float* x, const NormStats& s, int64_t N, int64_t HW) const;
 };
 
 struct LayerNorm {
@@ -123,7 +128,7 @@ struct ResnetBlock2D {
   bool has_shortcut = false;
   struct Acts {
     NormStats s1, s2;
-    Buffer n1, a1, c1, temb, n2, a2, shortcut;  // c1: conv1 output plus the time-embedding bias
+    Buffer c1;  // conv1 output plus the time-embedding bias: the input of norm2
   };
   ResnetBlock2D() = default;
   ResnetBlock2D(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t temb_dim,
@@ -149,9 +154,12 @@ struct Attention {
   void forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk, Acts& a,
                bool lora) const;
   // dx += gradient through to_q; dcontext += gradient through to_k/to_v (nullptr: none wanted; pass dx again
-  // for self-attention, where context is x). The softmax is recomputed one batch row at a time.
+  // for self-attention, where context is x). The softmax is recomputed one batch row at a time. x and context
+  // are read only where reads_x / reads_context say so (nullptr is fine otherwise).
   void backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context, int64_t B,
                 int64_t Lq, int64_t Lk, const Acts& a, bool lora) const;
+  bool reads_x(bool lora) const { return to_q.reads_input(lora); }
+  bool reads_context(bool lora) const { return to_k.reads_input(lora) || to_v.reads_input(lora); }
 };
 
 // BasicTransformerBlock: x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x), with the GEGLU
@@ -161,9 +169,12 @@ struct BasicTransformerBlock {
   LayerNorm norm1, norm2, norm3;
   Attention attn1, attn2;
   Linear ff_proj, ff_out;
+  // The normalised inputs of the three sub-layers and the GEGLU output are not kept: backward recomputes one
+  // (a layer norm, or the elementwise GEGLU) only when a LoRA adapter reads it. That leaves the residual stream,
+  // the feed-forward's pre-GEGLU activations and the attention tensors: 16 block-sized tensors' worth, not 23.
   struct Acts {
     NormStats s1, s2, s3;
-    Buffer n1, h1, n2, h2, n3, ff_h, ff_g;  // h1, h2: residual stream after attn1, attn2
+    Buffer h1, h2, ff_h;  // h1, h2: residual stream after attn1, attn2; ff_h: ff.net.0.proj output
     Attention::Acts attn1, attn2;
   };
   BasicTransformerBlock() = default;
@@ -187,8 +198,8 @@ struct Transformer2DModel {
   std::vector<BasicTransformerBlock> blocks;
   struct Acts {
     NormStats s;
-    Buffer normed, tokens, proj_out;  // normed NCHW, tokens its NLC transpose, proj_out NLC
-    std::vector<Buffer> stream;       // stream[0] = proj_in output, stream[i + 1] = output of block i
+    Buffer tokens;                // the normalised input as NLC, kept only when proj_in's LoRA reads it
+    std::vector<Buffer> stream;  // stream[0] = proj_in output, stream[i + 1] = output of block i
     std::vector<BasicTransformerBlock::Acts> blocks;
   };
   Transformer2DModel() = default;

@@ -309,6 +309,25 @@ void group_norm_backward_input(float* dx, const float* dy, const float* x, const
   cpu::group_norm_backward<float>(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, N, C, HW, G);
 }
 
+void group_norm_silu_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                             const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps) {
+  OpTimer timer("group_norm_silu_forward");
+  if (on_cuda())
+    return ok(table().group_norm_silu_forward(y, mean, rstd, x, gamma, beta, N, C, HW, G, eps),
+              "group_norm_silu_forward");
+  cpu::group_norm_silu_forward(y, mean, rstd, x, gamma, beta, N, C, HW, G, eps);
+}
+
+void group_norm_silu_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                                    const float* gamma, const float* beta, int64_t N, int64_t C, int64_t HW,
+                                    int64_t G) {
+  OpTimer timer("group_norm_silu_backward_input");
+  if (on_cuda())
+    return ok(table().group_norm_silu_backward(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, beta, N, C, HW, G),
+              "group_norm_silu_backward");
+  cpu::group_norm_silu_backward<float>(dx, nullptr, nullptr, dy, x, mean, rstd, gamma, beta, N, C, HW, G);
+}
+
 void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
                         int64_t rows, int64_t C, double eps) {
   OpTimer timer("layer_norm_forward");

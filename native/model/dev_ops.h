@@ -74,6 +74,12 @@ void group_norm_forward(float* y, float* mean, float* rstd, const float* x, cons
                         int64_t N, int64_t C, int64_t HW, int64_t G, double eps);
 void group_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
                                const float* gamma, int64_t N, int64_t C, int64_t HW, int64_t G);
+// y = silu(group_norm(x)); the backward takes dy of y and needs only x and the statistics (cpu/ops.h).
+void group_norm_silu_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                             const float* beta, int64_t N, int64_t C, int64_t HW, int64_t G, double eps);
+void group_norm_silu_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                                    const float* gamma, const float* beta, int64_t N, int64_t C, int64_t HW,
+                                    int64_t G);
 void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
                         int64_t rows, int64_t C, double eps);
 void layer_norm_backward_input(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,

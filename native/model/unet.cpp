@@ -98,7 +98,7 @@ struct UNetTape::State {
   Pool<Transformer2DModel::Acts> attentions;
   Pool<Upsample2D::Acts> upsamples;
   NormStats head_stats;
-  Buffer head_normed, head_act, centered_sample;
+  Buffer centered_sample;
   DeviceIO io;  // the inputs backward reads again, on the device
   // Backward's gradient buffers, keyed by the activation they belong to, and the free ones.
   std::vector<std::pair<const float*, Buffer*>> grads;
@@ -453,14 +453,11 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
     record(name("up_blocks", i), h, {B, Ch, H, W});
   }
 
-  // Head: GroupNorm -> SiLU -> conv_out.
+  // Head: GroupNorm -> SiLU (fused; backward needs only h and the statistics) -> conv_out.
   const int64_t n = B * C0 * H * W;
-  Buffer local_normed, local_act;
+  Buffer act;
   NormStats local_stats;
-  Buffer& normed = t ? t->head_normed : local_normed;
-  Buffer& act = t ? t->head_act : local_act;
-  conv_norm_out_.forward(normed.ensure(n), t ? t->head_stats : local_stats, h, B, H * W);
-  dev::activation_forward(Activation::SiLU, act.ensure(n), normed.data(), n);
+  conv_norm_out_.forward_silu(act.ensure(n), t ? t->head_stats : local_stats, h, B, H * W);
   conv_out_.forward(out, act.data(), B, H, W);
   push_op({Op::Head, nullptr, 0, h, nullptr, out, C0, 0, H, W});
   if (t) t->result = out, t->result_size = B * c.out_channels * H * W;
@@ -537,11 +534,9 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
     switch (op.kind) {
       case Op::Head: {
         const int64_t n = B * op.C * HW;
-        float* d_act = t.scratch.zeros(2 * n);
+        float* d_act = t.scratch.zeros(n);
         conv_out_.backward(d_act, dy, B, op.H, op.W);
-        float* d_normed = d_act + n;
-        dev::activation_backward(Activation::SiLU, d_normed, d_act, t.head_normed.data(), n);
-        conv_norm_out_.backward(grad_of(op.x, n), d_normed, op.x, t.head_stats, B, HW);
+        conv_norm_out_.backward_silu(grad_of(op.x, n), d_act, op.x, t.head_stats, B, HW);
         break;
       }
       case Op::Upsample: {

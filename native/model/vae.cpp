@@ -16,7 +16,6 @@
 namespace ncp::model {
 namespace {
 
-using cpu::Activation;
 
 // diffusers builds every VAE resnet, attention GroupNorm and output norm with eps 1e-6.
 constexpr double kEps = 1e-6;
@@ -120,12 +119,10 @@ void downsample(Stream& s, const Conv2d& conv) {
   s.flip(s.C, Ho, Wo);
 }
 
-// GroupNorm -> SiLU -> conv_out, into `out`.
+// GroupNorm -> SiLU (fused) -> conv_out, into `out`.
 void norm_act_conv(Stream& s, const GroupNorm& norm, const Conv2d& conv, float* out) {
-  const int64_t n = s.n * s.C * s.H * s.W;
   float* t = s.next(s.C, s.H, s.W);
-  norm.forward(t, s.ws.stats, s.cur(), s.n, s.H * s.W);
-  cpu::activation_forward(Activation::SiLU, t, t, n);
+  norm.forward_silu(t, s.ws.stats, s.cur(), s.n, s.H * s.W);
   conv.forward(out, t, s.n, s.H, s.W);
 }
 

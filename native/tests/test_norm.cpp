@@ -86,6 +86,61 @@ NCP_TEST("group_norm: gradcheck with and without affine") {
   });
 }
 
+// The fused op against its definition: silu of the plain group norm, forward and backward.
+NCP_TEST("group_norm_silu: forward is silu(group_norm), gradcheck, and float matches double") {
+  const int64_t N = 2, C = 6, HW = 15, G = 3;
+  auto x = random_vector(N * C * HW, 31, -1.0, 2.0), gamma = random_vector(C, 32, 0.5, 1.5);
+  auto beta = random_vector(C, 33), w = random_vector(x.size(), 34);
+  std::vector<double> y(x.size()), plain(x.size()), mean(N * G), rstd(N * G), dx(x.size()), dg(C), db(C);
+  const double eps = 1e-5;
+  for (bool affine : {true, false}) {
+    const double* g = affine ? gamma.data() : nullptr;
+    const double* b = affine ? beta.data() : nullptr;
+    group_norm_forward(plain.data(), mean.data(), rstd.data(), x.data(), g, b, N, C, HW, G, eps);
+    group_norm_silu_forward(y.data(), mean.data(), rstd.data(), x.data(), g, b, N, C, HW, G, eps);
+    double worst = 0;
+    for (size_t i = 0; i < y.size(); ++i) worst = std::max(worst, std::abs(y[i] - plain[i] / (1 + std::exp(-plain[i]))));
+    NCP_EXPECT(worst < 1e-14, "fused forward off silu(group_norm) by " << worst << (affine ? "" : " (no affine)"));
+    auto loss = [&] {
+      group_norm_silu_forward(y.data(), mean.data(), rstd.data(), x.data(), g, b, N, C, HW, G, eps);
+      return weighted_sum(y, w);
+    };
+    loss();
+    std::fill(dx.begin(), dx.end(), 0.0);
+    std::fill(dg.begin(), dg.end(), 0.0);
+    std::fill(db.begin(), db.end(), 0.0);
+    group_norm_silu_backward(dx.data(), dg.data(), db.data(), w.data(), x.data(), mean.data(), rstd.data(), g, b,
+                             N, C, HW, G);
+    if (affine)
+      NCP_EXPECT_GRADCHECK(gradcheck(loss, {{"x", &x, &dx}, {"gamma", &gamma, &dg}, {"beta", &beta, &db}}), 1e-6);
+    else
+      NCP_EXPECT_GRADCHECK(gradcheck(loss, {{"x (no affine)", &x, &dx}}), 1e-6);
+  }
+  expect_backward_accumulates("group_norm_silu", {N * C * HW, C, C}, [&](const std::vector<double*>& p) {
+    group_norm_silu_backward(p[0], p[1], p[2], w.data(), x.data(), mean.data(), rstd.data(), gamma.data(),
+                             beta.data(), N, C, HW, G);
+  });
+  // Float (the vectorised exp) against double at the SD down-block shape.
+  const int64_t N2 = 2, C2 = 64, HW2 = 257, G2 = 32;
+  auto x2 = random_vector(N2 * C2 * HW2, 35, 1.0, 7.0), g2 = random_vector(C2, 36), b2 = random_vector(C2, 37);
+  auto dy2 = random_vector(x2.size(), 38);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    auto xt = cast_vector<T>(x2), gt = cast_vector<T>(g2), bt = cast_vector<T>(b2), dyt = cast_vector<T>(dy2);
+    std::vector<T> yt(x2.size()), mt(N2 * G2), rt(N2 * G2), dxt(x2.size());
+    group_norm_silu_forward(yt.data(), mt.data(), rt.data(), xt.data(), gt.data(), bt.data(), N2, C2, HW2, G2, 1e-5);
+    group_norm_silu_backward(dxt.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), dyt.data(), xt.data(),
+                             mt.data(), rt.data(), gt.data(), bt.data(), N2, C2, HW2, G2);
+    return std::vector<std::vector<T>>{yt, dxt};
+  };
+  auto f = run(0.0f);
+  auto d = run(0.0);
+  for (size_t i = 0; i < d.size(); ++i) {
+    const double e = rel_error(f[i].data(), d[i].data(), int64_t(d[i].size()));
+    NCP_EXPECT(e < 1e-6, "group_norm_silu " << (i ? "dx" : "y") << " float vs double rel error " << e);
+  }
+}
+
 NCP_TEST("group_norm: channels not divisible by groups is an error") {
   std::vector<double> x(10), y(10), mean(4), rstd(4);
   bool threw = false;

@@ -278,9 +278,9 @@ struct Projection {
   }
 };
 
-// Rank-2 adapters on attention, projection and feed-forward layers, with seeded non-zero A and B.
+// Rank-2 adapters on every Linear kind (attention, projection, feed-forward), with seeded non-zero A and B.
 void attach_seeded_lora(UNet& unet, LoraSet& lora) {
-  unet.create_lora(lora, {"to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2"}, 2, 4.0f);
+  unet.create_lora(lora, {"to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.0.proj", "ff.net.2"}, 2, 4.0f);
   uint64_t seed = 11;
   for (const auto& a : lora.adapters()) {
     ncp::test::fill_uniform(a->A, seed++, -0.2, 0.2);
@@ -321,26 +321,37 @@ void backward_fd(const std::string& m, ncp::model::EncoderLayer* layer) {
     unet.backward(proj.w.data(), tape, dsample.data());
   }
 
-  auto directional = [&](std::vector<float>& x, const std::vector<float>& grad, uint64_t s, const std::string& what) {
+  // One directional derivative over several tensors at once (parts: value, analytic gradient).
+  using Part = std::pair<std::vector<float>*, const std::vector<float>*>;
+  auto directional_over = [&](const std::vector<Part>& parts, uint64_t s, const std::string& what) {
     // Along the gradient with each component's weight jittered by +-50%: the derivative is then large (a
     // random direction is nearly orthogonal to the gradient, leaving only rounding noise to compare), and an
     // error in any component still shows.
-    std::vector<float> v(x.size());
-    ncp::test::fill_uniform(v, s, 0.5, 1.5);
     double norm = 0;
-    for (float g : grad) norm += double(g) * double(g);
+    for (const Part& p : parts)
+      for (float g : *p.second) norm += double(g) * double(g);
     norm = std::sqrt(norm);
     if (norm == 0) return;  // an adapter the pass does not reach (up-path adapters under encode)
-    for (size_t i = 0; i < v.size(); ++i) v[i] = float(v[i] * grad[i] / norm);
+    std::vector<std::vector<float>> v, x0;
     double analytic = 0;
-    for (size_t i = 0; i < v.size(); ++i) analytic += double(grad[i]) * double(v[i]);
-    const std::vector<float> x0 = x;
+    for (const Part& p : parts) {
+      const std::vector<float>& grad = *p.second;
+      v.emplace_back(grad.size());
+      ncp::test::fill_uniform(v.back(), s++, 0.5, 1.5);
+      for (size_t i = 0; i < grad.size(); ++i) v.back()[i] = float(v.back()[i] * grad[i] / norm);
+      for (size_t i = 0; i < grad.size(); ++i) analytic += double(grad[i]) * double(v.back()[i]);
+      x0.push_back(*p.first);
+    }
+    auto shift = [&](double eps) {
+      for (size_t k = 0; k < parts.size(); ++k)
+        for (size_t i = 0; i < x0[k].size(); ++i) (*parts[k].first)[i] = float(x0[k][i] + eps * v[k][i]);
+    };
     auto central = [&](double eps) {
-      for (size_t i = 0; i < x.size(); ++i) x[i] = float(x0[i] + eps * v[i]);
+      shift(eps);
       const double up = loss();
-      for (size_t i = 0; i < x.size(); ++i) x[i] = float(x0[i] - eps * v[i]);
+      shift(-eps);
       const double down = loss();
-      x = x0;
+      shift(0);
       return (up - down) / (2 * eps);
     };
     // Richardson: (4 D(h/2) - D(h)) / 3 cancels the O(h^2) term; attention softmaxes make it large here.
@@ -348,6 +359,9 @@ void backward_fd(const std::string& m, ncp::model::EncoderLayer* layer) {
     const double err = std::abs(fd - analytic) / std::max(std::abs(fd), 1e-3);
     std::printf("    %-58s fd %.6g analytic %.6g rel %.2g\n", what.c_str(), fd, analytic, err);
     NCP_EXPECT(err < 2e-3, m << " " << what << ": finite difference " << fd << " vs backward " << analytic);
+  };
+  auto directional = [&](std::vector<float>& x, const std::vector<float>& grad, uint64_t s, const std::string& what) {
+    directional_over({{&x, &grad}}, s, what);
   };
   const std::string where = layer ? (*layer == EncoderLayer::Mid ? " encode mid" : " encode down") : " forward";
   directional(sample, dsample, 21, m + where + " d/d sample");
@@ -357,6 +371,17 @@ void backward_fd(const std::string& m, ncp::model::EncoderLayer* layer) {
     LoraAdapter& a = *ads[k];
     directional(a.A, a.dA, 31 + k, m + where + " d/d " + a.module.substr(a.module.size() > 40 ? a.module.size() - 40 : 0) + " A");
     directional(a.B, a.dB, 41 + k, m + where + " d/d ... B");
+  }
+  // Every adapter at once: the backward recomputes the inputs the tape drops (layer norms, GEGLU, proj_in
+  // tokens) for exactly the adapters that read them, so each layer kind's gradient must hold.
+  for (const char* kind : {"to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.0.proj", "ff.net.2"}) {
+    std::vector<Part> parts;
+    for (const auto& a : ads)
+      if (a->module.size() >= std::strlen(kind) && a->module.compare(a->module.size() - std::strlen(kind),
+                                                                      std::string::npos, kind) == 0)
+        parts.push_back({&a->A, &a->dA}), parts.push_back({&a->B, &a->dB});
+    NCP_EXPECT(!parts.empty(), m << ": no " << kind << " adapter");
+    directional_over(parts, 61, m + where + " d/d every " + kind + " adapter");
   }
 }
 
