@@ -53,18 +53,42 @@ void Linear::forward(float* y, const float* x, int64_t rows, bool lora_on) const
   }
 }
 
+// y += s u B^T with u = x A^T: du = s dy B, dx += du A; dB += s dy^T u, dA += du^T x.
+namespace {
+void lora_du(Buffer& du, const LoraAdapter& a, const float* dy, int64_t rows) {
+  dev::gemm(false, false, rows, a.rank, a.out, a.scale(), dy, a.out, a.b(), a.rank, 0.0f, du.ensure(rows * a.rank),
+            a.rank);
+}
+void lora_param_grads(const Buffer& du, LoraAdapter& a, const float* dy, const float* x, int64_t rows) {
+  Buffer u;
+  lora_down(u, a, x, rows);
+  dev::gemm(true, false, a.out, a.rank, rows, a.scale(), dy, a.out, u.data(), a.rank, 1.0f, a.db(), a.rank);
+  dev::gemm(true, false, a.rank, a.in, rows, 1.0f, du.data(), a.rank, x, a.in, 1.0f, a.da(), a.in);
+}
+}  // namespace
+
 void Linear::backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const {
   if (dx) dev::linear_backward_input(dx, dy, W, rows, in, out);
-  if (!(lora_on && lora)) return;
-  LoraAdapter& a = *lora;
-  const int64_t r = a.rank;
-  Buffer u, du;
-  lora_down(u, a, x, rows);
-  // y += s u B^T: dB += s dy^T u, du = s dy B; u = x A^T: dA += du^T x, dx += du A.
-  dev::gemm(true, false, out, r, rows, a.scale(), dy, out, u.data(), r, 1.0f, a.db(), r);
-  dev::gemm(false, false, rows, r, out, a.scale(), dy, out, a.b(), r, 0.0f, du.ensure(rows * r), r);
-  dev::gemm(true, false, r, in, rows, 1.0f, du.data(), r, x, in, 1.0f, a.da(), in);
-  if (dx) dev::gemm(false, false, rows, in, r, 1.0f, du.data(), r, a.a(), in, 1.0f, dx, in);
+  if (!reads_input(lora_on)) return;
+  Buffer du;
+  lora_du(du, *lora, dy, rows);
+  lora_param_grads(du, *lora, dy, x, rows);
+  if (dx) dev::gemm(false, false, rows, in, lora->rank, 1.0f, du.data(), lora->rank, lora->a(), in, 1.0f, dx, in);
+}
+
+void Linear::backward_input(float* dx, const float* dy, int64_t rows, bool lora_on) const {
+  dev::linear_backward_input(dx, dy, W, rows, in, out);
+  if (!reads_input(lora_on)) return;
+  Buffer du;
+  lora_du(du, *lora, dy, rows);
+  dev::gemm(false, false, rows, in, lora->rank, 1.0f, du.data(), lora->rank, lora->a(), in, 1.0f, dx, in);
+}
+
+void Linear::backward_params(const float* dy, const float* x, int64_t rows, bool lora_on) const {
+  if (!reads_input(lora_on)) return;
+  Buffer du;
+  lora_du(du, *lora, dy, rows);
+  lora_param_grads(du, *lora, dy, x, rows);
 }
 
 Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t cout_, int64_t k_, int64_t stride_)
@@ -202,27 +226,29 @@ void Attention::forward(float* y, const float* x, const float* context, int64_t 
   to_q.forward(a.q.ensure(B * Lq * inner), x, B * Lq, lora);
   to_k.forward(a.k.ensure(B * Lk * inner), context, B * Lk, lora);
   to_v.forward(a.v.ensure(B * Lk * inner), context, B * Lk, lora);
-  dev::attention_forward(a.o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
-                                cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
-  to_out.forward(y, a.o.data(), B * Lq, lora);
+  Buffer o;  // not kept: backward recomputes the attention one batch row at a time anyway
+  dev::attention_forward(o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
+                         cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
+  to_out.forward(y, o.data(), B * Lq, lora);
 }
 
 void Attention::backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context,
                          int64_t B, int64_t Lq, int64_t Lk, const Acts& a, bool lora) const {
-  const int64_t inner = heads * head_dim, nq = Lq * inner, nk = Lk * inner;
+  const int64_t inner = heads * head_dim, nq = Lq * inner, nk = Lk * inner, ny = Lq * to_out.out;
   Buffer d_o, dq, dk, dv, probs;
-  to_out.backward(d_o.zeros(B * nq), dy, a.o.data(), B * Lq, lora);
+  to_out.backward_input(d_o.zeros(B * nq), dy, B * Lq, lora);
   dq.zeros(B * nq), dk.zeros(B * nk), dv.zeros(B * nk);
-  // The probabilities of one batch row at a time: [heads, Lq, Lk] instead of B times that.
+  // The probabilities of one batch row at a time: [heads, Lq, Lk] instead of B times that. The recomputed
+  // output of the row is what to_out's adapter reads.
   const cpu::AttentionShape row{1, Lq, Lk, heads, head_dim, false};
   float* p = probs.ensure(heads * Lq * Lk);
   Buffer o_scratch;
   float* o = o_scratch.ensure(nq);
   for (int64_t b = 0; b < B; ++b) {
     dev::attention_forward(o, p, a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, row);
-    dev::attention_backward(dq.data() + b * nq, dk.data() + b * nk, dv.data() + b * nk,
-                                   d_o.data() + b * nq, a.q.data() + b * nq, a.k.data() + b * nk,
-                                   a.v.data() + b * nk, p, row);
+    to_out.backward_params(dy + b * ny, o, Lq, lora);
+    dev::attention_backward(dq.data() + b * nq, dk.data() + b * nk, dv.data() + b * nk, d_o.data() + b * nq,
+                            a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, p, row);
   }
   to_q.backward(dx, dq.data(), x, B * Lq, lora);
   to_k.backward(dcontext, dk.data(), context, B * Lk, lora);
@@ -369,10 +395,10 @@ void Downsample2D::forward(float* y, const float* x, int64_t N, int64_t H, int64
 Upsample2D::Upsample2D(ParamSource& p, const std::string& prefix, int64_t channels)
     : conv(p, prefix + ".conv", channels, channels, 3) {}
 
-void Upsample2D::forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Acts& a) const {
+void Upsample2D::forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Buffer& scratch) const {
   const int64_t C = conv.cin;
-  dev::upsample_nearest2x_forward(a.up.ensure(N * C * 4 * H * W), x, N, C, H, W);
-  conv.forward(y, a.up.data(), N, 2 * H, 2 * W);
+  dev::upsample_nearest2x_forward(scratch.ensure(N * C * 4 * H * W), x, N, C, H, W);
+  conv.forward(y, scratch.data(), N, 2 * H, 2 * W);
 }
 
 void Upsample2D::backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t W, Buffer& scratch) const {

@@ -67,6 +67,10 @@ struct Linear {
   // dx += dy W (+ the LoRA path); the adapter's dA, dB += their gradients. x: the forward input (read only
   // when the adapter is on; A x is recomputed, which costs rank/out of the forward).
   void backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const;
+  // backward in two halves, for callers that have x for a few rows at a time: dx += the input gradient (base and
+  // adapter paths, no x needed), and the adapter's dA, dB += their gradients over the given rows.
+  void backward_input(float* dx, const float* dy, int64_t rows, bool lora_on) const;
+  void backward_params(const float* dy, const float* x, int64_t rows, bool lora_on) const;
   // Whether backward reads x: only an attached, enabled adapter does (the base weights are frozen).
   bool reads_input(bool lora_on) const { return lora_on && lora != nullptr; }
 };
@@ -145,7 +149,7 @@ struct Attention {
   int64_t heads = 0, head_dim = 0;
   Linear to_q, to_k, to_v, to_out;
   struct Acts {
-    Buffer q, k, v, o;  // o: attention output before to_out
+    Buffer q, k, v;  // the attention output is not kept: backward recomputes it with the probabilities
   };
   Attention() = default;
   Attention(ParamSource& p, const std::string& prefix, int64_t query_dim, int64_t context_dim, int64_t heads,
@@ -171,7 +175,7 @@ struct BasicTransformerBlock {
   Linear ff_proj, ff_out;
   // The normalised inputs of the three sub-layers and the GEGLU output are not kept: backward recomputes one
   // (a layer norm, or the elementwise GEGLU) only when a LoRA adapter reads it. That leaves the residual stream,
-  // the feed-forward's pre-GEGLU activations and the attention tensors: 16 block-sized tensors' worth, not 23.
+  // the feed-forward's pre-GEGLU activations and q, k, v: 14 block-sized tensors' worth, not 23.
   struct Acts {
     NormStats s1, s2, s3;
     Buffer h1, h2, ff_h;  // h1, h2: residual stream after attn1, attn2; ff_h: ff.net.0.proj output
@@ -227,13 +231,10 @@ struct Downsample2D {
 // Upsample2D: nearest 2x, then conv3x3 ("upsamplers.0.conv").
 struct Upsample2D {
   Conv2d conv;
-  struct Acts {
-    Buffer up;
-  };
   Upsample2D() = default;
   Upsample2D(ParamSource& p, const std::string& prefix, int64_t channels);
-  // x [N, C, H, W] -> y [N, C, 2H, 2W].
-  void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Acts& a) const;
+  // x [N, C, H, W] -> y [N, C, 2H, 2W]. scratch takes the upsampled input; nothing is kept for backward.
+  void forward(float* y, const float* x, int64_t N, int64_t H, int64_t W, Buffer& scratch) const;
   // Needs no saved activation: the conv's input gradient only reads its weights. scratch: [N, C, 2H, 2W].
   void backward(float* dx, const float* dy, int64_t N, int64_t H, int64_t W, Buffer& scratch) const;
 };

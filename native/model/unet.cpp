@@ -96,7 +96,6 @@ struct UNetTape::State {
   Pool<Buffer> buffers;  // every other hidden state
   Pool<ResnetBlock2D::Acts> resnets;
   Pool<Transformer2DModel::Acts> attentions;
-  Pool<Upsample2D::Acts> upsamples;
   NormStats head_stats;
   Buffer centered_sample;
   DeviceIO io;  // the inputs backward reads again, on the device
@@ -106,7 +105,7 @@ struct UNetTape::State {
   std::vector<Buffer*> free_grads;
   Buffer scratch;
   void rewind() {
-    ops.clear(), skips.rewind(), buffers.rewind(), resnets.rewind(), attentions.rewind(), upsamples.rewind();
+    ops.clear(), skips.rewind(), buffers.rewind(), resnets.rewind(), attentions.rewind();
   }
 };
 
@@ -288,7 +287,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
   Pool<Skip>& skips = t ? t->skips : local_skips;
   ResnetBlock2D::Acts shared_resnet;
   Transformer2DModel::Acts shared_attention;
-  Upsample2D::Acts shared_upsample;
+  Buffer upsampled;  // the upsamplers' scratch: their backward needs no activation
   Buffer ping[2];
   auto hidden = [&](const float* h) -> Buffer& {
     if (t) return t->buffers.next();
@@ -444,9 +443,8 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
     }
     if (u.has_upsampler) {
       Buffer& y = hidden(h);
-      const size_t ua = t ? t->upsamples.size() : 0;
-      u.upsampler.forward(y.ensure(B * Ch * 4 * H * W), h, B, H, W, t ? t->upsamples.next() : shared_upsample);
-      push_op({Op::Upsample, &u.upsampler, ua, h, nullptr, y.data(), Ch, 0, H, W});
+      u.upsampler.forward(y.ensure(B * Ch * 4 * H * W), h, B, H, W, upsampled);
+      push_op({Op::Upsample, &u.upsampler, 0, h, nullptr, y.data(), Ch, 0, H, W});
       h = y.data();
       H *= 2, W *= 2;
     }

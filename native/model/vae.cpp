@@ -49,7 +49,7 @@ void check_config(const VaeConfig& c) {
 struct Workspace {
   Buffer ping, pong, padded;
   ResnetBlock2D::Acts resnet;
-  Upsample2D::Acts up;
+  Buffer up;
   NormStats stats;
   Buffer normed, tokens, q, k, v, o, proj;
 };
