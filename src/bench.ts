@@ -100,6 +100,8 @@ export interface StepBenchReport {
   peakRssBytes: number;
   device: string;
   devicePeakBytes: number;
+  /** Peak in use by activations, tapes, gradients and scratch during a step (weights excluded). */
+  activationPeakBytes: number;
   /** Set: the weights were written as a safetensors file of this dtype and loaded as loadUNet does. */
   weightsFile?: 'F32' | 'F16' | 'BF16';
 }
@@ -123,6 +125,7 @@ export async function benchStepReport(o: {
     ...o,
     device,
     devicePeakBytes: r.devicePeakBytes,
+    activationPeakBytes: r.activationPeakBytes,
     loraParameters: r.loraParameters,
     medianSeconds: r.medianSeconds,
     bestSeconds: r.bestSeconds,
@@ -136,7 +139,8 @@ export function formatStepBench(r: StepBenchReport): string {
     `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)` +
       (r.weightsFile ? `, weights from a ${r.weightsFile} file` : ''),
     `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB` +
-      (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`),
+      (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`) +
+      `, activations at most ${(r.activationPeakBytes / 2 ** 30).toFixed(2)} GiB`,
   ].join('\n');
 }
 

@@ -248,6 +248,10 @@ export interface StepBenchResult {
   peakRssBytes: number;
   loraParameters: number;
   devicePeakBytes: number;
+  /** The most the step's activations, tapes, gradients and scratch had in use at once (weights excluded). */
+  activationPeakBytes: number;
+  /** What the activation cache held after the steps: in use plus cached free blocks. */
+  activationHeldBytes: number;
   /** One U-Net forward over the step's 2P rows. */
   forwardGflop: number;
 }

@@ -1,5 +1,6 @@
 #include "model/activation_cache.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -13,7 +14,15 @@ namespace {
 struct Cache {
   std::mutex mu;
   std::map<int, std::multimap<int64_t, float*>> free;  // device -> (capacity -> block)
+  std::map<int, Usage> usage;                          // device -> byte counts
 };
+
+constexpr int64_t kFloat = int64_t(sizeof(float));
+
+void count_in(Usage& u, int64_t capacity) {
+  u.in_use += capacity * kFloat;
+  u.peak_in_use = std::max(u.peak_in_use, u.in_use);
+}
 
 Cache& cache() {
   static Cache* c = new Cache();  // never destroyed: Buffers in static storage may release after exit begins
@@ -43,17 +52,24 @@ float* acquire(int64_t n, int64_t* capacity) {
       float* p = it->second;
       *capacity = it->first;
       blocks.erase(it);
+      count_in(c.usage[device], *capacity);
       return p;
     }
   }
   *capacity = want;
+  float* p = nullptr;
   try {
-    return dev::alloc(want);
+    p = dev::alloc(want);
   } catch (const Error& e) {
     if (e.code() != "NCP_ENOMEM") throw;
     trim(device);  // cached blocks of other sizes may add up to what is asked
-    return dev::alloc(want);
+    p = dev::alloc(want);
   }
+  std::lock_guard<std::mutex> lock(c.mu);
+  Usage& u = c.usage[device];
+  u.held += want * kFloat;
+  count_in(u, want);
+  return p;
 }
 
 void release(float* p, int64_t capacity, int device) {
@@ -61,6 +77,7 @@ void release(float* p, int64_t capacity, int device) {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
   c.free[device].emplace(capacity, p);
+  c.usage[device].in_use -= capacity * kFloat;
 }
 
 void trim(int device) {
@@ -68,11 +85,24 @@ void trim(int device) {
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    for (auto& [cap, p] : c.free[device]) blocks.push_back(p);
+    for (auto& [cap, p] : c.free[device]) blocks.push_back(p), c.usage[device].held -= cap * kFloat;
     c.free[device].clear();
   }
   dev::DeviceScope scope(device);
   for (float* p : blocks) dev::free(p);
+}
+
+Usage usage(int device) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.usage[device];
+}
+
+void reset_peak(int device) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  Usage& u = c.usage[device];
+  u.peak_in_use = u.in_use;
 }
 
 }  // namespace ncp::model::activation_cache

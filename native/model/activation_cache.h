@@ -17,4 +17,13 @@ void release(float* p, int64_t capacity, int device);
 // Frees every cached block of `device` (to the system or the driver).
 void trim(int device);
 
+// What the cache hands out on one device, in bytes: in_use (acquired, not yet released), held (in use plus cached
+// free blocks: what the cache has taken from the system or the driver) and peak_in_use since reset_peak. The
+// peak is the memory the activations, tapes and scratch of a pass really needed; held adds the cache's slack.
+struct Usage {
+  int64_t in_use = 0, held = 0, peak_in_use = 0;
+};
+Usage usage(int device);
+void reset_peak(int device);
+
 }  // namespace ncp::model::activation_cache

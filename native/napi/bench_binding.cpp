@@ -113,6 +113,8 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
         out.Set("peakRssBytes", r.peak_rss_bytes);
         out.Set("loraParameters", double(r.lora_parameters));
         out.Set("devicePeakBytes", r.device_peak_bytes);
+        out.Set("activationPeakBytes", r.activation_peak_bytes);
+        out.Set("activationHeldBytes", r.activation_held_bytes);
         out.Set("forwardGflop", r.forward_gflop);
         return out;
       });

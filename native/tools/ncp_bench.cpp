@@ -68,10 +68,12 @@ int main(int argc, char** argv) {
       const double tflops = 4 * r.forward_gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"step\",\"config\":\"%s\",\"latent\":%lld,\"pairs\":%lld,\"objective\":\"%s\","
                   "\"space\":\"%s\",\"checkpointing\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"tflops_4fwd\":%.2f,"
-                  "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"lora_params\":%lld}\n",
+                  "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"activations_peak_gib\":%.3f,"
+                  "\"activations_held_gib\":%.3f,\"lora_params\":%lld}\n",
                   preset.c_str(), (long long)latent, (long long)pairs, objective.c_str(), space.c_str(),
                   ckpt ? "true" : "false", dev_name.c_str(), weights.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
-                  r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), (long long)r.lora_parameters);
+                  r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), r.activation_peak_bytes / (1 << 30),
+                  r.activation_held_bytes / (1 << 30), (long long)r.lora_parameters);
     }
     if (profiling) std::printf("per-op time (every op synchronised; warm-up and timed runs together):\n%s",
                                ncp::dev::profile_report().c_str());

@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "model/activation_cache.h"
 #include "model/dev_ops.h"
 #include "model/unet_bench.h"
 #include "model/unet_presets.h"
@@ -77,6 +78,7 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   StepBenchResult r;
   r.lora_parameters = trainer.lora().num_params();
   trainer.step({d});  // warm-up: size every buffer once
+  model::activation_cache::reset_peak(device);
   struct rusage before {};
   getrusage(RUSAGE_SELF, &before);
   std::vector<double> times;
@@ -89,6 +91,9 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   r.peak_rss_bytes = double(usage.ru_maxrss) * 1024.0;
   r.page_faults_per_step = double(usage.ru_minflt - before.ru_minflt) / double(times.size());
   r.device_peak_bytes = double(dev::device_bytes_peak());
+  const model::activation_cache::Usage cache = model::activation_cache::usage(device);
+  r.activation_peak_bytes = double(cache.peak_in_use);
+  r.activation_held_bytes = double(cache.held);
   r.forward_gflop = model::unet_forward_flops(m->config, 2 * pairs, latent, latent, text_len) / 1e9;
   return r;
 }

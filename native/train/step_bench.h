@@ -12,6 +12,9 @@ struct StepBenchResult {
   int64_t lora_parameters = 0;
   double page_faults_per_step = 0;  // minor faults: fresh memory touched per steady-state step
   double device_peak_bytes = 0;     // CUDA memory held at most (weights + cached activations); 0 on the CPU
+  // The activation cache over the timed steps (activation_cache.h): the most its tapes, activations, gradients
+  // and scratch had in use at once, and what it held at the end (in use + cached free blocks). Weights excluded.
+  double activation_peak_bytes = 0, activation_held_bytes = 0;
   double forward_gflop = 0;         // one U-Net forward over the 2P rows, for throughput figures
 };
 
