@@ -225,6 +225,24 @@ void attention_cases(Recorder& r) {
     r.compare("attention", tag + "dq", dq);
     r.compare("attention", tag + "dk", dk);
     r.compare("attention", tag + "dv", dv);
+    // The recomputing backward (what the model calls), with and without the output.
+    for (const bool with_out : {true, false}) {
+      const std::string rtag = tag + (with_out ? "recompute." : "recompute.no_out.");
+      Grad rq(t, nq, ++seed), rk(t, nk, ++seed), rv(t, nk, ++seed);
+      Vec rout(nq);
+      Buffer grout(t, Vec(nq));
+      cpu::attention_backward_recompute<float>(rq.cpu.data(), rk.cpu.data(), rv.cpu.data(),
+                                               with_out ? rout.data() : nullptr, dout.data(), q.data(), k.data(),
+                                               v.data(), s);
+      r.call(t->attention_backward_recompute(rq.gpu.get(), rk.gpu.get(), rv.gpu.get(),
+                                             with_out ? grout.get() : nullptr, gdout.get(), gq.get(), gk.get(),
+                                             gv.get(), &gs),
+             "attention_backward_recompute");
+      if (with_out) r.compare("attention", rtag + "out", grout, rout);
+      r.compare("attention", rtag + "dq", rq);
+      r.compare("attention", rtag + "dk", rk);
+      r.compare("attention", rtag + "dv", rv);
+    }
   }
 }
 

@@ -116,6 +116,11 @@ void attention_forward(T* out, T* saved_probs, const T* q, const T* k, const T* 
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                         const T* saved_probs, const AttentionShape& s);
+// dq, dk, dv += the gradients as attention_backward gives them, recomputing the probabilities block by block
+// instead of reading them (no [B, H, Lq, Lk] buffer); out (nullptr: not wanted) receives the forward's output.
+template <class T>
+void attention_backward_recompute(T* dq, T* dk, T* dv, T* out, const T* dout, const T* q, const T* k, const T* v,
+                                  const AttentionShape& s);
 
 // ---- Nearest 2x upsample: x [N, C, H, W] -> y [N, C, 2H, 2W].
 template <class T>

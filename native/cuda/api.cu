@@ -41,6 +41,7 @@ ncp_cuda_api make_table() {
   t.geglu_backward = geglu_backward;
   t.attention_forward = attention_forward;
   t.attention_backward = attention_backward;
+  t.attention_backward_recompute = attention_backward_recompute;
   t.upsample_nearest2x_forward = upsample_nearest2x_forward;
   t.upsample_nearest2x_backward = upsample_nearest2x_backward;
   t.add_forward = add_forward;

@@ -143,6 +143,10 @@ typedef struct ncp_cuda_api {
                            const ncp_cuda_attention_shape* s);
   int (*attention_backward)(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                             const float* v, const float* saved_probs, const ncp_cuda_attention_shape* s);
+  /* The same gradients with the probabilities recomputed (no saved_probs); out (may be NULL) gets the output. */
+  int (*attention_backward_recompute)(float* dq, float* dk, float* dv, float* out, const float* dout,
+                                      const float* q, const float* k, const float* v,
+                                      const ncp_cuda_attention_shape* s);
 
   int (*upsample_nearest2x_forward)(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W);
   int (*upsample_nearest2x_backward)(float* dx, const float* dy, int64_t N, int64_t C, int64_t H, int64_t W);

@@ -95,4 +95,25 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
   return NCP_CUDA_OK;
 }
 
+// The gradients without saved probabilities (cpu::attention_backward_recompute). No fused kernel yet: per batch
+// item, the forward recomputes that item's probabilities into scratch slot 1 and the backward above reads them,
+// so the scratch is [H, Lq, Lk] for one item, not B of them. out, when NULL, goes to scratch behind them.
+int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
+                                 const float* k, const float* v, const ncp_cuda_attention_shape* s) {
+  NCP_TRY(check_shape("attention_backward_recompute", s));
+  const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, HD = H * s->Dh, LL = Lq * Lk;
+  if (B == 0 || Lq == 0) return NCP_CUDA_OK;
+  float* probs = nullptr;
+  NCP_TRY(scratch(1, size_t(H * LL + (out ? 0 : Lq * HD)) * sizeof(float), reinterpret_cast<void**>(&probs)));
+  ncp_cuda_attention_shape item = *s;
+  item.B = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t qo = b * Lq * HD, ko = b * Lk * HD;
+    NCP_TRY(attention_forward(out ? out + qo : probs + H * LL, probs, q + qo, k + ko, v + ko, &item));
+    NCP_TRY(attention_backward(dq ? dq + qo : nullptr, dk ? dk + ko : nullptr, dv ? dv + ko : nullptr, dout + qo,
+                               q + qo, k + ko, v + ko, probs, &item));
+  }
+  return NCP_CUDA_OK;
+}
+
 }  // namespace ncp::cuda

@@ -226,7 +226,7 @@ void Attention::forward(float* y, const float* x, const float* context, int64_t 
   to_q.forward(a.q.ensure(B * Lq * inner), x, B * Lq, lora);
   to_k.forward(a.k.ensure(B * Lk * inner), context, B * Lk, lora);
   to_v.forward(a.v.ensure(B * Lk * inner), context, B * Lk, lora);
-  Buffer o;  // not kept: backward recomputes the attention one batch row at a time anyway
+  Buffer o;  // not kept: backward recomputes it with the probabilities
   dev::attention_forward(o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
                          cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
   to_out.forward(y, o.data(), B * Lq, lora);
@@ -234,22 +234,15 @@ void Attention::forward(float* y, const float* x, const float* context, int64_t 
 
 void Attention::backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context,
                          int64_t B, int64_t Lq, int64_t Lk, const Acts& a, bool lora) const {
-  const int64_t inner = heads * head_dim, nq = Lq * inner, nk = Lk * inner, ny = Lq * to_out.out;
-  Buffer d_o, dq, dk, dv, probs;
+  const int64_t inner = heads * head_dim, nq = Lq * inner, nk = Lk * inner;
+  Buffer d_o, dq, dk, dv, o;
   to_out.backward_input(d_o.zeros(B * nq), dy, B * Lq, lora);
   dq.zeros(B * nq), dk.zeros(B * nk), dv.zeros(B * nk);
-  // The probabilities of one batch row at a time: [heads, Lq, Lk] instead of B times that. The recomputed
-  // output of the row is what to_out's adapter reads.
-  const cpu::AttentionShape row{1, Lq, Lk, heads, head_dim, false};
-  float* p = probs.ensure(heads * Lq * Lk);
-  Buffer o_scratch;
-  float* o = o_scratch.ensure(nq);
-  for (int64_t b = 0; b < B; ++b) {
-    dev::attention_forward(o, p, a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, row);
-    to_out.backward_params(dy + b * ny, o, Lq, lora);
-    dev::attention_backward(dq.data() + b * nq, dk.data() + b * nk, dv.data() + b * nk, d_o.data() + b * nq,
-                            a.q.data() + b * nq, a.k.data() + b * nk, a.v.data() + b * nk, p, row);
-  }
+  // The probabilities are recomputed, never stored whole; the recomputed output is what to_out's adapter reads.
+  float* out = to_out.reads_input(lora) ? o.ensure(B * nq) : nullptr;
+  dev::attention_backward_recompute(dq.data(), dk.data(), dv.data(), out, d_o.data(), a.q.data(), a.k.data(),
+                                    a.v.data(), cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
+  to_out.backward_params(dy, out, B * Lq, lora);
   to_q.backward(dx, dq.data(), x, B * Lq, lora);
   to_k.backward(dcontext, dk.data(), context, B * Lk, lora);
   to_v.backward(dcontext, dv.data(), context, B * Lk, lora);

@@ -158,7 +158,8 @@ struct Attention {
   void forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk, Acts& a,
                bool lora) const;
   // dx += gradient through to_q; dcontext += gradient through to_k/to_v (nullptr: none wanted; pass dx again
-  // for self-attention, where context is x). The softmax is recomputed one batch row at a time. x and context
+  // for self-attention, where context is x). The softmax is recomputed block by block (no [heads, Lq, Lk]
+  // buffer; on a GPU, one batch row's worth until a fused kernel lands). x and context
   // are read only where reads_x / reads_context say so (nullptr is fine otherwise).
   void backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context, int64_t B,
                 int64_t Lq, int64_t Lk, const Acts& a, bool lora) const;

@@ -389,6 +389,17 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   cpu::attention_backward<float>(dq, dk, dv, dout, q, k, v, saved_probs, s);
 }
 
+void attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
+                                  const float* k, const float* v, const cpu::AttentionShape& s) {
+  OpTimer timer("attention_backward_recompute");
+  if (on_cuda()) {
+    const ncp_cuda_attention_shape a = attn_shape(s);
+    return ok(table().attention_backward_recompute(dq, dk, dv, out, dout, q, k, v, &a),
+              "attention_backward_recompute");
+  }
+  cpu::attention_backward_recompute<float>(dq, dk, dv, out, dout, q, k, v, s);
+}
+
 void upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W) {
   OpTimer timer("upsample_nearest2x_forward");
   if (on_cuda()) return ok(table().upsample_nearest2x_forward(y, x, N, C, H, W), "upsample_nearest2x_forward");

@@ -92,6 +92,8 @@ void attention_forward(float* out, float* saved_probs, const float* q, const flo
                        const cpu::AttentionShape& s);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* saved_probs, const cpu::AttentionShape& s);
+void attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
+                                  const float* k, const float* v, const cpu::AttentionShape& s);
 void upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W);
 void upsample_nearest2x_backward(float* dx, const float* dy, int64_t N, int64_t C, int64_t H, int64_t W);
 void add_forward(float* y, const float* a, const float* b, int64_t n);

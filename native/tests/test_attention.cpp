@@ -173,6 +173,51 @@ NCP_TEST("attention: float matches double") {
   }
 }
 
+// The recomputing backward against forward + backward with saved probabilities: the output is the forward's
+// bit for bit (same GEMMs and row kernel), the gradients equal up to summation order, in double and in float,
+// over self, cross, causal and multi-block shapes; it accumulates, and a null out or gradient is skipped.
+NCP_TEST("attention: backward_recompute gives the forward's output and the saved-probabilities gradients") {
+  uint64_t seed = 300;
+  for (const auto& s : kShapes) {
+    auto in = random_inputs(s, seed += 3, 1.5);
+    const int64_t HD = s.H * s.Dh;
+    auto dout = random_vector(s.B * s.Lq * HD, seed + 7);
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      auto q = cast_vector<T>(in.q), k = cast_vector<T>(in.k), v = cast_vector<T>(in.v), dy = cast_vector<T>(dout);
+      std::vector<T> out(dy.size()), probs(s.B * s.H * s.Lq * s.Lk), dq(q.size()), dk(k.size()), dv(v.size());
+      attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), s);
+      attention_backward(dq.data(), dk.data(), dv.data(), dy.data(), q.data(), k.data(), v.data(), probs.data(), s);
+      std::vector<T> out2(dy.size()), dq2(q.size()), dk2(k.size()), dv2(v.size());
+      attention_backward_recompute(dq2.data(), dk2.data(), dv2.data(), out2.data(), dy.data(), q.data(), k.data(),
+                                   v.data(), s);
+      NCP_EXPECT(out2 == out, describe(s) << ": recomputed output differs from the forward's");
+      const double tol = sizeof(T) == 8 ? 1e-12 : 1e-5;
+      const char* names[] = {"dq", "dk", "dv"};
+      const std::vector<T>* want[] = {&dq, &dk, &dv};
+      const std::vector<T>* got[] = {&dq2, &dk2, &dv2};
+      for (int i = 0; i < 3; ++i) {
+        const double e = rel_error(got[i]->data(), want[i]->data(), int64_t(want[i]->size()));
+        NCP_EXPECT(e < tol, describe(s) << " " << names[i] << (sizeof(T) == 8 ? " double" : " float")
+                                        << " rel error " << e);
+      }
+      // Only dv and no output wanted: dv alone, the same values.
+      std::vector<T> dv3(v.size());
+      attention_backward_recompute(static_cast<T*>(nullptr), static_cast<T*>(nullptr), dv3.data(),
+                                   static_cast<T*>(nullptr), dy.data(), q.data(), k.data(), v.data(), s);
+      NCP_EXPECT(dv3 == dv2, describe(s) << ": dv alone differs");
+    };
+    run(0.0);
+    run(0.0f);
+    expect_backward_accumulates("attention_backward_recompute " + describe(s),
+                                {int64_t(in.q.size()), int64_t(in.k.size()), int64_t(in.v.size())},
+                                [&](const std::vector<double*>& p) {
+                                  attention_backward_recompute(p[0], p[1], p[2], static_cast<double*>(nullptr),
+                                                               dout.data(), in.q.data(), in.k.data(), in.v.data(), s);
+                                });
+  }
+}
+
 NCP_TEST("attention: backward without saved probabilities is an error") {
   const AttentionShape s{1, 2, 2, 1, 2, false};
   std::vector<double> x(4), dx(4);
