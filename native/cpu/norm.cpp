@@ -80,8 +80,9 @@ void check_groups(int64_t C, int64_t G) {
         "group_norm: channels " + std::to_string(C) + " not divisible by groups " + std::to_string(G));
 }
 
-// The affine map of channel c of group p: y = (x - mean) scale + shift, in float as the forward writes it, so
-// that the fused backward recomputes exactly the values the forward activated.
+// The affine map of channel c of group p: y = (x - mean) scale + shift, in the forward's float formula. The fused
+// backward builds it from the saved (rounded) statistics, the forward from the unrounded ones, so a recomputed
+// value can differ from the forward's by the rounding of scale: about one ulp, far below any gradient tolerance.
 template <class T>
 struct ChannelAffine {
   T mean, scale, shift;

@@ -45,7 +45,8 @@ __global__ void group_norm_forward_kernel(float* __restrict__ y, float* __restri
 }
 
 // The gradient reaching the normalised value at index i of plane (n, c): dy itself, or with Silu (dy being the
-// gradient of silu(y)) dy silu'(y), y recomputed from x and the group's statistics as the forward wrote it.
+// gradient of silu(y)) dy silu'(y), y recomputed from x and the group's saved statistics in the forward's
+// formula (to about one ulp: the forward scales by the unrounded rstd).
 template <bool Silu>
 __device__ inline float normed_grad(const float* dy, const float* x, int64_t i, float tm, float s, float shift) {
   if constexpr (Silu) return dy[i] * silu_grad((x[i] - tm) * s + shift);
