@@ -25,7 +25,7 @@ const planned: Array<[string, string]> = [];
 function formatInfo(i: ReturnType<typeof info>): string {
   const c = i.backends.cuda;
   const cuda = c.usable
-    ? `usable: ${c.device} (sm ${c.computeCapability}), gemm: ${c.gemm}`
+    ? `usable: ${c.device} (sm ${c.computeCapability}), gemm: ${c.gemm}, attention: ${c.attention}`
     : `${c.compiled ? 'compiled' : 'not compiled'}, not usable: ${c.reason}`;
   return [
     `ncp-native ${i.version} (${i.addon})`,

@@ -22,6 +22,8 @@ export interface CudaStatus {
   driverVersion: number;
   runtimeVersion: number;
   gemm: string;
+  /** CUDA attention kernels: "materialized (float)", or fused when NCP_CUDA_ATTENTION=fused. */
+  attention: string;
   reason: string;
 }
 

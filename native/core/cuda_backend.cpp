@@ -138,6 +138,12 @@ Probe probe() {
   // NCP_CUDA_TF32=1: TF32 tensor cores for the float GEMMs (10-bit mantissa inputs, float accumulation), as
   // PyTorch's allow_tf32. Off by default so that the GPU matches the CPU to float32 rounding.
   if (const char* tf32 = std::getenv("NCP_CUDA_TF32"); tf32 && std::string(tf32) == "1") t->set_tf32(1);
+  // NCP_CUDA_ATTENTION=fused: flash-style attention kernels (cuda/flash_attention.h) for self-attention shapes;
+  // bf16 products, so off by default like TF32.
+  const char* attention = std::getenv("NCP_CUDA_ATTENTION");
+  const bool fused = attention && std::string(attention) == "fused";
+  t->set_fused_attention(fused ? 1 : 0);
+  s.attention = fused ? "fused (bf16 tensor cores) for >= 128 keys, else materialized" : "materialized (float)";
   s.gemm_provider = t->gemm_provider();
   s.usable = true;
   p.table = t;

@@ -22,6 +22,9 @@ struct Status {
   uint64_t total_memory = 0;
   int driver_version = 0, runtime_version = 0;  // 1000 major + 10 minor; driver 0 = no driver
   std::string gemm_provider;
+  // "fused (bf16 tensor cores) ..." when NCP_CUDA_ATTENTION=fused turned the flash-style kernels on, else
+  // "materialized (float)".
+  std::string attention;
   std::string reason;  // why not usable: library not found (with the paths tried), no driver, no device
 };
 
@@ -40,6 +43,9 @@ struct ParityResult {
   double max_rel_error = 0;  // infinity when any value was NaN or infinite
   std::string worst_output;
   std::vector<std::pair<std::string, double>> outputs;  // every compared output and its error
+  // The op passes when every output's error is below this: 1e-4 for float ops (summation order only); wider,
+  // with the reason beside the case, for ops that round to bf16 inside.
+  double bound = 1e-4;
 };
 
 // Runs every op of the table forward and backward on deterministic random inputs with odd shapes, on the CPU

@@ -102,6 +102,11 @@ class Recorder {
     if (err > it->max_rel_error) it->max_rel_error = err, it->worst_output = output;
     it->outputs.emplace_back(output, err);
   }
+  // The op's pass bound (ParityResult::bound), for ops that round to bf16 inside.
+  void set_bound(const std::string& op, double bound) {
+    for (ParityResult& r : results)
+      if (r.op == op + suffix_) r.bound = bound;
+  }
   std::vector<ParityResult> results;
 
  private:
@@ -552,6 +557,62 @@ void mixed_cases(Recorder& r) {
   }
 }
 
+// Switches the fused attention kernels on for the cases below and back to the mode the host chose after them.
+struct FusedAttentionOn {
+  const ncp_cuda_api* t;
+  explicit FusedAttentionOn(const ncp_cuda_api* table) : t(table) { check(t, t->set_fused_attention(1), "fused on"); }
+  ~FusedAttentionOn() { t->set_fused_attention(status().attention.rfind("fused", 0) == 0 ? 1 : 0); }
+};
+
+// The fused (flash-style) attention kernels. They round q, k, v and dout to bf16 for their tensor-core products,
+// so the CPU reference runs on inputs already rounded to bf16; what is left is the rounding of the probability
+// and dS tiles to bf16 before their products (unit roundoff 2^-9, about 2e-3, on every term), bounded at 1e-2
+// relative. A dropped key tile, a missed rescale or a wrong mask costs far more than that. Shapes: partial query
+// and key tiles with a head dim that is not a multiple of 16 (40), causal, a head dim of 160 (SD1.5's deepest
+// level: smaller backward tiles), and one with fewer keys than kFusedMinKeys (77: cross-attention's text tokens),
+// which must keep the float path and its float bound in the same mode.
+void fused_attention_cases(Recorder& r) {
+  const ncp_cuda_api* t = r.api();
+  const FusedAttentionOn on(t);
+  uint64_t seed = 900;
+  for (const cpu::AttentionShape s :
+       {cpu::AttentionShape{2, 67, 150, 3, 40, false}, cpu::AttentionShape{1, 150, 150, 2, 64, true},
+        cpu::AttentionShape{1, 130, 200, 2, 160, false}, cpu::AttentionShape{2, 67, 77, 3, 40, false}}) {
+    const ncp_cuda_attention_shape gs{s.B, s.Lq, s.Lk, s.H, s.Dh, s.causal ? 1 : 0};
+    const bool fused = s.Lk >= 128;
+    const std::string op = fused ? "attention (fused, bf16)" : "attention (fused mode, 77 keys: float)";
+    const std::string tag = "Lq " + std::to_string(s.Lq) + " Lk " + std::to_string(s.Lk) + " Dh " +
+                            std::to_string(s.Dh) + (s.causal ? " causal " : " ");
+    const int64_t nq = s.B * s.Lq * s.H * s.Dh, nk = s.B * s.Lk * s.H * s.Dh;
+    const Vec q = bf16_rounded(random_vec(nq, ++seed, -2, 2)), k = bf16_rounded(random_vec(nk, ++seed, -2, 2)),
+              v = bf16_rounded(random_vec(nk, ++seed)), dout = bf16_rounded(random_vec(nq, ++seed));
+    Buffer gq(t, q), gk(t, k), gv(t, v), gdout(t, dout), gout(t, Vec(nq));
+    Vec out(nq);
+    cpu::attention_forward<float>(out.data(), nullptr, q.data(), k.data(), v.data(), s);
+    r.call(t->attention_forward(gout.get(), nullptr, gq.get(), gk.get(), gv.get(), &gs), "attention_forward (fused)");
+    r.compare(op, tag + "out", gout, out);
+    // With the output and all three gradients, then without the output and without dq (dk, dv alone).
+    for (const bool full : {true, false}) {
+      const std::string rtag = tag + (full ? "recompute." : "recompute.no_out.no_dq.");
+      Grad rq(t, nq, ++seed), rk(t, nk, ++seed), rv(t, nk, ++seed);
+      Vec rout(nq);
+      Buffer grout(t, Vec(nq));
+      cpu::attention_backward_recompute<float>(full ? rq.cpu.data() : nullptr, rk.cpu.data(), rv.cpu.data(),
+                                               full ? rout.data() : nullptr, dout.data(), q.data(), k.data(),
+                                               v.data(), s);
+      r.call(t->attention_backward_recompute(full ? rq.gpu.get() : nullptr, rk.gpu.get(), rv.gpu.get(),
+                                             full ? grout.get() : nullptr, gdout.get(), gq.get(), gk.get(),
+                                             gv.get(), &gs),
+             "attention_backward_recompute (fused)");
+      if (full) r.compare(op, rtag + "out", grout, rout);
+      r.compare(op, rtag + "dq", rq);
+      r.compare(op, rtag + "dk", rk);
+      r.compare(op, rtag + "dv", rv);
+    }
+    if (fused) r.set_bound(op, 1e-2);
+  }
+}
+
 void gemm_based_ops(Recorder& r) {
   gemm_cases(r);
   mixed_cases(r);
@@ -578,6 +639,7 @@ std::vector<ParityResult> parity_check() {
   activation_cases(all);
   layout_cases(all);
   training_cases(all);
+  fused_attention_cases(all);
   check(t, t->synchronize(), "synchronize");
   std::vector<ParityResult> results = all.results;
   if (std::strncmp(t->gemm_provider(), "cublas", 6) == 0) {

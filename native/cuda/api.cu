@@ -61,6 +61,7 @@ ncp_cuda_api make_table() {
   t.linear_backward_input_w = linear_backward_input_w;
   t.conv2d_forward_w = conv2d_forward_w;
   t.conv2d_backward_input_w = conv2d_backward_input_w;
+  t.set_fused_attention = set_fused_attention;
   return t;
 }
 

@@ -191,6 +191,12 @@ typedef struct ncp_cuda_api {
                           const ncp_cuda_conv2d_shape* s);
   int (*conv2d_backward_input_w)(float* dx, const float* dy, const void* W, int32_t w_dtype,
                                  const ncp_cuda_conv2d_shape* s);
+
+  /* ---- fused attention (cuda/flash_attention.h) ---- */
+  /* On: attention_forward without saved_probs and attention_backward_recompute run the fused flash-style kernels
+   * (bf16 tensor-core products, float softmax statistics and outputs, no [heads, Lq, Lk] buffer) for shapes with
+   * at least 128 keys and a head dim of at most 256. Off (the default): the materialised float path. */
+  int (*set_fused_attention)(int32_t on);
 } ncp_cuda_api;
 
 /* The one exported symbol. */

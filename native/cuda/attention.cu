@@ -5,6 +5,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
+#include "cuda/flash_attention.h"
 
 namespace ncp::cuda {
 namespace {
@@ -47,10 +48,12 @@ int check_shape(const char* op, const ncp_cuda_attention_shape* s) {
 
 }  // namespace
 
-// saved_probs may be NULL (inference, as on the CPU): the probabilities then live in scratch.
+// saved_probs may be NULL (inference, as on the CPU): the probabilities then live in scratch, or nowhere when
+// the fused kernels take the shape (flash_attention.h).
 int attention_forward(float* out, float* saved_probs, const float* q, const float* k, const float* v,
                       const ncp_cuda_attention_shape* s) {
   NCP_TRY(check_shape("attention_forward", s));
+  if (!saved_probs && fused_attention_applies(s)) return fused_attention_forward(out, nullptr, q, k, v, s);
   const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, Dh = s->Dh, HD = H * Dh, LL = Lq * Lk;
   if (B == 0 || Lq == 0) return NCP_CUDA_OK;
   if (!saved_probs) NCP_TRY(scratch(1, size_t(B * H * LL) * sizeof(float), reinterpret_cast<void**>(&saved_probs)));
@@ -95,12 +98,14 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
   return NCP_CUDA_OK;
 }
 
-// The gradients without saved probabilities (cpu::attention_backward_recompute). No fused kernel yet: per batch
-// item, the forward recomputes that item's probabilities into scratch slot 1 and the backward above reads them,
-// so the scratch is [H, Lq, Lk] for one item, not B of them. out, when NULL, goes to scratch behind them.
+// The gradients without saved probabilities (cpu::attention_backward_recompute): the fused kernels when they take
+// the shape; otherwise, per batch item, the forward recomputes that item's probabilities into scratch slot 1 and
+// the backward above reads them, so the scratch is [H, Lq, Lk] for one item, not B of them. out, when NULL, goes
+// to scratch behind them.
 int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
                                  const float* k, const float* v, const ncp_cuda_attention_shape* s) {
   NCP_TRY(check_shape("attention_backward_recompute", s));
+  if (fused_attention_applies(s)) return fused_attention_backward_recompute(dq, dk, dv, out, dout, q, k, v, s);
   const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, HD = H * s->Dh, LL = Lq * Lk;
   if (B == 0 || Lq == 0) return NCP_CUDA_OK;
   float* probs = nullptr;

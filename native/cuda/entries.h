@@ -65,6 +65,8 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
                        const float* v, const float* saved_probs, const ncp_cuda_attention_shape* s);
 int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
                                  const float* k, const float* v, const ncp_cuda_attention_shape* s);
+// flash_attention.cu
+int set_fused_attention(int32_t on);
 
 // elementwise.cu
 int upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W);

@@ -24,6 +24,7 @@ Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
   o.Set("driverVersion", s.driver_version);
   o.Set("runtimeVersion", s.runtime_version);
   o.Set("gemm", s.gemm_provider);
+  o.Set("attention", s.attention);
   o.Set("reason", s.reason);
   return o;
 }
