@@ -48,14 +48,17 @@ int main(int argc, char** argv) {
     const bool profiling = arg(argc, argv, "--profile", "off") == "on";
     if (profiling) ncp::dev::set_profiling(true);
     const std::string dev_name = device < 0 ? "cpu" : ncp::cuda::status().device;
+    // Which attention kernels a CUDA run used (NCP_CUDA_ATTENTION), so logs say what was measured.
+    const std::string attention = device < 0 ? "cpu" : ncp::cuda::status().attention;
     if (what == "unet") {
       const int64_t batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
       const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device, bf16);
       const double tflops = r.gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"unet\",\"config\":\"%s\",\"latent\":%lld,\"batch\":%lld,\"device\":\"%s\","
-                  "\"weights\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"gflop\":%.1f,\"tflops\":%.2f,\"mfu\":%.3f,"
+                  "\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"gflop\":%.1f,\"tflops\":%.2f,\"mfu\":%.3f,"
                   "\"device_peak_gib\":%.2f}\n",
-                  preset.c_str(), (long long)latent, (long long)batch, dev_name.c_str(), weights.c_str(), r.median_seconds,
+                  preset.c_str(), (long long)latent, (long long)batch, dev_name.c_str(), weights.c_str(), attention.c_str(),
+                  r.median_seconds,
                   r.best_seconds, r.gflop, tflops, peak > 0 ? tflops / peak : 0.0, r.device_peak_bytes / (1 << 30));
     } else {
       const int64_t pairs = std::atoll(arg(argc, argv, "--pairs", "1").c_str());
@@ -67,11 +70,12 @@ int main(int argc, char** argv) {
       // encoder passes come on top and are not counted, so for ncp this understates the work done.
       const double tflops = 4 * r.forward_gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"step\",\"config\":\"%s\",\"latent\":%lld,\"pairs\":%lld,\"objective\":\"%s\","
-                  "\"space\":\"%s\",\"checkpointing\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"tflops_4fwd\":%.2f,"
+                  "\"space\":\"%s\",\"checkpointing\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,"
+                  "\"tflops_4fwd\":%.2f,"
                   "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"activations_peak_gib\":%.3f,"
                   "\"activations_held_gib\":%.3f,\"lora_params\":%lld}\n",
                   preset.c_str(), (long long)latent, (long long)pairs, objective.c_str(), space.c_str(),
-                  ckpt ? "true" : "false", dev_name.c_str(), weights.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
+                  ckpt ? "true" : "false", dev_name.c_str(), weights.c_str(), attention.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
                   r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), r.activation_peak_bytes / (1 << 30),
                   r.activation_held_bytes / (1 << 30), (long long)r.lora_parameters);
     }
