@@ -14,10 +14,38 @@ void LoraAdapter::zero_grad() {
   std::fill(dB.begin(), dB.end(), 0.0f);
 }
 
-const float* LoraAdapter::a() const { return dev::on_cuda() ? dev_A.data() : A.data(); }
-const float* LoraAdapter::b() const { return dev::on_cuda() ? dev_B.data() : B.data(); }
-float* LoraAdapter::da() { return dev::on_cuda() ? dev_dA.data() : dA.data(); }
-float* LoraAdapter::db() { return dev::on_cuda() ? dev_dB.data() : dB.data(); }
+const float* LoraAdapter::a() const { return dev::on_cuda() ? dev_A : A.data(); }
+const float* LoraAdapter::b() const { return dev::on_cuda() ? dev_B : B.data(); }
+float* LoraAdapter::da() { return dev::on_cuda() ? dev_dA : dA.data(); }
+float* LoraAdapter::db() { return dev::on_cuda() ? dev_dB : dB.data(); }
+
+int64_t LoraPacking::size(const std::vector<LoraAdapter*>& adapters) {
+  int64_t n = 0;
+  for (const LoraAdapter* a : adapters) n += int64_t(a->A.size() + a->B.size());
+  return n;
+}
+
+void LoraPacking::pack_params(const std::vector<LoraAdapter*>& adapters, float* dst) {
+  for (const LoraAdapter* a : adapters) {
+    dst = std::copy(a->A.begin(), a->A.end(), dst);
+    dst = std::copy(a->B.begin(), a->B.end(), dst);
+  }
+}
+
+void LoraPacking::add_grads(const std::vector<LoraAdapter*>& adapters, const float* src) {
+  for (LoraAdapter* a : adapters) {
+    for (float& g : a->dA) g += *src++;
+    for (float& g : a->dB) g += *src++;
+  }
+}
+
+void LoraPacking::bind(const std::vector<LoraAdapter*>& adapters, float* params, float* grads) {
+  for (LoraAdapter* a : adapters) {
+    const int64_t na = int64_t(a->A.size()), nb = int64_t(a->B.size());
+    if (params) a->dev_A = params, a->dev_B = params + na, params += na + nb;
+    if (grads) a->dev_dA = grads, a->dev_dB = grads + na, grads += na + nb;
+  }
+}
 
 std::vector<std::string> default_lora_targets() { return {"to_q", "to_k", "to_v", "to_out.0"}; }
 

@@ -462,21 +462,27 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
   if (on_device) dev::download(host_out, out, B * c.out_channels * H * W);
 }
 
+// One upload of every attached adapter's A and B (LoraPacking), and the adapters' device pointers into it.
 void UNet::upload_lora() const {
-  for (LoraAdapter* a : attached_) {
-    dev::upload(a->dev_A.ensure(int64_t(a->A.size())), a->A.data(), int64_t(a->A.size()));
-    dev::upload(a->dev_B.ensure(int64_t(a->B.size())), a->B.data(), int64_t(a->B.size()));
-  }
+  const int64_t n = LoraPacking::size(attached_);
+  lora_staging_.resize(size_t(n));
+  LoraPacking::pack_params(attached_, lora_staging_.data());
+  float* params = lora_params_dev_.ensure(n);
+  dev::upload(params, lora_staging_.data(), n);
+  LoraPacking::bind(attached_, params, nullptr);
 }
 
+// One fill of this backward's device gradients for every attached adapter.
+void UNet::zero_lora_grads() const {
+  LoraPacking::bind(attached_, nullptr, lora_grads_dev_.zeros(LoraPacking::size(attached_)));
+}
+
+// One download of them, added into the host gradients.
 void UNet::download_lora_grads() const {
-  std::vector<float> g;
-  auto add_back = [&](std::vector<float>& host, const Buffer& d) {
-    g.resize(host.size());
-    dev::download(g.data(), d.data(), int64_t(g.size()));
-    for (size_t i = 0; i < g.size(); ++i) host[i] += g[i];
-  };
-  for (LoraAdapter* a : attached_) add_back(a->dA, a->dev_dA), add_back(a->dB, a->dev_dB);
+  const int64_t n = LoraPacking::size(attached_);
+  lora_staging_.resize(size_t(n));
+  dev::download(lora_staging_.data(), lora_grads_dev_.data(), n);
+  LoraPacking::add_grads(attached_, lora_staging_.data());
 }
 
 void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
@@ -487,9 +493,7 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
   const bool lora = t.lora;
   dev::DeviceScope scope(device_);
   const bool on_device = device_ >= 0;
-  if (on_device && lora) {  // this pass's LoRA gradients, added into the host dA/dB at the end
-    for (LoraAdapter* a : attached_) a->dev_dA.zeros(int64_t(a->dA.size())), a->dev_dB.zeros(int64_t(a->dB.size()));
-  }
+  if (on_device && lora) zero_lora_grads();  // this pass's LoRA gradients, added into the host dA/dB at the end
 
   // Gradient buffers keyed by the activation they belong to; one is recycled as soon as the op that produced
   // its activation has been walked back.

@@ -121,6 +121,7 @@ class UNet {
   UNet(const UNetConfig& config, ParamSource params);
   void check_inputs(const UNetInputs& in) const;
   void upload_lora() const;
+  void zero_lora_grads() const;
   void download_lora_grads() const;
   void run(const UNetInputs& in, Stop stop, float* out, Trace* trace, UNetTape* tape, bool lora) const;
 
@@ -134,6 +135,9 @@ class UNet {
   std::shared_ptr<const DeviceWeights> device_weights_;  // null on the CPU
   int device_ = -1;
   std::vector<LoraAdapter*> attached_;  // the adapters attach_lora bound, for the device copies
+  // On a device: the attached adapters' A and B, and their gradients, packed (LoraPacking); the host staging copy.
+  mutable Buffer lora_params_dev_, lora_grads_dev_;
+  mutable std::vector<float> lora_staging_;
 };
 
 }  // namespace ncp::model
