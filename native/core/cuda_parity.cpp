@@ -569,15 +569,19 @@ struct FusedAttentionOn {
 // and dS tiles to bf16 before their products (unit roundoff 2^-9, about 2e-3, on every term), bounded at 1e-2
 // relative. A dropped key tile, a missed rescale or a wrong mask costs far more than that. Shapes: partial query
 // and key tiles with a head dim that is not a multiple of 16 (40), causal, a head dim of 160 (SD1.5's deepest
-// level: smaller backward tiles), and one with fewer keys than kFusedMinKeys (77: cross-attention's text tokens),
-// which must keep the float path and its float bound in the same mode.
+// level), causal with more keys than queries (key tiles no query row sees), a head dim of 256 (the largest; the
+// smaller backward tiles on Hopper), a head dim that is not a multiple of 4 (the scalar loads), and one with fewer
+// keys than kFusedMinKeys (77: cross-attention's text tokens), which must keep the float path and its float bound
+// in the same mode.
 void fused_attention_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   const FusedAttentionOn on(t);
   uint64_t seed = 900;
   for (const cpu::AttentionShape s :
        {cpu::AttentionShape{2, 67, 150, 3, 40, false}, cpu::AttentionShape{1, 150, 150, 2, 64, true},
-        cpu::AttentionShape{1, 130, 200, 2, 160, false}, cpu::AttentionShape{2, 67, 77, 3, 40, false}}) {
+        cpu::AttentionShape{1, 130, 200, 2, 160, false}, cpu::AttentionShape{1, 100, 260, 2, 64, true},
+        cpu::AttentionShape{1, 130, 200, 2, 256, true}, cpu::AttentionShape{1, 140, 130, 2, 18, false},
+        cpu::AttentionShape{2, 67, 77, 3, 40, false}}) {
     const ncp_cuda_attention_shape gs{s.B, s.Lq, s.Lk, s.H, s.Dh, s.causal ? 1 : 0};
     const bool fused = s.Lk >= 128;
     const std::string op = fused ? "attention (fused, bf16)" : "attention (fused mode, 77 keys: float)";

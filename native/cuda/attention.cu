@@ -53,7 +53,7 @@ int check_shape(const char* op, const ncp_cuda_attention_shape* s) {
 int attention_forward(float* out, float* saved_probs, const float* q, const float* k, const float* v,
                       const ncp_cuda_attention_shape* s) {
   NCP_TRY(check_shape("attention_forward", s));
-  if (!saved_probs && fused_attention_applies(s)) return fused_attention_forward(out, nullptr, q, k, v, s);
+  if (!saved_probs && fused_attention_applies(s, false)) return fused_attention_forward(out, nullptr, q, k, v, s);
   const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, Dh = s->Dh, HD = H * Dh, LL = Lq * Lk;
   if (B == 0 || Lq == 0) return NCP_CUDA_OK;
   if (!saved_probs) NCP_TRY(scratch(1, size_t(B * H * LL) * sizeof(float), reinterpret_cast<void**>(&saved_probs)));
@@ -105,7 +105,7 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
 int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
                                  const float* k, const float* v, const ncp_cuda_attention_shape* s) {
   NCP_TRY(check_shape("attention_backward_recompute", s));
-  if (fused_attention_applies(s)) return fused_attention_backward_recompute(dq, dk, dv, out, dout, q, k, v, s);
+  if (fused_attention_applies(s, true)) return fused_attention_backward_recompute(dq, dk, dv, out, dout, q, k, v, s);
   const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, HD = H * s->Dh, LL = Lq * Lk;
   if (B == 0 || Lq == 0) return NCP_CUDA_OK;
   float* probs = nullptr;

@@ -29,8 +29,8 @@ int max_shared_bytes() {
 
 int padded_head_dim(int64_t Dh) { return int((Dh + 15) / 16 * 16); }
 
-// The largest tiles whose shared memory fits (query rows first: more of them per key tile halves the backward's
-// dq atomics); bm = 0 when none does.
+// The largest tiles whose shared memory fits; bm = 0 when none does. Key rows (bn) come first: the backward's dq
+// atomics number (Lk / bn) Lq Dh per head.
 Tile forward_tile(int64_t Dh) {
   const int dp = padded_head_dim(Dh), limit = max_shared_bytes();
   for (const Tile t : {Tile{64, 64, dp}, Tile{32, 64, dp}, Tile{32, 32, dp}})
@@ -44,12 +44,26 @@ Tile backward_tile(int64_t Dh) {
   return Tile{0, 0, dp};
 }
 
+// Raises the kernel's dynamic shared-memory limit when a launch needs more than it was last given (the call is
+// not free, and every attention op launches).
 template <class Kernel>
-int launch(const char* op, Kernel kernel, dim3 grid, size_t smem, const FlashArgs& args) {
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (e != cudaSuccess) return cuda_fail(e, op);
+int launch(const char* op, Kernel kernel, int& limit_set, dim3 grid, size_t smem, const FlashArgs& args) {
+  if (int(smem) > limit_set) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return cuda_fail(e, op);
+    limit_set = int(smem);
+  }
   kernel<<<grid, kFlashThreads, smem>>>(args);
   return check_launch(op);
+}
+int g_forward_smem_set = 0, g_backward_smem_set = 0;
+
+// The shape is one the kernels take: enough keys, a head dim of at most 256, a grid and int indices in range,
+// and tiles of the pass(es) asked for that fit the device's shared memory.
+bool shape_supported(const ncp_cuda_attention_shape* s, bool backward) {
+  if (!s || s->Dh > kMaxHeadDim || s->Lk < kFusedMinKeys) return false;
+  if (s->Lq > INT32_MAX || s->Lk > INT32_MAX || s->B * s->H > 65535) return false;
+  return forward_tile(s->Dh).bm > 0 && (!backward || backward_tile(s->Dh).bm > 0);
 }
 
 FlashArgs make_args(const ncp_cuda_attention_shape* s) {
@@ -67,22 +81,22 @@ int set_fused_attention(int32_t on) {
   return NCP_CUDA_OK;
 }
 
-bool fused_attention_applies(const ncp_cuda_attention_shape* s) {
-  if (!g_fused || !s || s->Dh > kMaxHeadDim || s->Lk < kFusedMinKeys) return false;
-  if (s->Lq > INT32_MAX || s->Lk > INT32_MAX || s->B * s->H > 65535) return false;  // grid.y and int indices
-  return forward_tile(s->Dh).bm > 0 && backward_tile(s->Dh).bm > 0;
+bool fused_attention_applies(const ncp_cuda_attention_shape* s, bool backward) {
+  return g_fused && shape_supported(s, backward);
 }
 
 int fused_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                             const ncp_cuda_attention_shape* s) {
-  NCP_REQUIRE(fused_attention_applies(s), "fused attention: shape not supported (Lk %lld, Dh %lld)",
+  NCP_REQUIRE(s, "fused attention: shape is NULL");
+  NCP_REQUIRE(shape_supported(s, false), "fused attention: shape not supported (Lk %lld, Dh %lld)",
               (long long)s->Lk, (long long)s->Dh);
   if (s->B == 0 || s->Lq == 0) return NCP_CUDA_OK;
   FlashArgs a = make_args(s);
   a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
   a.tile = forward_tile(s->Dh);
   const dim3 grid(unsigned((s->Lq + a.tile.bm - 1) / a.tile.bm), unsigned(s->B * s->H));
-  return launch("fused attention forward", flash_forward_kernel, grid, ForwardSmem(a.tile).total, a);
+  return launch("fused attention forward", flash_forward_kernel, g_forward_smem_set, grid, ForwardSmem(a.tile).total,
+                a);
 }
 
 // Forward again (for out and the log-sum-exp), the per-row delta, then the key-tile backward. Scratch slot 1
@@ -90,7 +104,8 @@ int fused_attention_forward(float* out, float* lse, const float* q, const float*
 int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout,
                                        const float* q, const float* k, const float* v,
                                        const ncp_cuda_attention_shape* s) {
-  NCP_REQUIRE(fused_attention_applies(s), "fused attention backward: shape not supported (Lk %lld, Dh %lld)",
+  NCP_REQUIRE(s, "fused attention backward: shape is NULL");
+  NCP_REQUIRE(shape_supported(s, true), "fused attention backward: shape not supported (Lk %lld, Dh %lld)",
               (long long)s->Lk, (long long)s->Dh);
   if (s->B == 0 || s->Lq == 0) return NCP_CUDA_OK;
   const int64_t rows = s->B * s->H * s->Lq, n_out = s->B * s->Lq * s->H * s->Dh;
@@ -108,7 +123,8 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse_in = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   a.tile = backward_tile(s->Dh);
   const dim3 grid(unsigned((s->Lk + a.tile.bn - 1) / a.tile.bn), unsigned(s->B * s->H));
-  return launch("fused attention backward", flash_backward_kernel, grid, BackwardSmem(a.tile).total, a);
+  return launch("fused attention backward", flash_backward_kernel, g_backward_smem_set, grid,
+                BackwardSmem(a.tile).total, a);
 }
 
 }  // namespace ncp::cuda

@@ -14,8 +14,8 @@ namespace ncp::cuda {
 
 // The fused mode is on and the shape is one the kernels handle on the current device: head dim at most 256,
 // enough keys (>= kFusedMinKeys) for the key-tile parallel backward to fill the device, and tiles that fit its
-// shared memory.
-bool fused_attention_applies(const ncp_cuda_attention_shape* s);
+// shared memory (the forward's alone for inference, both passes' for a backward).
+bool fused_attention_applies(const ncp_cuda_attention_shape* s, bool backward);
 constexpr int64_t kFusedMinKeys = 128;
 
 // out = softmax(scale q k^T) v; lse (may be NULL) gets each row's log-sum-exp of the scaled scores, [B, H, Lq].

@@ -114,6 +114,9 @@ inline float atomicAdd(float* p, float v) {
   *p = old + v;
   return old;
 }
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 struct __nv_bfloat16 {
   uint16_t bits;
 };
@@ -259,8 +262,12 @@ NCP_TEST("fused attention kernels, emulated, match the CPU") {
       {{1, 70, 70, 1, 16, true}, {64, 64, 16}, {64, 64, 16}, 256},
       // causal with more keys than queries and fewer: tiles of unequal height
       {{1, 50, 90, 1, 24, true}, {64, 32, 32}, {32, 64, 32}, 64},
-      // SD1.5's deepest head dim (160) with the smaller backward tiles the kernels use for it
+      // SD1.5's deepest head dim (160), small tiles
       {{1, 21, 40, 1, 160, false}, {32, 32, 160}, {32, 32, 160}, 64},
+      // causal with more queries than keys; a head dim that is not a multiple of 4 (the scalar loads)
+      {{1, 90, 50, 2, 18, true}, {32, 64, 32}, {64, 32, 32}, 64},
+      // the largest head dim the kernels take (256)
+      {{1, 20, 33, 1, 256, true}, {32, 32, 256}, {32, 32, 256}, 64},
   };
   uint64_t seed = 40;
   for (const Case& c : cases) {
