@@ -362,6 +362,19 @@ void activation_cases(Recorder& r) {
 
 void layout_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
+  {  // the bf16 tape: round on the device, widen back; one bf16 step apart would be 4e-3 relative, far over 1e-4
+    const int64_t n = 100003;
+    Vec x = random_vec(n, 580, -50, 50);
+    x[0] = 1.0f + 1.0f / 256.0f, x[1] = 1.0f + 3.0f / 256.0f;  // ties to even
+    Buffer gx(t, x), half(t, Vec((n + 1) / 2)), gy(t, Vec(n));
+    r.call(t->round_to_bf16(half.get(), gx.get(), n), "round_to_bf16");
+    r.call(t->widen_bf16(gy.get(), half.get(), n), "widen_bf16");
+    std::vector<uint16_t> cpu_half(static_cast<size_t>(n));
+    Vec y(static_cast<size_t>(n));
+    cpu::round_to_bf16(cpu_half.data(), x.data(), n);
+    cpu::widen_bf16(y.data(), cpu_half.data(), n);
+    r.compare("round_to_bf16 + widen_bf16", "y", gy, y);
+  }
   {  // transpose (odd sizes crossing the 32x32 tiles), y = a x + c
     const int64_t N = 3, rows = 45, cols = 70, n = N * rows * cols;
     const Vec x = random_vec(n, 590);
@@ -566,8 +579,8 @@ struct FusedAttentionOn {
 
 // The fused (flash-style) attention kernels. They round q, k, v and dout to bf16 for their tensor-core products,
 // so the CPU reference runs on inputs already rounded to bf16; what is left is the rounding of the probability
-// and dS tiles to bf16 before their products (unit roundoff 2^-9, about 2e-3, on every term), bounded at 1e-2
-// relative. A dropped key tile, a missed rescale or a wrong mask costs far more than that. Shapes: partial query
+// and dS tiles to bf16 before their products (unit roundoff 2^-8, about 4e-3, on every term; 1-2e-3 over the sums
+// in test_flash_emulated), bounded at 1e-2 relative. A dropped key tile, a missed rescale or a wrong mask costs far more than that. Shapes: partial query
 // and key tiles with a head dim that is not a multiple of 16 (40), causal, a head dim of 160 (SD1.5's deepest
 // level), causal with more keys than queries (key tiles no query row sees), a head dim of 256 (the largest; the
 // smaller backward tiles on Hopper), a head dim that is not a multiple of 4 (the scalar loads), and one with fewer

@@ -44,7 +44,14 @@ inline float bf16_to_f32(uint16_t b) {
   return f;
 }
 
-uint16_t f32_to_bf16(float f);
+// Round-to-nearest-even (what __float2bfloat16_rn does), NaN kept NaN. Inline: the bf16 tape rounds every value.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // keep NaN quiet
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
 
 // Converts n values stored as `from` into float32 (src may be unaligned, as in an mmap'd file).
 void convert_to_f32(float* dst, const void* src, DType from, int64_t n);

@@ -1,6 +1,7 @@
 // Residual adds, skip-connection concat and the per-channel time-embedding bias of the resnet blocks.
 #include <algorithm>
 
+#include "core/dtype.h"
 #include "core/threads.h"
 #include "cpu/ops.h"
 #include "cpu/vec.h"
@@ -8,6 +9,18 @@
 namespace ncp::cpu {
 namespace {
 constexpr int64_t kGrain = 1 << 15;  // elements per task: below this, threading costs more than it saves
+}
+
+void round_to_bf16(uint16_t* dst, const float* src, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] = f32_to_bf16(src[i]);
+  });
+}
+
+void widen_bf16(float* dst, const uint16_t* src, int64_t n) {
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] = bf16_to_f32(src[i]);
+  });
 }
 
 template <class T>

@@ -129,6 +129,10 @@ template <class T>
 void upsample_nearest2x_backward(T* dx, const T* dy, int64_t N, int64_t C, int64_t H, int64_t W);
 
 // ---- Elementwise add (y = a + b, n values) and channel concat: a [N,Ca,HW], b [N,Cb,HW] -> y [N,Ca+Cb,HW].
+// bf16 storage of float32 activations (the mixed-precision tape): dst = round-to-nearest-even of src, and back.
+void round_to_bf16(uint16_t* dst, const float* src, int64_t n);
+void widen_bf16(float* dst, const uint16_t* src, int64_t n);
+
 template <class T>
 void add_forward(T* y, const T* a, const T* b, int64_t n);
 template <class T>

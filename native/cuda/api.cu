@@ -62,6 +62,8 @@ ncp_cuda_api make_table() {
   t.conv2d_forward_w = conv2d_forward_w;
   t.conv2d_backward_input_w = conv2d_backward_input_w;
   t.set_fused_attention = set_fused_attention;
+  t.round_to_bf16 = round_to_bf16;
+  t.widen_bf16 = widen_bf16;
   return t;
 }
 

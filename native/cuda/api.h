@@ -197,6 +197,10 @@ typedef struct ncp_cuda_api {
    * (bf16 tensor-core products, float softmax statistics and outputs, no [heads, Lq, Lk] buffer) for shapes with
    * at least 128 keys and a head dim of at most 256. Off (the default): the materialised float path. */
   int (*set_fused_attention)(int32_t on);
+
+  /* ---- the bf16 tape (mixed precision): dst = src rounded to nearest-even bf16 (n values), and back ---- */
+  int (*round_to_bf16)(void* dst, const float* src, int64_t n);
+  int (*widen_bf16)(float* dst, const void* src, int64_t n);
 } ncp_cuda_api;
 
 /* The one exported symbol. */

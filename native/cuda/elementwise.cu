@@ -1,6 +1,8 @@
 // Residual adds, channel concat, nearest 2x upsampling, per-channel biases, and the column / channel sums
 // their backward passes (and the linear and conv bias gradients) need. Every output element has one writer,
 // so results do not depend on scheduling.
+#include <cuda_bf16.h>
+
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
 
@@ -145,6 +147,18 @@ int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t
   transpose_kernel<<<dim3(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32), unsigned(N)), dim3(32, 8)>>>(
       y, x, rows, cols);
   return check_launch("transpose_batched");
+}
+
+int round_to_bf16(void* dst, const float* src, int64_t n) {
+  NCP_REQUIRE(n >= 0, "round_to_bf16: negative size %lld", (long long)n);
+  __nv_bfloat16* d = static_cast<__nv_bfloat16*>(dst);
+  return launch_each("round_to_bf16", n, [=] __device__(int64_t i) { d[i] = __float2bfloat16_rn(src[i]); });
+}
+
+int widen_bf16(float* dst, const void* src, int64_t n) {
+  NCP_REQUIRE(n >= 0, "widen_bf16: negative size %lld", (long long)n);
+  const __nv_bfloat16* s = static_cast<const __nv_bfloat16*>(src);
+  return launch_each("widen_bf16", n, [=] __device__(int64_t i) { dst[i] = __bfloat162float(s[i]); });
 }
 
 int scale_shift(float* y, const float* x, float a, float c, int64_t n) {

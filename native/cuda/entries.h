@@ -80,6 +80,8 @@ int concat_channels_backward(float* da, float* db, const float* dy, int64_t N, i
 int add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C, int64_t HW);
 int add_channel_bias_backward(float* dbias, const float* dy, int64_t N, int64_t C, int64_t HW);
 int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
+int round_to_bf16(void* dst, const float* src, int64_t n);
+int widen_bf16(float* dst, const void* src, int64_t n);
 
 // gemm.cu, conv2d.cu: frozen weights in float32 or bf16 (ncp_cuda_dtype)
 int gemm_mixed(int32_t trans_a, int32_t trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,

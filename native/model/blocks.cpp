@@ -223,12 +223,18 @@ Attention::Attention(ParamSource& p, const std::string& prefix, int64_t query_di
 void Attention::forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk,
                         Acts& a, bool lora) const {
   const int64_t inner = heads * head_dim;
-  to_q.forward(a.q.ensure(B * Lq * inner), x, B * Lq, lora);
-  to_k.forward(a.k.ensure(B * Lk * inner), context, B * Lk, lora);
-  to_v.forward(a.v.ensure(B * Lk * inner), context, B * Lk, lora);
+  Buffer qs, ks, vs;  // float32 q, k, v for this forward when the tape keeps them in bf16
+  float* q = a.q.out(B * Lq * inner, qs);
+  to_q.forward(q, x, B * Lq, lora);
+  a.q.keep();
+  float* k = a.k.out(B * Lk * inner, ks);
+  to_k.forward(k, context, B * Lk, lora);
+  a.k.keep();
+  float* v = a.v.out(B * Lk * inner, vs);
+  to_v.forward(v, context, B * Lk, lora);
+  a.v.keep();
   Buffer o;  // not kept: backward recomputes it with the probabilities
-  dev::attention_forward(o.ensure(B * Lq * inner), nullptr, a.q.data(), a.k.data(), a.v.data(),
-                         cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
+  dev::attention_forward(o.ensure(B * Lq * inner), nullptr, q, k, v, cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
   to_out.forward(y, o.data(), B * Lq, lora);
 }
 
@@ -240,8 +246,9 @@ void Attention::backward(float* dx, float* dcontext, const float* dy, const floa
   dq.zeros(B * nq), dk.zeros(B * nk), dv.zeros(B * nk);
   // The probabilities are recomputed, never stored whole; the recomputed output is what to_out's adapter reads.
   float* out = to_out.reads_input(lora) ? o.ensure(B * nq) : nullptr;
-  dev::attention_backward_recompute(dq.data(), dk.data(), dv.data(), out, d_o.data(), a.q.data(), a.k.data(),
-                                    a.v.data(), cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
+  Buffer qs, ks, vs;  // widened from a bf16 tape
+  dev::attention_backward_recompute(dq.data(), dk.data(), dv.data(), out, d_o.data(), a.q.get(qs), a.k.get(ks),
+                                    a.v.get(vs), cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
   to_out.backward_params(dy, out, B * Lq, lora);
   to_q.backward(dx, dq.data(), x, B * Lq, lora);
   to_k.backward(dcontext, dk.data(), context, B * Lk, lora);
@@ -264,18 +271,25 @@ void BasicTransformerBlock::forward(float* y, const float* x, const float* conte
                                     int64_t Lk, Acts& a, bool lora) const {
   const int64_t rows = B * L, n = rows * dim;
   Buffer normed, gated;  // scratch (see Acts)
+  Buffer h1s, h2s, ffs;  // float32 values of the kept activations when the tape keeps them in bf16
   // Each sub-layer's output lands in the next residual buffer, which then takes the residual in place.
   norm1.forward(normed.ensure(n), a.s1, x, rows);
-  attn1.forward(a.h1.ensure(n), normed.data(), normed.data(), B, L, L, a.attn1, lora);
-  dev::add_forward(a.h1.data(), a.h1.data(), x, n);
-  norm2.forward(normed.data(), a.s2, a.h1.data(), rows);
-  attn2.forward(a.h2.ensure(n), normed.data(), context, B, L, Lk, a.attn2, lora);
-  dev::add_forward(a.h2.data(), a.h2.data(), a.h1.data(), n);
-  norm3.forward(normed.data(), a.s3, a.h2.data(), rows);
-  ff_proj.forward(a.ff_h.ensure(rows * 2 * ff_inner), normed.data(), rows, lora);
-  dev::geglu_forward(gated.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
+  float* h1 = a.h1.out(n, h1s);
+  attn1.forward(h1, normed.data(), normed.data(), B, L, L, a.attn1, lora);
+  dev::add_forward(h1, h1, x, n);
+  a.h1.keep();
+  norm2.forward(normed.data(), a.s2, h1, rows);
+  float* h2 = a.h2.out(n, h2s);
+  attn2.forward(h2, normed.data(), context, B, L, Lk, a.attn2, lora);
+  dev::add_forward(h2, h2, h1, n);
+  a.h2.keep();
+  norm3.forward(normed.data(), a.s3, h2, rows);
+  float* ff_h = a.ff_h.out(rows * 2 * ff_inner, ffs);
+  ff_proj.forward(ff_h, normed.data(), rows, lora);
+  a.ff_h.keep();
+  dev::geglu_forward(gated.ensure(rows * ff_inner), ff_h, rows, ff_inner);
   ff_out.forward(y, gated.data(), rows, lora);
-  dev::add_forward(y, y, a.h2.data(), n);
+  dev::add_forward(y, y, h2, n);
 }
 
 void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x, const float* context, int64_t B,
@@ -290,22 +304,30 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
     norm.forward(redo.ensure(n), s, in, rows);
     return redo.data();
   };
+  // The kept activations as float32 (widened from a bf16 tape into these buffers).
+  Buffer h1s, h2s;
+  const float* h1 = a.h1.get(h1s);
+  const float* h2 = a.h2.get(h2s);
   // y = h2 + ff(norm3 h2)
   float* d_h2 = dh.ensure(n);
   dev::copy(d_h2, dy, n);
-  const float* gated = nullptr;
-  if (ff_out.reads_input(lora)) {
-    dev::geglu_forward(redo.ensure(rows * ff_inner), a.ff_h.data(), rows, ff_inner);
-    gated = redo.data();
+  {
+    Buffer ffs;  // the widest kept tensor: widened only for the feed-forward's backward
+    const float* ff_h = a.ff_h.get(ffs);
+    const float* gated = nullptr;
+    if (ff_out.reads_input(lora)) {
+      dev::geglu_forward(redo.ensure(rows * ff_inner), ff_h, rows, ff_inner);
+      gated = redo.data();
+    }
+    ff_out.backward(dg.zeros(rows * ff_inner), dy, gated, rows, lora);
+    dev::geglu_backward(dffh.zeros(rows * 2 * ff_inner), dg.data(), ff_h, rows, ff_inner);
   }
-  ff_out.backward(dg.zeros(rows * ff_inner), dy, gated, rows, lora);
-  dev::geglu_backward(dffh.zeros(rows * 2 * ff_inner), dg.data(), a.ff_h.data(), rows, ff_inner);
-  ff_proj.backward(dn.zeros(n), dffh.data(), renormed(norm3, a.h2.data(), ff_proj.reads_input(lora)), rows, lora);
-  norm3.backward(d_h2, dn.data(), a.h2.data(), a.s3, rows);
+  ff_proj.backward(dn.zeros(n), dffh.data(), renormed(norm3, h2, ff_proj.reads_input(lora)), rows, lora);
+  norm3.backward(d_h2, dn.data(), h2, a.s3, rows);
   // h2 = h1 + attn2(norm2 h1, context): no gradient to the text conditioning.
-  attn2.backward(dn.zeros(n), nullptr, d_h2, renormed(norm2, a.h1.data(), attn2.reads_x(lora)), context, B, L, Lk,
-                 a.attn2, lora);
-  norm2.backward(d_h2, dn.data(), a.h1.data(), a.s2, rows);  // d_h2 now holds d h1
+  attn2.backward(dn.zeros(n), nullptr, d_h2, renormed(norm2, h1, attn2.reads_x(lora)), context, B, L, Lk, a.attn2,
+                 lora);
+  norm2.backward(d_h2, dn.data(), h1, a.s2, rows);  // d_h2 now holds d h1
   // h1 = x + attn1(norm1 x)
   dev::add_into(dx, d_h2, n);
   float* d_n1 = dn.zeros(n);

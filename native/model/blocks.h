@@ -149,7 +149,7 @@ struct Attention {
   int64_t heads = 0, head_dim = 0;
   Linear to_q, to_k, to_v, to_out;
   struct Acts {
-    Buffer q, k, v;  // the attention output is not kept: backward recomputes it with the probabilities
+    KeptActivation q, k, v;  // the attention output is not kept: backward recomputes it with the probabilities
   };
   Attention() = default;
   Attention(ParamSource& p, const std::string& prefix, int64_t query_dim, int64_t context_dim, int64_t heads,
@@ -179,7 +179,7 @@ struct BasicTransformerBlock {
   // the feed-forward's pre-GEGLU activations and q, k, v: 14 block-sized tensors' worth, not 23.
   struct Acts {
     NormStats s1, s2, s3;
-    Buffer h1, h2, ff_h;  // h1, h2: residual stream after attn1, attn2; ff_h: ff.net.0.proj output
+    KeptActivation h1, h2, ff_h;  // h1, h2: residual stream after attn1, attn2; ff_h: ff.net.0.proj output
     Attention::Acts attn1, attn2;
   };
   BasicTransformerBlock() = default;

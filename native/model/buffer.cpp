@@ -38,4 +38,31 @@ float* Buffer::zeros(int64_t n) {
   return p;
 }
 
+namespace {
+thread_local bool g_tape_bf16 = false;
+}
+
+bool tape_bf16() { return g_tape_bf16; }
+TapePrecision::TapePrecision(bool bf16) : previous_(g_tape_bf16) { g_tape_bf16 = bf16; }
+TapePrecision::~TapePrecision() { g_tape_bf16 = previous_; }
+
+float* KeptActivation::out(int64_t n, Buffer& scratch) {
+  bf16_ = tape_bf16(), n_ = n;
+  float* p = bf16_ ? scratch.ensure(n) : storage_.ensure(n);
+  written_ = p;
+  return p;
+}
+
+void KeptActivation::keep() {
+  if (!bf16_) return;
+  dev::round_to_bf16(reinterpret_cast<uint16_t*>(storage_.ensure((n_ + 1) / 2)), written_, n_);
+}
+
+const float* KeptActivation::get(Buffer& scratch) const {
+  if (!bf16_) return storage_.data();
+  float* p = scratch.ensure(n_);
+  dev::widen_bf16(p, reinterpret_cast<const uint16_t*>(storage_.data()), n_);
+  return p;
+}
+
 }  // namespace ncp::model

@@ -32,4 +32,38 @@ class Buffer {
   int device_ = -1;
 };
 
+// The precision of the activations blocks keep for backward, on the calling thread: float32 unless a
+// TapePrecision scope (the U-Net's, under mixed precision) says bf16.
+bool tape_bf16();
+class TapePrecision {
+ public:
+  explicit TapePrecision(bool bf16);
+  ~TapePrecision();
+  TapePrecision(const TapePrecision&) = delete;
+  TapePrecision& operator=(const TapePrecision&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// An activation a block keeps for its backward: float32, or bf16 when tape_bf16() (half the memory, what PyTorch's
+// bf16 autocast keeps). The forward writes the float32 values where out() points (the storage itself, or
+// `scratch`, which the caller keeps while its forward still reads them) and then calls keep(), which rounds them
+// into the storage; backward reads float32 values back through get().
+class KeptActivation {
+ public:
+  float* out(int64_t n, Buffer& scratch);
+  void keep();
+  // The kept values as float32: the storage itself, or widened into scratch.
+  const float* get(Buffer& scratch) const;
+  int64_t size() const { return n_; }
+  bool bf16() const { return bf16_; }
+
+ private:
+  Buffer storage_;  // float32 [n], or bf16 [n] two to a float slot
+  const float* written_ = nullptr;
+  int64_t n_ = 0;
+  bool bf16_ = false;
+};
+
 }  // namespace ncp::model

@@ -461,4 +461,16 @@ void scale_shift(float* y, const float* x, float a, float c, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + c;
 }
 
+void round_to_bf16(uint16_t* dst, const float* src, int64_t n) {
+  OpTimer timer("round_to_bf16");
+  if (on_cuda()) return ok(table().round_to_bf16(dst, src, n), "round_to_bf16");
+  cpu::round_to_bf16(dst, src, n);
+}
+
+void widen_bf16(float* dst, const uint16_t* src, int64_t n) {
+  OpTimer timer("widen_bf16");
+  if (on_cuda()) return ok(table().widen_bf16(dst, src, n), "widen_bf16");
+  cpu::widen_bf16(dst, src, n);
+}
+
 }  // namespace ncp::dev

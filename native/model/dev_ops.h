@@ -104,5 +104,8 @@ void add_channel_bias_forward(float* y, const float* bias, int64_t N, int64_t C,
 void timestep_embedding(float* y, const float* t, int64_t N, int64_t dim, bool flip_sin_to_cos, double freq_shift);
 void transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t cols);
 void scale_shift(float* y, const float* x, float a, float c, int64_t n);  // y = a x + c
+// The bf16 tape (model/buffer.h, KeptActivation): round-to-nearest-even into bf16 storage, and back to float32.
+void round_to_bf16(uint16_t* dst, const float* src, int64_t n);
+void widen_bf16(float* dst, const uint16_t* src, int64_t n);
 
 }  // namespace ncp::dev

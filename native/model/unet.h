@@ -69,6 +69,11 @@ class UNet {
   UNet(const UNetConfig& config, std::shared_ptr<const DeviceWeights> weights);
   // -1 on the CPU, else the CUDA device index.
   int device() const { return device_; }
+  // Keep the transformer blocks' activations for backward in bf16 (KeptActivation): half their memory, with
+  // backward reading values rounded to bf16, as under PyTorch's bf16 autocast. Mixed precision turns it on
+  // (LoadedUNet::to_device with bf16 weights); float32 otherwise.
+  void set_tape_bf16(bool on) { tape_bf16_ = on; }
+  bool tape_bf16() const { return tape_bf16_; }
 
   const UNetConfig& config() const { return config_; }
   // Width of text_embeds: projection_class_embeddings_input_dim less the 6 embedded time ids (SDXL; else 0).
@@ -134,6 +139,7 @@ class UNet {
   GroupNorm conv_norm_out_;
   std::shared_ptr<const DeviceWeights> device_weights_;  // null on the CPU
   int device_ = -1;
+  bool tape_bf16_ = false;
   std::vector<LoraAdapter*> attached_;  // the adapters attach_lora bound, for the device copies
   // On a device: the attached adapters' A and B, and their gradients, packed (LoraPacking); the host staging copy.
   mutable Buffer lora_params_dev_, lora_grads_dev_;

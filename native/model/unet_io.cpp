@@ -23,6 +23,7 @@ void LoadedUNet::to_device(int d, bool bf16) {
   check(device < 0, "NCP_EINVAL", "U-Net of " + model_dir + " is already on another device");
   auto w = std::make_shared<const DeviceWeights>(weights, d, bf16);
   unet = std::make_unique<UNet>(config, std::move(w));
+  unet->set_tape_bf16(bf16);  // mixed precision keeps bf16 activations too, as autocast does
   weights = WeightMap();
   device = d;
 }

@@ -66,10 +66,13 @@ double bf16_reference_bound(const std::string& model, const std::string& key) {
 }
 
 // device -1: the CPU; N: CUDA device N (the same bounds: the GPU runs the same float32 arithmetic).
-// bf16: the weight matrices in bf16 on the device, bounded by bf16_reference_bound.
-void check_model(const std::string& name, int device = -1, bool bf16 = false) {
+// bf16: the weight matrices in bf16 on the device (and the bf16 tape that mixed precision brings), bounded by
+// bf16_reference_bound. tape_bf16 alone (the CPU's float32 weights, activations kept in bf16) is held to the same
+// yardstick: PyTorch's recipe keeps bf16 activations too, on top of its bf16 weights.
+void check_model(const std::string& name, int device = -1, bool bf16 = false, bool tape_bf16 = false) {
   auto m = model::load_unet(test::golden_path(name));
   m->to_device(device, bf16);
+  if (tape_bf16) m->unet->set_tape_bf16(true);
   const model::SafetensorsFile golden = model::SafetensorsFile::open(test::golden_path(name + "/objectives.safetensors"));
   int checked = 0;
   for (const char* obj : {"sft", "dpo", "cpo"})
@@ -98,9 +101,13 @@ void check_model(const std::string& name, int device = -1, bool bf16 = false) {
         ++checked;
       }
       if (std::getenv("NCP_TEST_VERBOSE") || device >= 0)
-        std::printf("    %s%s %s %s: worst %.2e (%s)\n", device >= 0 ? "cuda" : "cpu", bf16 ? " bf16" : "", name.c_str(),
+        std::printf("    %s%s %s %s: worst %.2e (%s)\n", device >= 0 ? "cuda" : "cpu",
+                    bf16 ? " bf16" : tape_bf16 ? " bf16-tape" : "", name.c_str(),
                     key.c_str(), worst, worst_name.c_str());
-      const double tol = bf16 ? bf16_reference_bound(name, key) : s.tol;
+      // A bf16 tape alone: its values carry bf16's unit roundoff (2^-8, 4e-3) into every backward product; the
+      // gradients moved by 0.7-1.7e-2 on these cases when measured (2026-11-28). 5e-2 is under PyTorch's recipe
+      // on every case it has a figure for (9e-2 and up) and catches a tape read back wrong (order 1).
+      const double tol = bf16 ? bf16_reference_bound(name, key) : tape_bf16 ? 5e-2 : s.tol;
       NCP_EXPECT(std::isfinite(worst) && worst <= tol, name << " " << key << ": worst relative error " << worst << " ("
                                                              << worst_name << ") > " << tol);
     }
@@ -129,22 +136,31 @@ NCP_TEST("cuda: objectives golden on the GPU with bf16 weights, no worse than Py
 }
 NCP_TEST("objectives golden tiny-sdxl: 3 objectives x 4 spaces, loss, errors, LoRA grads") { check_model("tiny-sdxl"); }
 
+NCP_TEST("objectives golden with a bf16 tape on the CPU: within 5e-2, and PyTorch bf16 autocast's error") {
+  check_model("tiny-sd15", -1, false, true);
+  check_model("tiny-sdxl", -1, false, true);
+}
+
 }  // namespace
 
+// Also with a bf16 tape: the recomputed block internals round to the same bf16 values the kept ones had.
 NCP_TEST("objectives: gradient checkpointing recomputes the same gradients exactly (tiny-sdxl, dpo, ncp-mid-prev)") {
   auto m = model::load_unet(test::golden_path("tiny-sdxl"));
   const model::SafetensorsFile golden =
       model::SafetensorsFile::open(test::golden_path("tiny-sdxl/objectives.safetensors"));
-  GradOptions o;
-  o.objective.objective = Objective::DPO, o.objective.space = Space::Ncp, o.objective.beta = 20000;
-  o.lora_alpha = 8;
-  const auto plain = grad_case(*m, golden, o);
-  o.gradient_checkpointing = true;
-  const auto recomputed = grad_case(*m, golden, o);
-  NCP_EXPECT(plain.size() == recomputed.size());
-  for (const auto& [name, t] : plain) {
-    const double e = rel_err(recomputed.at(name).data, t.data);
-    NCP_EXPECT(recomputed.at(name).data == t.data, name << " differs: relative " << e);
+  for (const bool tape_bf16 : {false, true}) {
+    m->unet->set_tape_bf16(tape_bf16);
+    GradOptions o;
+    o.objective.objective = Objective::DPO, o.objective.space = Space::Ncp, o.objective.beta = 20000;
+    o.lora_alpha = 8;
+    const auto plain = grad_case(*m, golden, o);
+    o.gradient_checkpointing = true;
+    const auto recomputed = grad_case(*m, golden, o);
+    NCP_EXPECT(plain.size() == recomputed.size());
+    for (const auto& [name, t] : plain) {
+      const double e = rel_err(recomputed.at(name).data, t.data);
+      NCP_EXPECT(recomputed.at(name).data == t.data, (tape_bf16 ? "bf16 tape: " : "") << name << " differs: relative " << e);
+    }
   }
 }
 

@@ -32,7 +32,7 @@ std::string arg(int argc, char** argv, const char* name, const char* fallback) {
 int main(int argc, char** argv) {
   if (argc < 2 || (std::strcmp(argv[1], "unet") != 0 && std::strcmp(argv[1], "step") != 0)) {
     std::fprintf(stderr, "usage: ncp_bench unet|step --config sd15|sdxl --latent N [--batch N | --pairs N "
-                         "--objective dpo --space ncp] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n");
+                         "--objective dpo --space ncp --tape f32|bf16] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n");
     return 2;
   }
   try {
@@ -64,18 +64,22 @@ int main(int argc, char** argv) {
       const int64_t pairs = std::atoll(arg(argc, argv, "--pairs", "1").c_str());
       const std::string objective = arg(argc, argv, "--objective", "dpo"), space = arg(argc, argv, "--space", "ncp");
       const bool ckpt = arg(argc, argv, "--gradient-checkpointing", "off") == "on";
-      const auto r = ncp::train::bench_step(preset, latent, pairs, objective, space, reps, device, ckpt, bf16);
+      const std::string tape = arg(argc, argv, "--tape", bf16 ? "bf16" : "f32");
+      if (tape != "f32" && tape != "bf16") throw ncp::Error("NCP_EINVAL", "--tape must be f32 or bf16");
+      if (bf16 && tape != "bf16") throw ncp::Error("NCP_EINVAL", "--weights bf16 keeps a bf16 tape (mixed precision)");
+      const auto r = ncp::train::bench_step(preset, latent, pairs, objective, space, reps, device, ckpt, bf16, "",
+                                            tape == "bf16");
       // A step runs the policy forward and backward (about 3 forwards: the backward's input gradients cost
       // about twice a forward) and the reference forward over the 2P rows: 4 forward-equivalents. The NCP
       // encoder passes come on top and are not counted, so for ncp this understates the work done.
       const double tflops = 4 * r.forward_gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"step\",\"config\":\"%s\",\"latent\":%lld,\"pairs\":%lld,\"objective\":\"%s\","
-                  "\"space\":\"%s\",\"checkpointing\":%s,\"device\":\"%s\",\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,"
+                  "\"space\":\"%s\",\"checkpointing\":%s,\"tape\":\"%s\",\"device\":\"%s\",\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,"
                   "\"tflops_4fwd\":%.2f,"
                   "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"activations_peak_gib\":%.3f,"
                   "\"activations_held_gib\":%.3f,\"lora_params\":%lld}\n",
                   preset.c_str(), (long long)latent, (long long)pairs, objective.c_str(), space.c_str(),
-                  ckpt ? "true" : "false", dev_name.c_str(), weights.c_str(), attention.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
+                  ckpt ? "true" : "false", tape.c_str(), dev_name.c_str(), weights.c_str(), attention.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
                   r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), r.activation_peak_bytes / (1 << 30),
                   r.activation_held_bytes / (1 << 30), (long long)r.lora_parameters);
     }

@@ -21,7 +21,7 @@ namespace ncp::train {
 
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
                            const std::string& space, int reps, int device, bool checkpointing,
-                           bool bf16_weights, const std::string& file_dtype) {
+                           bool bf16_weights, const std::string& file_dtype, bool tape_bf16) {
   auto m = std::make_shared<model::LoadedUNet>();
   m->model_dir = "<random " + preset + ">";
   m->config = model::unet_preset(preset);
@@ -52,6 +52,7 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   c.bf16_weights = bf16_weights;
   dev::reset_device_peak();
   Trainer trainer(c, m);
+  if (tape_bf16) m->unet->set_tape_bf16(true);
   // B starts at zero, which makes the policy equal the reference; a non-zero B exercises the real arithmetic.
   for (const auto& a : trainer.lora().adapters()) std::fill(a->B.begin(), a->B.end(), 1e-3f);
 

@@ -20,9 +20,10 @@ struct StepBenchResult {
 
 // device: -1 the CPU, N CUDA device N. file_dtype: "" keeps random float32 weights in memory; "F32", "F16" or
 // "BF16" writes them as such a safetensors file and loads it as load_unet does (matrices kept in the mapped file:
-// the figures of training from an fp16 checkpoint).
+// the figures of training from an fp16 checkpoint). tape_bf16: keep activations in bf16 (UNet::set_tape_bf16; bf16
+// weights imply it), also on the CPU.
 StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
                            const std::string& space, int reps, int device = -1, bool checkpointing = false,
-                           bool bf16_weights = false, const std::string& file_dtype = "");
+                           bool bf16_weights = false, const std::string& file_dtype = "", bool tape_bf16 = false);
 
 }  // namespace ncp::train
