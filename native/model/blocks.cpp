@@ -175,14 +175,16 @@ ResnetBlock2D::ResnetBlock2D(ParamSource& p, const std::string& prefix, int64_t 
 void ResnetBlock2D::forward(float* y, const float* x, const float* temb_act, int64_t N, int64_t H, int64_t W,
                             Acts& a) const {
   const int64_t HW = H * W, nin = N * cin * HW, nout = N * cout * HW;
-  Buffer act, temb;  // scratch: back to the activation cache when the block returns
+  Buffer act, temb, c1s;  // scratch: back to the activation cache when the block returns
   norm1.forward_silu(act.ensure(nin), a.s1, x, N, HW);
-  conv1.forward(a.c1.ensure(nout), act.data(), N, H, W);
+  float* c1 = a.c1.out(nout, c1s);
+  conv1.forward(c1, act.data(), N, H, W);
   if (temb_dim > 0) {
     time_emb_proj.forward(temb.ensure(N * cout), temb_act, N);
-    dev::add_channel_bias_forward(a.c1.data(), temb.data(), N, cout, HW);
+    dev::add_channel_bias_forward(c1, temb.data(), N, cout, HW);
   }
-  norm2.forward_silu(act.ensure(nout), a.s2, a.c1.data(), N, HW);
+  a.c1.keep();
+  norm2.forward_silu(act.ensure(nout), a.s2, c1, N, HW);
   conv2.forward(y, act.data(), N, H, W);
   if (has_shortcut) {
     conv_shortcut.forward(act.data(), x, N, H, W);  // act is free again, and holds nout
@@ -200,11 +202,11 @@ void ResnetBlock2D::backward(float* dx, const float* dy, const float* x, int64_t
     conv_shortcut.backward(dx, dy, N, H, W);
   else
     dev::add_into(dx, dy, nout);
-  Buffer g_act, g_c1;
+  Buffer g_act, g_c1, c1s;
   float* g = g_act.zeros(nout);
   conv2.backward(g, dy, N, H, W);  // d silu(norm2 c1)
   float* gc = g_c1.zeros(nout);
-  norm2.backward_silu(gc, g, a.c1.data(), a.s2, N, HW);  // d c1 (the time bias passes it on)
+  norm2.backward_silu(gc, g, a.c1.get(c1s), a.s2, N, HW);  // d c1 (the time bias passes it on)
   g = g_act.zeros(nin);
   conv1.backward(g, gc, N, H, W);  // d silu(norm1 x)
   norm1.backward_silu(dx, g, x, a.s1, N, HW);
@@ -362,12 +364,23 @@ void Transformer2DModel::forward(float* y, const float* x, const float* context,
   if (&tokens != &a.tokens) a.tokens = Buffer();  // a kept copy from an earlier pass would only hold memory
   norm.forward(normed.ensure(n), a.s, x, N, L);
   transpose_batched(tokens.ensure(n), normed.data(), N, C, L);
-  proj_in.forward(a.stream[0].ensure(N * L * inner), tokens.data(), N * L, lora);
-  for (int64_t i = 0; i < depth; ++i)
-    blocks[i].forward(a.stream[i + 1].ensure(N * L * inner), a.stream[i].data(), context, N, L, Lk, a.blocks[i],
-                      lora);
+  // The stream in float32 for this forward: the input and output of the block running (alternating scratch when
+  // the tape keeps the stream in bf16). The last block's output is kept only for proj_out's adapter.
+  const int64_t ni = N * L * inner;
+  Buffer flo[2], last;
+  float* cur = a.stream[0].out(ni, flo[0]);
+  proj_in.forward(cur, tokens.data(), N * L, lora);
+  a.stream[0].keep();
+  const bool keep_last = proj_out.reads_input(lora);
+  if (!keep_last) a.stream[depth] = KeptActivation();  // a kept copy from an earlier pass would only hold memory
+  for (int64_t i = 0; i < depth; ++i) {
+    float* next = i + 1 < depth || keep_last ? a.stream[i + 1].out(ni, flo[(i + 1) % 2]) : last.ensure(ni);
+    blocks[i].forward(next, cur, context, N, L, Lk, a.blocks[i], lora);
+    if (i + 1 < depth || keep_last) a.stream[i + 1].keep();
+    cur = next;
+  }
   float* projected = normed.data();  // NLC proj_out output, into the free norm buffer (both N C L floats)
-  proj_out.forward(projected, a.stream[depth].data(), N * L, lora);
+  proj_out.forward(projected, cur, N * L, lora);
   transpose_batched(y, projected, N, L, C);
   dev::add_forward(y, y, x, n);
 }
@@ -379,10 +392,11 @@ void Transformer2DModel::backward(float* dx, const float* dy, const float* x, co
   Buffer tok, ds[2];
   transpose_batched(tok.ensure(n), dy, N, C, L);  // d proj_out output, NLC
   float* d = ds[0].zeros(ni);
-  proj_out.backward(d, tok.data(), a.stream[depth].data(), N * L, lora);
+  Buffer stream;  // the stream entry being read, widened from a bf16 tape
+  proj_out.backward(d, tok.data(), proj_out.reads_input(lora) ? a.stream[depth].get(stream) : nullptr, N * L, lora);
   for (int64_t i = depth - 1; i >= 0; --i) {
     float* d_in = ds[(depth - i) % 2].zeros(ni);
-    blocks[i].backward(d_in, d, a.stream[i].data(), context, N, L, Lk, a.blocks[i], lora);
+    blocks[i].backward(d_in, d, a.stream[i].get(stream), context, N, L, Lk, a.blocks[i], lora);
     d = d_in;
   }
   proj_in.backward(tok.zeros(n), d, proj_in.reads_input(lora) ? a.tokens.data() : nullptr, N * L, lora);

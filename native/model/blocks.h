@@ -132,7 +132,7 @@ struct ResnetBlock2D {
   bool has_shortcut = false;
   struct Acts {
     NormStats s1, s2;
-    Buffer c1;  // conv1 output plus the time-embedding bias: the input of norm2
+    KeptActivation c1;  // conv1 output plus the time-embedding bias: the input of norm2
   };
   ResnetBlock2D() = default;
   ResnetBlock2D(ParamSource& p, const std::string& prefix, int64_t cin, int64_t cout, int64_t temb_dim,
@@ -204,7 +204,8 @@ struct Transformer2DModel {
   struct Acts {
     NormStats s;
     Buffer tokens;                // the normalised input as NLC, kept only when proj_in's LoRA reads it
-    std::vector<Buffer> stream;  // stream[0] = proj_in output, stream[i + 1] = output of block i
+    // stream[0] = proj_in output, stream[i + 1] = output of block i (the last only for proj_out's adapter)
+    std::vector<KeptActivation> stream;
     std::vector<BasicTransformerBlock::Acts> blocks;
   };
   Transformer2DModel() = default;
