@@ -66,6 +66,7 @@ float* upload(Buffer& b, const float* host, int64_t n) {
 }
 
 // One recorded block call. x (and x2 for a concat) are its inputs, y its output, H x W the input's spatial size.
+// y_storage: the tape's buffer behind y (nullptr for the pass's output), freed once backward has walked this op.
 struct Op {
   enum Kind { ConvIn, Resnet, Attention, Downsample, Upsample, Concat, Head } kind;
   const void* module;
@@ -74,6 +75,7 @@ struct Op {
   const float* x2;
   const float* y;
   int64_t C, C2, H, W;
+  Buffer* y_storage;
 };
 
 }  // namespace
@@ -356,7 +358,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
   {
     Skip& s = push_skip(C0);
     conv_in_.forward(s.x.data(), sample, B, H, W);
-    push_op({Op::ConvIn, &conv_in_, 0, sample, nullptr, s.x.data(), c.in_channels, 0, H, W});
+    push_op({Op::ConvIn, &conv_in_, 0, sample, nullptr, s.x.data(), c.in_channels, 0, H, W, &s.x});
     record("conv_in", s.x.data(), {B, C0, H, W});
   }
 
@@ -370,14 +372,14 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
       size_t ra = 0;
       if (d.attentions.empty()) {
         d.resnets[j].forward(s.x.data(), x, temb, B, H, W, resnet_acts(ra));
-        push_op({Op::Resnet, &d.resnets[j], ra, x, nullptr, s.x.data(), Cx, 0, H, W});
+        push_op({Op::Resnet, &d.resnets[j], ra, x, nullptr, s.x.data(), Cx, 0, H, W, &s.x});
       } else {
         Buffer& r = hidden(nullptr);
         d.resnets[j].forward(r.ensure(n), x, temb, B, H, W, resnet_acts(ra));
-        push_op({Op::Resnet, &d.resnets[j], ra, x, nullptr, r.data(), Cx, 0, H, W});
+        push_op({Op::Resnet, &d.resnets[j], ra, x, nullptr, r.data(), Cx, 0, H, W, &r});
         size_t aa = 0;
         d.attentions[j].forward(s.x.data(), r.data(), context, B, H, W, L, attention_acts(aa), lora);
-        push_op({Op::Attention, &d.attentions[j], aa, r.data(), nullptr, s.x.data(), C, 0, H, W});
+        push_op({Op::Attention, &d.attentions[j], aa, r.data(), nullptr, s.x.data(), C, 0, H, W, &s.x});
       }
     }
     if (d.has_downsampler) {
@@ -386,7 +388,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
       H = d.downsampler.conv.out_size(H), W = d.downsampler.conv.out_size(W);
       Skip& s = push_skip(C);
       d.downsampler.forward(s.x.data(), x, B, Hi, Wi);
-      push_op({Op::Downsample, &d.downsampler, 0, x, nullptr, s.x.data(), C, 0, Hi, Wi});
+      push_op({Op::Downsample, &d.downsampler, 0, x, nullptr, s.x.data(), C, 0, Hi, Wi, &s.x});
     }
     record(name("down_blocks", i), skips.back().x.data(), {B, skips.back().C, H, W});
   }
@@ -404,13 +406,13 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
     size_t ra = 0, aa = 0;
     Buffer& r0 = hidden(h);
     mid_.resnet0.forward(r0.ensure(n), h, temb, B, H, W, resnet_acts(ra));
-    push_op({Op::Resnet, &mid_.resnet0, ra, h, nullptr, r0.data(), Ch, 0, H, W});
+    push_op({Op::Resnet, &mid_.resnet0, ra, h, nullptr, r0.data(), Ch, 0, H, W, &r0});
     Buffer& a = hidden(r0.data());
     mid_.attention.forward(a.ensure(n), r0.data(), context, B, H, W, L, attention_acts(aa), lora);
-    push_op({Op::Attention, &mid_.attention, aa, r0.data(), nullptr, a.data(), Ch, 0, H, W});
+    push_op({Op::Attention, &mid_.attention, aa, r0.data(), nullptr, a.data(), Ch, 0, H, W, &a});
     Buffer& r1 = hidden(a.data());
     mid_.resnet1.forward(r1.ensure(n), a.data(), temb, B, H, W, resnet_acts(ra));
-    push_op({Op::Resnet, &mid_.resnet1, ra, a.data(), nullptr, r1.data(), Ch, 0, H, W});
+    push_op({Op::Resnet, &mid_.resnet1, ra, a.data(), nullptr, r1.data(), Ch, 0, H, W, &r1});
     h = r1.data();
     record("mid_block", h, {B, Ch, H, W});
     if (stop == Stop::Mid) return finish(h, n);
@@ -426,18 +428,18 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
       const int64_t HW = H * W, C = u.resnets[j].cout;
       Buffer& cat = t ? t->buffers.next() : local_cat;
       dev::concat_channels_forward(cat.ensure(B * (Ch + s.C) * HW), h, s.x.data(), B, Ch, s.C, HW);
-      push_op({Op::Concat, nullptr, 0, h, s.x.data(), cat.data(), Ch, s.C, H, W});
+      push_op({Op::Concat, nullptr, 0, h, s.x.data(), cat.data(), Ch, s.C, H, W, &cat});
       if (!t) s.x = Buffer();
       size_t ra = 0;
       Buffer& r = hidden(h);
       u.resnets[j].forward(r.ensure(B * C * HW), cat.data(), temb, B, H, W, resnet_acts(ra));
-      push_op({Op::Resnet, &u.resnets[j], ra, cat.data(), nullptr, r.data(), Ch + s.C, 0, H, W});
+      push_op({Op::Resnet, &u.resnets[j], ra, cat.data(), nullptr, r.data(), Ch + s.C, 0, H, W, &r});
       h = r.data();
       if (!u.attentions.empty()) {
         size_t aa = 0;
         Buffer& a = hidden(h);
         u.attentions[j].forward(a.ensure(B * C * HW), h, context, B, H, W, L, attention_acts(aa), lora);
-        push_op({Op::Attention, &u.attentions[j], aa, h, nullptr, a.data(), C, 0, H, W});
+        push_op({Op::Attention, &u.attentions[j], aa, h, nullptr, a.data(), C, 0, H, W, &a});
         h = a.data();
       }
       Ch = C;
@@ -445,7 +447,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
     if (u.has_upsampler) {
       Buffer& y = hidden(h);
       u.upsampler.forward(y.ensure(B * Ch * 4 * H * W), h, B, H, W, upsampled);
-      push_op({Op::Upsample, &u.upsampler, 0, h, nullptr, y.data(), Ch, 0, H, W});
+      push_op({Op::Upsample, &u.upsampler, 0, h, nullptr, y.data(), Ch, 0, H, W, &y});
       h = y.data();
       H *= 2, W *= 2;
     }
@@ -458,7 +460,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
   NormStats local_stats;
   conv_norm_out_.forward_silu(act.ensure(n), t ? t->head_stats : local_stats, h, B, H * W);
   conv_out_.forward(out, act.data(), B, H, W);
-  push_op({Op::Head, nullptr, 0, h, nullptr, out, C0, 0, H, W});
+  push_op({Op::Head, nullptr, 0, h, nullptr, out, C0, 0, H, W, nullptr});
   if (t) t->result = out, t->result_size = B * c.out_channels * H * W;
   if (on_device) dev::download(host_out, out, B * c.out_channels * H * W);
 }
@@ -587,9 +589,19 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
         break;
       }
     }
+    // Every reader of this op's output and activations comes later in the list and has been walked back, so they
+    // go back to the activation cache now: the tape shrinks as the gradients grow.
     release(op.y);
+    if (op.y_storage) *op.y_storage = Buffer();
+    if (op.acts != kRecompute && op.kind == Op::Resnet) t.resnets[op.acts] = ResnetBlock2D::Acts();
+    if (op.acts != kRecompute && op.kind == Op::Attention) t.attentions[op.acts] = Transformer2DModel::Acts();
   }
   if (on_device && lora) download_lora_grads();
+  // The tape is spent: what it still holds (gradient buffers, scratch, the inputs' device copies) goes back to the
+  // cache too, and a second backward finds no forward to walk.
+  const bool checkpointing = t.checkpointing;
+  tape.s_ = std::make_unique<UNetTape::State>();
+  tape.s_->checkpointing = checkpointing;
 }
 
 std::vector<Linear*> UNet::linears() {

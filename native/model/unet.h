@@ -37,8 +37,9 @@ using Trace = std::map<std::string, Tensor32>;
 
 // What a training forward keeps for its backward: the list of block calls it made (module, input, output,
 // sizes) and every activation they saved. Walking that list backwards is the backward pass, so the forward and
-// backward structures cannot drift apart. Reused across steps: buffers only grow, so steady-state steps
-// allocate nothing (fresh pages are slow to fault in on VMs).
+// backward structures cannot drift apart. Backward consumes it: each block's activations go back to the
+// activation cache once walked, so a step's peak is the tape or its gradients, not both; the cache hands the
+// same blocks to the next step's forward, so steady-state steps still fault in no fresh pages.
 class UNetTape {
  public:
   UNetTape();
@@ -92,7 +93,8 @@ class UNet {
   void encode_train(const UNetInputs& in, EncoderLayer layer, float* out, UNetTape& tape, bool lora) const;
   // Backward of the pass recorded on `tape`, from dout (the gradient of its output). Adds into the attached LoRA
   // adapters' dA/dB when that pass had LoRA on, and into dsample [batch, in_channels, H, W] when not nullptr.
-  // Computes no gradient for frozen weights, the timesteps or the text conditioning.
+  // Computes no gradient for frozen weights, the timesteps or the text conditioning. Empties the tape: a second
+  // backward needs a new training forward.
   void backward(const float* dout, UNetTape& tape, float* dsample) const;
 
   // Every Linear in the network (attention projections, feed-forward, proj_in/out), for attaching adapters.

@@ -128,12 +128,10 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
   model::UNetInputs in{R, b.height, b.width, b.text_len, xt_.data(), t_rows_.data(), context_.data(),
                        sdxl ? text_embeds_.data() : nullptr, sdxl ? time_ids_.data() : nullptr};
 
-  // ---- Policy (LoRA on, taped when a gradient is wanted) and reference (LoRA off).
-  e_pol_.resize(size_t(R * n));
-  if (backward)
-    unet_.forward_train(in, e_pol_.data(), policy_tape_, true);
-  else
-    unet_.forward(in, e_pol_.data(), nullptr, true);
+  // The passes without a tape run first (the reference U-Net, and for ncp the encoder on the truth and the
+  // reference's prediction), then the taped ones (the policy, the encoder on its prediction). Their outputs are
+  // the same in either order; this one keeps the untaped passes' transient buffers from stacking on top of the
+  // tapes, so a step's peak is the tapes and their backward alone.
   if (with_ref) {
     e_ref_.resize(size_t(R * n));
     unet_.forward(in, e_ref_.data(), nullptr, false);
@@ -143,91 +141,113 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
   res.policy_losses.assign(size_t(R), 0.0);
   res.ref_losses.assign(size_t(R), with_ref ? 0.0 : std::numeric_limits<double>::quiet_NaN());
 
+  // ncp: x_pred(e) = A x_t + k e + sigma z, the same map for the policy's and the reference's e; x_true from the
+  // true x0 and eps (no cancellation before E). Rows of x_other_: [x_true (R rows), x_pred(e_ref) (R rows when
+  // with_ref)].
+  struct NcpRow {
+    double A = 0, k = 0, sigma = 0, cx0 = 0, ceps = 0, true_xt = 0;
+    int64_t p = 0;         // the timestep E sees
+    const float* z = nullptr;  // variance noise (timestep prev)
+  };
+  std::vector<NcpRow> rows(static_cast<size_t>(R));
+  int64_t m = 0, enc_C = 0, enc_HW = 0;  // ncp: embedding size per row (after pooling), its channels and HW
+  model::UNetInputs enc_pred{};
+  std::vector<float> pa, pb;  // scratch: one pooled row each
+  auto dist = [&](const float* a, const float* bb) {
+    if (!cfg.ncp_pool) return cfg.ncp_coeff * mean_sq_diff(a, bb, m);
+    spatial_mean(pa.data(), a, enc_C, enc_HW), spatial_mean(pb.data(), bb, enc_C, enc_HW);
+    return cfg.ncp_coeff * mean_sq_diff(pa.data(), pb.data(), m);
+  };
+  if (cfg.space == Space::Ncp) {
+    const int64_t R_other = with_ref ? 2 * R : R;
+    std::vector<float> p_rows(static_cast<size_t>(R));
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t_of[size_t(r)];
+      const Affine2 x0e = x0_from_output(schedule_, t), epse = eps_from_output(schedule_, t);
+      NcpRow& w = rows[size_t(r)];
+      if (cfg.ncp_timestep == NcpTimestep::Prev) {
+        const DdpmStep st = ddpm_step(schedule_, t);
+        w.p = std::max<int64_t>(t - 1, 0);
+        w.A = st.mean_x0 * x0e.a + st.mean_xt, w.k = st.mean_x0 * x0e.b, w.sigma = st.sigma;
+        w.cx0 = st.mean_x0, w.ceps = 0, w.true_xt = st.mean_xt;
+        w.z = b.variance_noise + (r % P) * n;
+      } else {
+        w.p = b.timestep_uniform[size_t(r % P)];
+        const double ap = schedule_.ac(w.p), sp = std::sqrt(ap), sq = std::sqrt(1.0 - ap);
+        w.A = sp * x0e.a + sq * epse.a, w.k = sp * x0e.b + sq * epse.b;
+        w.cx0 = sp, w.ceps = sq, w.true_xt = 0;
+      }
+      p_rows[size_t(r)] = float(w.p);
+    }
+    x_other_.resize(size_t(R_other * n));
+    for (int64_t r = 0; r < R; ++r) {
+      const NcpRow& w = rows[size_t(r)];
+      for (int64_t i = 0; i < n; ++i) {
+        const size_t j = size_t(r * n + i);
+        const double zi = w.z ? double(w.z[i]) : 0.0, xt = xt_[j];
+        x_other_[j] = float(w.cx0 * x0_[j] + w.ceps * eps_[j] + w.true_xt * xt + w.sigma * zi);
+        if (with_ref) x_other_[size_t(R * n) + j] = float(w.A * xt + w.k * e_ref_[j] + w.sigma * zi);
+      }
+    }
+    // Encoder inputs: the pair's conditioning at timestep p, for R rows (pred) and R_other rows (others).
+    auto enc_inputs = [&](const float* sample, int64_t count, std::vector<float>& ctx, std::vector<float>& te,
+                          std::vector<float>& tid, std::vector<float>& tt) {
+      ctx.resize(size_t(count * ctx_row)), tt.resize(size_t(count));
+      for (int64_t r = 0; r < count; ++r) {
+        std::copy(context_.data() + (r % R) * ctx_row, context_.data() + (r % R + 1) * ctx_row, ctx.data() + r * ctx_row);
+        tt[size_t(r)] = p_rows[size_t(r % R)];
+      }
+      if (sdxl) {
+        te.resize(size_t(count * pooled)), tid.resize(size_t(count * 6));
+        for (int64_t r = 0; r < count; ++r) {
+          std::copy(text_embeds_.data() + (r % R) * pooled, text_embeds_.data() + (r % R + 1) * pooled,
+                    te.data() + r * pooled);
+          std::copy(time_ids_.data() + (r % R) * 6, time_ids_.data() + (r % R + 1) * 6, tid.data() + r * 6);
+        }
+      }
+      return model::UNetInputs{count, b.height, b.width, b.text_len, sample, tt.data(), ctx.data(),
+                               sdxl ? te.data() : nullptr, sdxl ? tid.data() : nullptr};
+    };
+    const model::UNetInputs enc_other =
+        enc_inputs(x_other_.data(), R_other, enc_context_, enc_text_embeds_, enc_time_ids_, enc_t_);
+    // Members, not locals: the encoder's backward (and its recompute under checkpointing) reads them again.
+    x_pred_.resize(size_t(R * n));
+    enc_pred = enc_inputs(x_pred_.data(), R, pred_context_, pred_text_embeds_, pred_time_ids_, pred_t_);
+    const std::vector<int64_t> es = unet_.encode_shape(enc_pred, cfg.ncp_layer);
+    enc_C = es[1], enc_HW = es[2] * es[3];
+    m = cfg.ncp_pool ? enc_C : enc_C * enc_HW;
+    if (cfg.ncp_pool) pa.resize(size_t(m)), pb.resize(size_t(m));  // the pooled rows
+    enc_other_.resize(size_t(R_other * enc_C * enc_HW));
+    unet_.encode(enc_other, cfg.ncp_layer, enc_other_.data(), nullptr, false);
+  }
+
+  // ---- The policy (LoRA on, taped when a gradient is wanted).
+  e_pol_.resize(size_t(R * n));
+  if (backward)
+    unet_.forward_train(in, e_pol_.data(), policy_tape_, true);
+  else
+    unet_.forward(in, e_pol_.data(), nullptr, true);
+
   // ---- Per-sample errors d(e).
-  std::vector<double> k_row(static_cast<size_t>(R), 0.0);  // ncp: d x_pred / d e per row
-  int64_t m = 0, enc_C = 0, enc_HW = 0;       // ncp: embedding size per row (after pooling), its channels and HW
   if (cfg.space == Space::Latent) {
     for (int64_t r = 0; r < R; ++r) {
       res.policy_losses[size_t(r)] = mean_sq_diff(e_pol_.data() + r * n, target_.data() + r * n, n);
       if (with_ref) res.ref_losses[size_t(r)] = mean_sq_diff(e_ref_.data() + r * n, target_.data() + r * n, n);
     }
   } else {
-    // x_pred(e) = A x_t + k e (+ sigma z); x_true from the true x0 and eps (no cancellation before E).
-    // Rows of x_other_: [x_true (R rows), x_pred(e_ref) (R rows when with_ref)].
-    const int64_t R_other = with_ref ? 2 * R : R;
-    x_pred_.resize(size_t(R * n));
-    x_other_.resize(size_t(R_other * n));
-    std::vector<float> p_rows(static_cast<size_t>(R));
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t t = t_of[size_t(r)];
-      const Affine2 x0e = x0_from_output(schedule_, t), epse = eps_from_output(schedule_, t);
-      double A, k, cx0, ceps, sigma = 0;  // x_pred = A x_t + k e + sigma z; x_true = cx0 x0 + ceps eps + A' ...
-      double true_xt = 0;
-      int64_t p;
-      if (cfg.ncp_timestep == NcpTimestep::Prev) {
-        const DdpmStep st = ddpm_step(schedule_, t);
-        p = std::max<int64_t>(t - 1, 0);
-        A = st.mean_x0 * x0e.a + st.mean_xt, k = st.mean_x0 * x0e.b, sigma = st.sigma;
-        cx0 = st.mean_x0, ceps = 0, true_xt = st.mean_xt;
-      } else {
-        p = b.timestep_uniform[size_t(r % P)];
-        const double ap = schedule_.ac(p), sp = std::sqrt(ap), sq = std::sqrt(1.0 - ap);
-        A = sp * x0e.a + sq * epse.a, k = sp * x0e.b + sq * epse.b;
-        cx0 = sp, ceps = sq, true_xt = 0;
-      }
-      k_row[size_t(r)] = k;
-      p_rows[size_t(r)] = float(p);
-      const float* z = cfg.ncp_timestep == NcpTimestep::Prev ? b.variance_noise + (r % P) * n : nullptr;
-      for (int64_t i = 0; i < n; ++i) {
-        const size_t j = size_t(r * n + i);
-        const double zi = z ? double(z[i]) : 0.0, xt = xt_[j];
-        x_pred_[j] = float(A * xt + k * e_pol_[j] + sigma * zi);
-        x_other_[j] = float(cx0 * x0_[j] + ceps * eps_[j] + true_xt * xt + sigma * zi);
-        if (with_ref) x_other_[size_t(R * n) + j] = float(A * xt + k * e_ref_[j] + sigma * zi);
+      const NcpRow& w = rows[size_t(r)];
+      for (int64_t i = r * n; i < (r + 1) * n; ++i) {
+        const double zi = w.z ? double(w.z[i - r * n]) : 0.0;
+        x_pred_[size_t(i)] = float(w.A * double(xt_[size_t(i)]) + w.k * e_pol_[size_t(i)] + w.sigma * zi);
       }
     }
-    // Encoder inputs: the pair's conditioning at timestep p, for R rows (pred) and R_other rows (others).
-    auto enc_inputs = [&](const float* sample, int64_t rows, std::vector<float>& ctx, std::vector<float>& te,
-                          std::vector<float>& tid, std::vector<float>& tt) {
-      ctx.resize(size_t(rows * ctx_row)), tt.resize(size_t(rows));
-      for (int64_t r = 0; r < rows; ++r) {
-        std::copy(context_.data() + (r % R) * ctx_row, context_.data() + (r % R + 1) * ctx_row, ctx.data() + r * ctx_row);
-        tt[size_t(r)] = p_rows[size_t(r % R)];
-      }
-      if (sdxl) {
-        te.resize(size_t(rows * pooled)), tid.resize(size_t(rows * 6));
-        for (int64_t r = 0; r < rows; ++r) {
-          std::copy(text_embeds_.data() + (r % R) * pooled, text_embeds_.data() + (r % R + 1) * pooled,
-                    te.data() + r * pooled);
-          std::copy(time_ids_.data() + (r % R) * 6, time_ids_.data() + (r % R + 1) * 6, tid.data() + r * 6);
-        }
-      }
-      return model::UNetInputs{rows, b.height, b.width, b.text_len, sample, tt.data(), ctx.data(),
-                               sdxl ? te.data() : nullptr, sdxl ? tid.data() : nullptr};
-    };
-    const model::UNetInputs enc_other =
-        enc_inputs(x_other_.data(), R_other, enc_context_, enc_text_embeds_, enc_time_ids_, enc_t_);
-    // Members, not locals: the encoder's backward (and its recompute under checkpointing) reads them again.
-    const model::UNetInputs enc_pred =
-        enc_inputs(x_pred_.data(), R, pred_context_, pred_text_embeds_, pred_time_ids_, pred_t_);
-    const std::vector<int64_t> es = unet_.encode_shape(enc_pred, cfg.ncp_layer);
-    enc_C = es[1], enc_HW = es[2] * es[3];
     const int64_t full = enc_C * enc_HW;
     enc_pred_.resize(size_t(R * full));
-    enc_other_.resize(size_t(R_other * full));
     if (backward)
       unet_.encode_train(enc_pred, cfg.ncp_layer, enc_pred_.data(), encoder_tape_, false);
     else
       unet_.encode(enc_pred, cfg.ncp_layer, enc_pred_.data(), nullptr, false);
-    unet_.encode(enc_other, cfg.ncp_layer, enc_other_.data(), nullptr, false);
-
-    m = cfg.ncp_pool ? enc_C : full;
-    std::vector<float> pa(static_cast<size_t>(m)), pb(static_cast<size_t>(m));
-    auto dist = [&](const float* a, const float* bb) {
-      if (!cfg.ncp_pool) return cfg.ncp_coeff * mean_sq_diff(a, bb, m);
-      spatial_mean(pa.data(), a, enc_C, enc_HW), spatial_mean(pb.data(), bb, enc_C, enc_HW);
-      return cfg.ncp_coeff * mean_sq_diff(pa.data(), pb.data(), m);
-    };
     for (int64_t r = 0; r < R; ++r) {
       const float* truth = enc_other_.data() + r * full;
       res.policy_losses[size_t(r)] = dist(enc_pred_.data() + r * full, truth);
@@ -289,7 +309,6 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
   } else {
     const int64_t full = enc_C * enc_HW;
     d_enc_.assign(size_t(R * full), 0.0f);
-    std::vector<float> pa(static_cast<size_t>(enc_C)), pb(static_cast<size_t>(enc_C));
     for (int64_t r = 0; r < R; ++r) {
       const float* a = enc_pred_.data() + r * full;
       const float* t = enc_other_.data() + r * full;
@@ -306,7 +325,7 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
     d_x_.assign(size_t(R * n), 0.0f);
     unet_.backward(d_enc_.data(), encoder_tape_, d_x_.data());
     for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = r * n; i < (r + 1) * n; ++i) d_e_[size_t(i)] = float(k_row[size_t(r)] * d_x_[size_t(i)]);
+      for (int64_t i = r * n; i < (r + 1) * n; ++i) d_e_[size_t(i)] = float(rows[size_t(r)].k * d_x_[size_t(i)]);
   }
   unet_.backward(d_e_.data(), policy_tape_, nullptr);
   return res;
