@@ -65,10 +65,11 @@ float* upload(Buffer& b, const float* host, int64_t n) {
   return d;
 }
 
-// One recorded block call. x (and x2 for a concat) are its inputs, y its output, H x W the input's spatial size.
+// One recorded block call. x is its input, y its output, H x W the input's spatial size; C (and C2) channels.
+// An up-path resnet reads the channel concatenation [x | x2] (its skip), which is not kept.
 // y_storage: the tape's buffer behind y (nullptr for the pass's output), freed once backward has walked this op.
 struct Op {
-  enum Kind { ConvIn, Resnet, Attention, Downsample, Upsample, Concat, Head } kind;
+  enum Kind { ConvIn, Resnet, Attention, Downsample, Upsample, Head } kind;
   const void* module;
   size_t acts;  // index into the kind's activation pool
   const float* x;
@@ -91,6 +92,7 @@ struct UNetTape::State {
   ResnetBlock2D::Acts recompute_resnet;
   Transformer2DModel::Acts recompute_attention;
   Buffer recompute_out;
+  Buffer cat, d_cat;  // an up-path resnet's input [h | skip], rebuilt in backward, and its gradient
   const float* result = nullptr;  // the pass's output, whose gradient backward starts from
   int64_t result_size = 0;
   std::vector<Op> ops;
@@ -426,14 +428,15 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
     for (size_t j = 0; j < u.resnets.size(); ++j) {
       Skip& s = skips[--next_skip];
       const int64_t HW = H * W, C = u.resnets[j].cout;
-      Buffer& cat = t ? t->buffers.next() : local_cat;
-      dev::concat_channels_forward(cat.ensure(B * (Ch + s.C) * HW), h, s.x.data(), B, Ch, s.C, HW);
-      push_op({Op::Concat, nullptr, 0, h, s.x.data(), cat.data(), Ch, s.C, H, W, &cat});
+      // The resnet reads [h | skip]. The tape keeps h and the skip, not this concatenation of them: backward
+      // rebuilds it (a copy) rather than hold a third of the up path's hidden states twice.
+      dev::concat_channels_forward(local_cat.ensure(B * (Ch + s.C) * HW), h, s.x.data(), B, Ch, s.C, HW);
+      const float* skip = s.x.data();
       if (!t) s.x = Buffer();
       size_t ra = 0;
       Buffer& r = hidden(h);
-      u.resnets[j].forward(r.ensure(B * C * HW), cat.data(), temb, B, H, W, resnet_acts(ra));
-      push_op({Op::Resnet, &u.resnets[j], ra, cat.data(), nullptr, r.data(), Ch + s.C, 0, H, W, &r});
+      u.resnets[j].forward(r.ensure(B * C * HW), local_cat.data(), temb, B, H, W, resnet_acts(ra));
+      push_op({Op::Resnet, &u.resnets[j], ra, h, skip, r.data(), Ch, s.C, H, W, &r});
       h = r.data();
       if (!u.attentions.empty()) {
         size_t aa = 0;
@@ -550,12 +553,6 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
         m->backward(grad_of(op.x, B * op.C * HW), dy, B, op.H, op.W, t.scratch);
         break;
       }
-      case Op::Concat: {
-        float* da = grad_of(op.x, B * op.C * HW);
-        float* db = grad_of(op.x2, B * op.C2 * HW);
-        dev::concat_channels_backward(da, db, dy, B, op.C, op.C2, HW);
-        break;
-      }
       case Op::Attention: {
         const auto* m = static_cast<const Transformer2DModel*>(op.module);
         Transformer2DModel::Acts* a = op.acts == kRecompute ? &t.recompute_attention : &t.attentions[op.acts];
@@ -567,9 +564,19 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
       case Op::Resnet: {
         const auto* m = static_cast<const ResnetBlock2D*>(op.module);
         ResnetBlock2D::Acts* a = op.acts == kRecompute ? &t.recompute_resnet : &t.resnets[op.acts];
+        const int64_t cin = op.C + op.C2;
+        const float* x = op.x;
+        if (op.x2) {  // an up-path resnet: its input [x | x2] again
+          x = t.cat.ensure(B * cin * HW);
+          dev::concat_channels_forward(t.cat.data(), op.x, op.x2, B, op.C, op.C2, HW);
+        }
         if (op.acts == kRecompute)
-          m->forward(t.recompute_out.ensure(B * m->cout * HW), op.x, t.temb.data(), B, op.H, op.W, *a);
-        m->backward(grad_of(op.x, B * op.C * HW), dy, op.x, B, op.H, op.W, *a);
+          m->forward(t.recompute_out.ensure(B * m->cout * HW), x, t.temb.data(), B, op.H, op.W, *a);
+        float* dx = op.x2 ? t.d_cat.zeros(B * cin * HW) : grad_of(op.x, B * op.C * HW);
+        m->backward(dx, dy, x, B, op.H, op.W, *a);
+        if (op.x2)
+          dev::concat_channels_backward(grad_of(op.x, B * op.C * HW), grad_of(op.x2, B * op.C2 * HW), dx, B, op.C,
+                                        op.C2, HW);
         break;
       }
       case Op::Downsample: {

@@ -507,9 +507,10 @@ NCP_TEST("unet backward empties its tape: the activation cache is back to where 
     const int64_t peak = cache::usage(-1).peak_in_use;
     std::printf("    checkpointing %d: tape %lld bytes, backward's peak %lld above the forward's start\n", int(checkpointing),
                 (long long)(taped - before), (long long)(peak - before));
-    // Here backward's peak is 1.10x the tape when walked blocks are released, 1.26x when they are kept to the end.
+    // Here backward's peak is 1.21x the tape when walked blocks are released, 1.33x when they are kept to the end
+    // (tiny-sdxl's levels are small, so its gradients and the rebuilt concatenations weigh more than in SD).
     if (!checkpointing)
-      NCP_EXPECT(double(peak - before) < 1.15 * double(taped - before),
+      NCP_EXPECT(double(peak - before) < 1.27 * double(taped - before),
                  "backward's peak " << peak - before << " bytes: the walked blocks' activations were not released");
     NCP_EXPECT(cache::usage(-1).in_use == before, "checkpointing " << checkpointing << ": " << before
                                                                      << " bytes in use before the forward, "
