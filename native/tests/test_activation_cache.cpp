@@ -2,6 +2,7 @@
 // activations need: in use follows acquire and release exactly, the peak holds the high-water mark until reset,
 // and held counts the cached free blocks until trim returns them.
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <vector>
 
@@ -42,6 +43,72 @@ NCP_TEST("activation_cache: in use, peak and held bytes follow acquire, release,
   cache::trim(kCpu);
   const cache::Usage trimmed = cache::usage(kCpu);
   NCP_EXPECT(trimmed.held == trimmed.in_use, "after trim held " << trimmed.held << " vs in use " << trimmed.in_use);
+}
+
+// Large blocks come out of shared segments: a freed one serves smaller requests by splitting, and freed
+// neighbours merge again, so the cache takes no more memory from the system for a request that its free space
+// covers.
+NCP_TEST("activation_cache: large blocks are split out of segments and merged again when released") {
+  cache::trim(kCpu);
+  const cache::Usage start = cache::usage(kCpu);
+  const int64_t mib = 256 * 1024;  // floats
+  {
+    Buffer a, b, c;
+    a.ensure(8 * mib), b.ensure(8 * mib), c.ensure(8 * mib);
+    const int64_t segment_held = cache::usage(kCpu).held - start.held;
+    NCP_EXPECT(segment_held <= 64 * 4 * mib, "three 32 MiB buffers took " << segment_held << " bytes, not one segment");
+    const float* gap = b.data();
+    b = Buffer();
+    Buffer d, e;
+    d.ensure(3 * mib), e.ensure(3 * mib);  // both fit in b's place
+    NCP_EXPECT(cache::usage(kCpu).held - start.held == segment_held, "the freed block did not serve smaller ones");
+    NCP_EXPECT(d.data() >= gap && d.data() + 3 * mib <= gap + 8 * mib && e.data() >= gap &&
+                   e.data() + 3 * mib <= gap + 8 * mib,
+               "the smaller buffers were not carved out of the freed one");
+  }
+  {
+    Buffer whole;  // everything above was released and merged: the whole segment serves one request again
+    whole.ensure(60 * mib);
+    NCP_EXPECT(cache::usage(kCpu).held - start.held <= 64 * 4 * mib,
+               "a 240 MiB request after the release grew held to " << cache::usage(kCpu).held - start.held);
+  }
+  cache::trim(kCpu);
+  NCP_EXPECT(cache::usage(kCpu).held == start.held, "trim left " << cache::usage(kCpu).held - start.held << " bytes");
+}
+
+// Many acquire/release calls of mixed sizes, small and large: live blocks never overlap, each is as large as
+// asked and 64-byte aligned, what is in use covers them, and every byte comes back.
+NCP_TEST("activation_cache: mixed small and large blocks never overlap and all come back") {
+  const int64_t start = cache::usage(kCpu).in_use;
+  std::vector<Buffer> live(24);
+  std::vector<int64_t> sizes(live.size(), 0);
+  uint64_t state = 12345;
+  auto next = [&]() { return int64_t((state = state * 6364136223846793005ull + 1442695040888963407ull) >> 33); };
+  int64_t overlaps = 0, misaligned = 0, short_counted = 0;
+  for (int step = 0; step < 2000; ++step) {
+    const size_t i = size_t(next() % int64_t(live.size()));
+    live[i] = Buffer(), sizes[i] = 0;
+    if (next() % 4 == 0) continue;  // sometimes only a release
+    const int64_t n = next() % 3 == 0 ? next() % 4096 + 1 : next() % (6 * 256 * 1024) + 1;
+    const float* p = live[i].ensure(n);
+    sizes[i] = n;
+    if (reinterpret_cast<uintptr_t>(p) % 64 != 0) ++misaligned;
+    int64_t bytes = 0;
+    for (size_t j = 0; j < live.size(); ++j) {
+      if (!sizes[j]) continue;
+      bytes += sizes[j] * 4;
+      const float* q = live[j].data();
+      if (j != i && p < q + sizes[j] && q < p + n) ++overlaps;
+    }
+    if (cache::usage(kCpu).in_use - start < bytes) ++short_counted;
+  }
+  live.clear();
+  NCP_EXPECT(overlaps == 0, overlaps << " times a new block overlapped a live one");
+  NCP_EXPECT(misaligned == 0, misaligned << " blocks not 64-byte aligned");
+  NCP_EXPECT(short_counted == 0, short_counted << " times in use counted less than the live blocks");
+  NCP_EXPECT(cache::usage(kCpu).in_use == start, "in use " << cache::usage(kCpu).in_use - start << " bytes off");
+  cache::trim(kCpu);
+  NCP_EXPECT(cache::usage(kCpu).held == cache::usage(kCpu).in_use, "trim left free memory held");
 }
 
 }  // namespace

@@ -2,9 +2,10 @@
 // per-sample error measured in latent space or in the NCP embedding space of the frozen U-Net's encoder.
 //
 // One call computes the loss of a batch of P pairs and, when asked, adds d loss / d LoRA into the adapters'
-// gradients. Passes run: policy U-Net (LoRA on, taped), reference U-Net (LoRA off, no tape), and for ncp the
-// encoder E on the policy's prediction (taped: gradients flow through its activations, never into its weights)
-// and, in one batch, on the truth and the reference's prediction (no tape).
+// gradients. Passes run, in this order: the reference U-Net (LoRA off, no tape), for ncp the encoder E on the
+// truth and the reference's prediction in one batch (no tape), then the policy U-Net (LoRA on, taped) and for ncp
+// E on the policy's prediction (taped: gradients flow through its activations, never into its weights). The
+// untaped passes come first so that their buffers are never held at the same time as the tapes.
 #pragma once
 #include <cstdint>
 #include <string>
