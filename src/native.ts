@@ -252,7 +252,8 @@ export interface StepBenchResult {
   devicePeakBytes: number;
   /** The most the step's activations, tapes, gradients and scratch had in use at once (weights excluded). */
   activationPeakBytes: number;
-  /** What the activation cache held after the steps: in use plus cached free blocks. */
+  /** What the activation cache held after the steps (what it took from the system or the driver): in use, cached
+   *  free blocks and the free parts of its segments. */
   activationHeldBytes: number;
   /** One U-Net forward over the step's 2P rows. */
   forwardGflop: number;
