@@ -20,6 +20,8 @@ sdxl_fwd="unet --config sdxl --latent 128 --batch 2 --device cuda --reps 3"
   echo "== the same bf16 runs with the fused attention kernels (NCP_CUDA_ATTENTION=fused)"
   export NCP_CUDA_ATTENTION=fused
   NCP_CUDA_TF32=1 $b $sdxl_fwd --weights bf16; NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16
+  echo "== and with the feed-forward recomputed (--recompute-feedforward on: the memory target's candidate)"
+  NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16 --recompute-feedforward on
   unset NCP_CUDA_ATTENTION
 } 2>&1 | tee "$log/ours-sdxl.txt"
 export PYTHONUNBUFFERED=1

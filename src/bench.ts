@@ -104,6 +104,8 @@ export interface StepBenchReport {
   activationPeakBytes: number;
   /** Set: the weights were written as a safetensors file of this dtype and loaded as loadUNet does. */
   weightsFile?: 'F32' | 'F16' | 'BF16';
+  gradientCheckpointing?: boolean;
+  recomputeFeedforward?: boolean;
 }
 
 /** `bench step`: one optimiser step (policy fwd+bwd, reference fwd, NCP encoder passes, AdamW), LoRA r4. */
@@ -116,6 +118,8 @@ export async function benchStepReport(o: {
   reps: number;
   device?: string;
   weightsFile?: 'F32' | 'F16' | 'BF16';
+  gradientCheckpointing?: boolean;
+  recomputeFeedforward?: boolean;
 }): Promise<StepBenchReport> {
   const device = o.device ?? 'cpu';
   const r = await benchStep({ ...o, device });
@@ -137,7 +141,8 @@ export function formatStepBench(r: StepBenchReport): string {
   return [
     `machine: ${r.machine}, threads: ${r.threads}`,
     `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)` +
-      (r.weightsFile ? `, weights from a ${r.weightsFile} file` : ''),
+      (r.weightsFile ? `, weights from a ${r.weightsFile} file` : '') +
+      (r.gradientCheckpointing ? ', gradient checkpointing' : r.recomputeFeedforward ? ', feed-forward recomputed' : ''),
     `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB` +
       (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`) +
       `, activations at most ${(r.activationPeakBytes / 2 ** 30).toFixed(2)} GiB`,

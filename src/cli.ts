@@ -260,6 +260,8 @@ export async function main(argv: string[]): Promise<void> {
           .option('objective', { choices: ['sft', 'dpo', 'cpo'] as const, default: 'dpo' as const, describe: 'step: objective' })
           .option('space', { choices: ['latent', 'ncp'] as const, default: 'ncp' as const, describe: 'step: error space' })
           .option('dtype', { choices: ['F16', 'BF16', 'F32'] as const, default: 'F16' as const, describe: 'load: file dtype' })
+          .option('gradient-checkpointing', { type: 'boolean', default: false, describe: 'step: as train --gradient-checkpointing' })
+          .option('recompute-feedforward', { type: 'boolean', default: false, describe: 'step: as train --recompute-feedforward' })
           .option('weights-file', { choices: ['F32', 'F16', 'BF16'] as const, describe: 'step: write the random weights as a safetensors file of this dtype and load it as loadUNet does (matrices stay in the file), instead of float32 in memory' })
           .option('forward', { type: 'boolean', default: false, describe: 'load: then time forwards (--latent, --batch, --reps) on the loaded weights' })
           .option('json', { type: 'boolean', default: false })
@@ -272,7 +274,7 @@ export async function main(argv: string[]): Promise<void> {
         for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
         if (args.what === 'step') {
-          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device: args.device, weightsFile: args['weights-file'] });
+          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device: args.device, weightsFile: args['weights-file'], gradientCheckpointing: args['gradient-checkpointing'], recomputeFeedforward: args['recompute-feedforward'] });
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatStepBench(report)) + '\n');
           return;
         }

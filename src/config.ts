@@ -73,6 +73,7 @@ export interface TrainConfig {
   device: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
   threads: number | null;
   gradientCheckpointing: boolean;
+  recomputeFeedforward: boolean;
   mixedPrecision: 'no' | 'bf16';
 }
 
@@ -144,6 +145,7 @@ export const CONFIG_FIELDS: readonly ConfigField[] = [
   { name: 'device', key: 'device', kind: { type: 'enum', values: ['auto', 'cpu', 'cuda'], pattern: /^cuda:\d{1,3}$/, patternText: 'cuda:N' }, default: 'auto', describe: 'where the U-Net runs: auto (the first GPU when the CUDA backend is usable, else the CPU), cpu, cuda or cuda:N' },
   { name: 'mixed-precision', key: 'mixedPrecision', kind: { type: 'enum', values: ['no', 'bf16'] }, default: 'no', describe: 'bf16: the frozen U-Net weight matrices in bf16 on the GPU (half the memory, bf16 tensor-core GEMMs with float accumulation) and the activations kept for backward in bf16; LoRA, gradients and AdamW stay float32. CUDA only' },
   { name: 'gradient-checkpointing', key: 'gradientCheckpointing', kind: { type: 'boolean' }, default: false, describe: 'recompute block activations in backward: much less memory, about a third more time' },
+  { name: 'recompute-feedforward', key: 'recomputeFeedforward', kind: { type: 'boolean' }, default: false, describe: "recompute only the transformer blocks' first feed-forward projection in backward instead of keeping its output: most of the transformer blocks' share of checkpointing's saving for a few percent more time (no effect with --gradient-checkpointing)" },
   { name: 'threads', key: 'threads', kind: num({ integer: true, min: 1, nullable: true }), default: null, describe: 'CPU threads (default: all cores)' },
 ];
 

@@ -46,6 +46,9 @@ export function benchStep(options: {
   device?: string;
   /** Write the weights as a safetensors file of this dtype and load it as loadUNet does (default: float32 in memory). */
   weightsFile?: 'F32' | 'F16' | 'BF16';
+  /** As the trainer's options of these names. */
+  gradientCheckpointing?: boolean;
+  recomputeFeedforward?: boolean;
 }): Promise<StepBenchResult> {
   return native().benchStep({
     preset: options.preset,
@@ -56,5 +59,7 @@ export function benchStep(options: {
     reps: options.reps ?? 3,
     device: options.device ?? 'cpu',
     weightsFile: options.weightsFile ?? '',
+    gradientCheckpointing: options.gradientCheckpointing ?? false,
+    recomputeFeedforward: options.recomputeFeedforward ?? false,
   });
 }

@@ -123,6 +123,27 @@ test('trainer: steps are deterministic under a seed, and state + LoRA restore re
   t.true(la.some((m) => m.B.data.some((v) => v !== 0)), 'B moved away from zero');
 });
 
+// The memory options change what the tape keeps, not the arithmetic: on the CPU's float32 tape, three steps with
+// the feed-forward recomputed (adapters on every Linear kind) or with gradient checkpointing give the plain run's
+// losses, gradient norms and LoRA exactly.
+test('trainer: recomputeFeedforward and gradientCheckpointing train exactly as the plain tape does', async (t) => {
+  const targets = ['to_q', 'to_k', 'to_v', 'to_out.0', 'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2'];
+  const options = { model: join(golden, 'tiny-sd15'), seed: 5, lora: { rank: 2, targets }, objective: { objective: 'dpo', space: 'ncp', beta: 5000 }, optimizer: { lr: 1e-3, warmupSteps: 0 } };
+  const steps = async (extra) => {
+    const tr = await createTrainer({ ...options, ...extra });
+    const metrics = [];
+    for (let i = 0; i < 3; i++) metrics.push(await tr.step([pairs(30 + i)]));
+    return { metrics: metrics.map((m) => [m.loss, m.gradNorm]), lora: tr.loraTensors() };
+  };
+  const plain = await steps({});
+  for (const extra of [{ recomputeFeedforward: true }, { gradientCheckpointing: true }]) {
+    const other = await steps(extra);
+    t.deepEqual(other.metrics, plain.metrics, JSON.stringify(extra));
+    for (let i = 0; i < plain.lora.length; i++) t.deepEqual(other.lora[i].B.data, plain.lora[i].B.data, `${JSON.stringify(extra)} ${plain.lora[i].module}`);
+  }
+  t.true(plain.lora.some((m) => m.module.endsWith('ff.net.0.proj')), 'an adapter on ff.net.0.proj');
+});
+
 test('trainer: concurrent calls and malformed batches are refused with clear errors', async (t) => {
   const tr = await createTrainer({ model: join(golden, 'tiny-sd15'), objective: { space: 'latent', beta: 100 } });
   const running = tr.step([pairs(1)]);

@@ -286,9 +286,12 @@ void BasicTransformerBlock::forward(float* y, const float* x, const float* conte
   dev::add_forward(h2, h2, h1, n);
   a.h2.keep();
   norm3.forward(normed.data(), a.s3, h2, rows);
-  float* ff_h = a.ff_h.out(rows * 2 * ff_inner, ffs);
+  float* ff_h = a.ff_recompute ? ffs.ensure(rows * 2 * ff_inner) : a.ff_h.out(rows * 2 * ff_inner, ffs);
   ff_proj.forward(ff_h, normed.data(), rows, lora);
-  a.ff_h.keep();
+  if (a.ff_recompute)
+    a.ff_h = KeptActivation();  // a kept copy from an earlier pass would only hold memory
+  else
+    a.ff_h.keep();
   dev::geglu_forward(gated.ensure(rows * ff_inner), ff_h, rows, ff_inner);
   ff_out.forward(y, gated.data(), rows, lora);
   dev::add_forward(y, y, h2, n);
@@ -313,9 +316,23 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
   // y = h2 + ff(norm3 h2)
   float* d_h2 = dh.ensure(n);
   dev::copy(d_h2, dy, n);
+  // norm3's output: for ff.net.0.proj's adapter, and to recompute ff_h (Acts::ff_recompute).
+  Buffer n3s;
+  const float* n3 = nullptr;
+  if (ff_proj.reads_input(lora) || a.ff_recompute) {
+    NormStats s;
+    norm3.forward(n3s.ensure(n), s, h2, rows);
+    n3 = n3s.data();
+  }
   {
-    Buffer ffs;  // the widest kept tensor: widened only for the feed-forward's backward
-    const float* ff_h = a.ff_h.get(ffs);
+    Buffer ffs;  // the widest tensor: widened from the tape or recomputed only for the feed-forward's backward
+    const float* ff_h = nullptr;
+    if (a.ff_recompute) {
+      ff_proj.forward(ffs.ensure(rows * 2 * ff_inner), n3, rows, lora);
+      ff_h = ffs.data();
+    } else {
+      ff_h = a.ff_h.get(ffs);
+    }
     const float* gated = nullptr;
     if (ff_out.reads_input(lora)) {
       dev::geglu_forward(redo.ensure(rows * ff_inner), ff_h, rows, ff_inner);
@@ -324,7 +341,7 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
     ff_out.backward(dg.zeros(rows * ff_inner), dy, gated, rows, lora);
     dev::geglu_backward(dffh.zeros(rows * 2 * ff_inner), dg.data(), ff_h, rows, ff_inner);
   }
-  ff_proj.backward(dn.zeros(n), dffh.data(), renormed(norm3, h2, ff_proj.reads_input(lora)), rows, lora);
+  ff_proj.backward(dn.zeros(n), dffh.data(), n3, rows, lora);
   norm3.backward(d_h2, dn.data(), h2, a.s3, rows);
   // h2 = h1 + attn2(norm2 h1, context): no gradient to the text conditioning.
   attn2.backward(dn.zeros(n), nullptr, d_h2, renormed(norm2, h1, attn2.reads_x(lora)), context, B, L, Lk, a.attn2,
@@ -375,6 +392,7 @@ void Transformer2DModel::forward(float* y, const float* x, const float* context,
   if (!keep_last) a.stream[depth] = KeptActivation();  // a kept copy from an earlier pass would only hold memory
   for (int64_t i = 0; i < depth; ++i) {
     float* next = i + 1 < depth || keep_last ? a.stream[i + 1].out(ni, flo[(i + 1) % 2]) : last.ensure(ni);
+    a.blocks[i].ff_recompute = a.ff_recompute;
     blocks[i].forward(next, cur, context, N, L, Lk, a.blocks[i], lora);
     if (i + 1 < depth || keep_last) a.stream[i + 1].keep();
     cur = next;

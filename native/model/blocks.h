@@ -177,7 +177,11 @@ struct BasicTransformerBlock {
   // The normalised inputs of the three sub-layers and the GEGLU output are not kept: backward recomputes one
   // (a layer norm, or the elementwise GEGLU) only when a LoRA adapter reads it. That leaves the residual stream,
   // the feed-forward's pre-GEGLU activations and q, k, v: 14 block-sized tensors' worth, not 23.
+  // With ff_recompute (the caller's choice, made before forward) ff_h is not kept either: backward runs norm3 and
+  // ff.net.0.proj again, the same ops on the same input, so it reads the forward's values bit for bit (float32
+  // even under a bf16 tape). That drops 8 of the 14 for one more GEMM of dim x 8 dim per token.
   struct Acts {
+    bool ff_recompute = false;
     NormStats s1, s2, s3;
     KeptActivation h1, h2, ff_h;  // h1, h2: residual stream after attn1, attn2; ff_h: ff.net.0.proj output
     Attention::Acts attn1, attn2;
@@ -202,6 +206,7 @@ struct Transformer2DModel {
   Linear proj_in, proj_out;
   std::vector<BasicTransformerBlock> blocks;
   struct Acts {
+    bool ff_recompute = false;    // set by the caller before forward: every block's Acts::ff_recompute
     NormStats s;
     Buffer tokens;                // the normalised input as NLC, kept only when proj_in's LoRA reads it
     // stream[0] = proj_in output, stream[i + 1] = output of block i (the last only for proj_out's adapter)

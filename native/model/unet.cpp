@@ -87,7 +87,7 @@ constexpr size_t kRecompute = ~size_t(0);
 struct UNetTape::State {
   UNetInputs in;
   bool lora = false, centered = false;
-  bool checkpointing = false;
+  bool checkpointing = false, recompute_feedforward = false;
   Buffer temb;  // SiLU(time embedding): resnets read it again when recomputed
   ResnetBlock2D::Acts recompute_resnet;
   Transformer2DModel::Acts recompute_attention;
@@ -117,6 +117,8 @@ UNetTape::UNetTape() : s_(std::make_unique<State>()) {}
 UNetTape::~UNetTape() = default;
 void UNetTape::set_checkpointing(bool on) { s_->checkpointing = on; }
 bool UNetTape::checkpointing() const { return s_->checkpointing; }
+void UNetTape::set_recompute_feedforward(bool on) { s_->recompute_feedforward = on; }
+bool UNetTape::recompute_feedforward() const { return s_->recompute_feedforward; }
 
 Manifest UNet::manifest(const UNetConfig& config) {
   Manifest m;
@@ -307,7 +309,10 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
   };
   auto attention_acts = [&](size_t& index) -> Transformer2DModel::Acts& {
     index = keep_acts ? t->attentions.size() : kRecompute;
-    return keep_acts ? t->attentions.next() : shared_attention;
+    if (!keep_acts) return shared_attention;
+    Transformer2DModel::Acts& a = t->attentions.next();
+    a.ff_recompute = t->recompute_feedforward;
+    return a;
   };
   auto push_op = [&](Op op) {
     if (t) t->ops.push_back(op);
@@ -606,9 +611,10 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
   if (on_device && lora) download_lora_grads();
   // The tape is spent: what it still holds (gradient buffers, scratch, the inputs' device copies) goes back to the
   // cache too, and a second backward finds no forward to walk.
-  const bool checkpointing = t.checkpointing;
+  const bool checkpointing = t.checkpointing, recompute_feedforward = t.recompute_feedforward;
   tape.s_ = std::make_unique<UNetTape::State>();
   tape.s_->checkpointing = checkpointing;
+  tape.s_->recompute_feedforward = recompute_feedforward;
 }
 
 std::vector<Linear*> UNet::linears() {

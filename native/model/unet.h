@@ -50,6 +50,12 @@ class UNetTape {
   // forward of every block, for a tape of block boundaries instead of every activation).
   void set_checkpointing(bool on);
   bool checkpointing() const;
+  // Selective recompute: the transformer blocks do not keep their feed-forward's pre-GEGLU activations (8 of a
+  // block's 14 kept tensors); backward runs ff.net.0.proj again (BasicTransformerBlock::Acts::ff_recompute).
+  // A fraction of checkpointing's extra time for most of the transformer blocks' share of its saving. No effect
+  // under checkpointing, which recomputes whole blocks anyway.
+  void set_recompute_feedforward(bool on);
+  bool recompute_feedforward() const;
   struct State;
 
  private:

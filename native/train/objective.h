@@ -70,6 +70,11 @@ class ObjectiveRunner {
     policy_tape_.set_checkpointing(on);
     encoder_tape_.set_checkpointing(on);
   }
+  // Selective recompute of the transformer blocks' feed-forward for both tapes (UNetTape::set_recompute_feedforward).
+  void set_recompute_feedforward(bool on) {
+    policy_tape_.set_recompute_feedforward(on);
+    encoder_tape_.set_recompute_feedforward(on);
+  }
   // Loss and logged values of the batch. With backward, adds grad_scale * d loss / d LoRA into the attached
   // adapters' dA/dB (grad_scale = 1 / accumulation steps when accumulating).
   ObjectiveResult run(const PairBatch& batch, const ObjectiveConfig& config, bool backward, double grad_scale = 1.0);

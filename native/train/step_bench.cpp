@@ -19,9 +19,11 @@
 
 namespace ncp::train {
 
-StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
-                           const std::string& space, int reps, int device, bool checkpointing,
-                           bool bf16_weights, const std::string& file_dtype, bool tape_bf16) {
+StepBenchResult bench_step(const StepBenchOptions& o) {
+  const std::string& preset = o.preset;
+  const std::string& file_dtype = o.file_dtype;
+  const int64_t latent = o.latent, pairs = o.pairs;
+  const int device = o.device;
   auto m = std::make_shared<model::LoadedUNet>();
   m->model_dir = "<random " + preset + ">";
   m->config = model::unet_preset(preset);
@@ -43,16 +45,17 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
 
   TrainerConfig c;
   c.lora_rank = 4;
-  c.objective.objective = parse_objective(objective);
-  c.objective.space = parse_space(space);
+  c.objective.objective = parse_objective(o.objective);
+  c.objective.space = parse_space(o.space);
   c.objective.beta = 2500;
   c.optimizer.schedule = LrSchedule::Constant;
   c.device = device;
-  c.gradient_checkpointing = checkpointing;
-  c.bf16_weights = bf16_weights;
+  c.gradient_checkpointing = o.checkpointing;
+  c.recompute_feedforward = o.recompute_feedforward;
+  c.bf16_weights = o.bf16_weights;
   dev::reset_device_peak();
   Trainer trainer(c, m);
-  if (tape_bf16) m->unet->set_tape_bf16(true);
+  if (o.tape_bf16) m->unet->set_tape_bf16(true);
   // B starts at zero, which makes the policy equal the reference; a non-zero B exercises the real arithmetic.
   for (const auto& a : trainer.lora().adapters()) std::fill(a->B.begin(), a->B.end(), 1e-3f);
 
@@ -83,7 +86,7 @@ StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pa
   struct rusage before {};
   getrusage(RUSAGE_SELF, &before);
   std::vector<double> times;
-  for (int i = 0; i < std::max(1, reps); ++i) times.push_back(trainer.step({d}).seconds);
+  for (int i = 0; i < std::max(1, o.reps); ++i) times.push_back(trainer.step({d}).seconds);
   std::sort(times.begin(), times.end());
   r.median_seconds = times[times.size() / 2];
   r.best_seconds = times.front();

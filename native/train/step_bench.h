@@ -18,12 +18,20 @@ struct StepBenchResult {
   double forward_gflop = 0;         // one U-Net forward over the 2P rows, for throughput figures
 };
 
-// device: -1 the CPU, N CUDA device N. file_dtype: "" keeps random float32 weights in memory; "F32", "F16" or
-// "BF16" writes them as such a safetensors file and loads it as load_unet does (matrices kept in the mapped file:
-// the figures of training from an fp16 checkpoint). tape_bf16: keep activations in bf16 (UNet::set_tape_bf16; bf16
-// weights imply it), also on the CPU.
-StepBenchResult bench_step(const std::string& preset, int64_t latent, int64_t pairs, const std::string& objective,
-                           const std::string& space, int reps, int device = -1, bool checkpointing = false,
-                           bool bf16_weights = false, const std::string& file_dtype = "", bool tape_bf16 = false);
+struct StepBenchOptions {
+  std::string preset = "sd15";  // unet_presets.h
+  int64_t latent = 32, pairs = 1;
+  std::string objective = "dpo", space = "ncp";
+  int reps = 3;
+  int device = -1;  // -1 the CPU, N CUDA device N
+  bool checkpointing = false, recompute_feedforward = false;  // TrainerConfig's
+  bool bf16_weights = false;
+  // "" keeps random float32 weights in memory; "F32", "F16" or "BF16" writes them as such a safetensors file and
+  // loads it as load_unet does (matrices kept in the mapped file: the figures of training from an fp16 checkpoint).
+  std::string file_dtype;
+  bool tape_bf16 = false;  // keep activations in bf16 (UNet::set_tape_bf16; bf16 weights imply it), also on the CPU
+};
+
+StepBenchResult bench_step(const StepBenchOptions& options);
 
 }  // namespace ncp::train

@@ -29,6 +29,7 @@ struct TrainerConfig {
   OptimizerConfig optimizer;
   uint64_t seed = 0;
   bool gradient_checkpointing = false;  // recompute block internals in backward: less memory, ~1/3 more time
+  bool recompute_feedforward = false;   // recompute the transformer blocks' ff.net.0.proj (UNetTape)
   int device = -1;  // -1: the CPU; N: CUDA device N (the U-Net's weights and activations live there)
   // Mixed precision on a CUDA device: the frozen weight matrices in bf16 (GEMMs on bf16 tensor cores with float
   // accumulation); activations, LoRA, gradients and AdamW stay float32.
