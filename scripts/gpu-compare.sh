@@ -22,6 +22,9 @@ sdxl_fwd="unet --config sdxl --latent 128 --batch 2 --device cuda --reps 3"
   NCP_CUDA_TF32=1 $b $sdxl_fwd --weights bf16; NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16
   echo "== and with the feed-forward recomputed (--recompute-feedforward on: the memory target's candidate)"
   NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16 --recompute-feedforward on
+  echo "== fp16 weights (float32 tape, loss scaling), plain and with the feed-forward recomputed"
+  NCP_CUDA_TF32=1 $b $sdxl_fwd --weights fp16; NCP_CUDA_TF32=1 $b $sdxl_step --weights fp16
+  NCP_CUDA_TF32=1 $b $sdxl_step --weights fp16 --recompute-feedforward on
   unset NCP_CUDA_ATTENTION
 } 2>&1 | tee "$log/ours-sdxl.txt"
 export PYTHONUNBUFFERED=1

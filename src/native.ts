@@ -177,8 +177,12 @@ export interface TrainerOptions {
   /** 'cpu' (default), 'cuda' or 'cuda:N': where the U-Net's weights and activations live. LoRA, optimiser and
    * checkpoints stay on the host either way, so a run resumes on either device. */
   device?: string;
-  /** 'bf16': the frozen weight matrices in bf16 on the GPU (mixed precision; CUDA only). Default 'no'. */
-  mixedPrecision?: 'no' | 'bf16';
+  /** 'bf16' or 'fp16': the frozen weight matrices in that type on the GPU (mixed precision; CUDA only). 'bf16' also
+   * keeps the activations for backward in bf16; 'fp16' turns on dynamic loss scaling. Default 'no'. */
+  mixedPrecision?: 'no' | 'bf16' | 'fp16';
+  /** Dynamic loss scaling (as PyTorch's GradScaler): present turns it on, 'fp16' does too. initScale: a power of
+   * two (default 65536); growthInterval: finite steps before the scale doubles (default 2000). */
+  lossScaling?: { initScale?: number; growthInterval?: number };
   lora?: { rank?: number; alpha?: number; targets?: string[]; init?: 'gaussian' | 'kaiming' };
   objective?: ObjectiveOptions;
   optimizer?: {
@@ -219,6 +223,10 @@ export interface StepMetrics extends ObjectiveMetrics {
   gradNorm: number;
   lr: number;
   seconds: number;
+  /** The loss scale this step's backward ran with (1 without loss scaling). */
+  lossScale: number;
+  /** Loss scaling found non-finite gradients: no update (the step still counts), the scale halved. */
+  skipped: boolean;
 }
 
 export interface LoraModuleTensors {
@@ -235,6 +243,9 @@ export interface TrainerState {
   step: number;
   rng: string[];
   moments: Float32Array[];
+  /** With loss scaling: the current scale and the finite steps since it last changed. */
+  lossScale?: number;
+  lossScaleGoodSteps?: number;
 }
 
 export interface NativeTrainer {

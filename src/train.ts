@@ -113,7 +113,9 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     const rng = ckpt.state.rng['train'];
     if (!rng) throw new CodedError('NCP_ERESUME', `checkpoint ${at.dir}: state.json has no 'train' generator state`);
     trainer.setLoraTensors(loraModulesFromWeights(ckpt.lora));
-    trainer.setState({ step: ckpt.state.step, rng: [...rng], moments: tensorsToMoments(ckpt.optimizer) });
+    const extra = ckpt.state.extra ?? {};
+    const scaler = typeof extra.lossScale === 'number' ? { lossScale: extra.lossScale, lossScaleGoodSteps: Number(extra.lossScaleGoodSteps ?? 0) } : {};
+    trainer.setState({ step: ckpt.state.step, rng: [...rng], moments: tensorsToMoments(ckpt.optimizer), ...scaler });
     step = ckpt.state.step;
     start = ckpt.state.data;
     resumedFrom = step;
@@ -156,7 +158,12 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     saved.last = await writeCheckpoint(
       cfg.output,
       {
-        state: { step, data: position, rng: { train: state.rng as [string, string, string, string] }, extra: { objective: cfg.objective, space: cfg.space } },
+        state: {
+          step,
+          data: position,
+          rng: { train: state.rng as [string, string, string, string] },
+          extra: { objective: cfg.objective, space: cfg.space, ...(state.lossScale !== undefined ? { lossScale: state.lossScale, lossScaleGoodSteps: state.lossScaleGoodSteps } : {}) },
+        },
         lora: loraWeightsFromModules(trainer.loraTensors()),
         optimizer: momentsToTensors(state.moments),
       },
@@ -210,6 +217,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         grad_norm: m.gradNorm,
         step_time: m.seconds,
         epoch: position.epoch,
+        ...(cfg.mixedPrecision === 'fp16' ? { loss_scale: m.lossScale, skipped: m.skipped } : {}),
       });
       hooks.onStep?.(m, cfg.maxSteps);
       if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) await checkpoint();

@@ -98,7 +98,7 @@ test('config: bad values, unknown fields and missing data are clear errors namin
   t.regex(r.stderr, /missing\.jsonl/);
 });
 
-test('--device: a malformed value names the flag; cuda without a usable backend, or bf16 on the CPU, says why before any work', (t) => {
+test('--device: a malformed value names the flag; cuda without a usable backend, or bf16 or fp16 on the CPU, says why before any work', (t) => {
   let r = run('--device', 'gpu0', '--max-steps', '1', '--output', join(tmp, 'dev1'));
   t.not(r.status, 0);
   t.regex(r.stderr, /--device.*gpu0.*cuda:N/);
@@ -110,6 +110,9 @@ test('--device: a malformed value names the flag; cuda without a usable backend,
   r = run('--device', 'cpu', '--mixed-precision', 'bf16', '--max-steps', '1', '--output', join(tmp, 'dev3'));
   t.not(r.status, 0);
   t.regex(r.stderr, /mixed precision bf16 needs a CUDA device/);
+  r = run('--device', 'cpu', '--mixed-precision', 'fp16', '--max-steps', '1', '--output', join(tmp, 'dev4'));
+  t.not(r.status, 0);
+  t.regex(r.stderr, /mixed precision fp16 needs a CUDA device/);
 });
 
 test('--lora-format diffusers and peft: B pre-scaled by alpha / rank, read back to the same adapters', async (t) => {

@@ -144,6 +144,36 @@ test('trainer: recomputeFeedforward and gradientCheckpointing train exactly as t
   t.true(plain.lora.some((m) => m.module.endsWith('ff.net.0.proj')), 'an adapter on ff.net.0.proj');
 });
 
+// Dynamic loss scaling (what fp16 mixed precision turns on) on the CPU's float32 backward: a power-of-two scale is
+// exact, so the scaled run's metrics and LoRA are the plain run's; state() carries the scale and setState restores
+// it; a scale that is not a power of two is refused naming the field.
+test('trainer: loss scaling trains exactly as without it, and its scale is part of the state', async (t) => {
+  const options = { model: join(golden, 'tiny-sd15'), seed: 4, lora: { rank: 2 }, objective: { objective: 'dpo', space: 'ncp', beta: 5000 }, optimizer: { lr: 1e-3, warmupSteps: 0 } };
+  const plain = await createTrainer(options);
+  const scaled = await createTrainer({ ...options, lossScaling: { initScale: 1024, growthInterval: 2 } });
+  t.is(plain.state().lossScale, undefined);
+  for (let i = 0; i < 3; i++) {
+    const a = await plain.step([pairs(40 + i)]), b = await scaled.step([pairs(40 + i)]);
+    t.is(a.lossScale, 1);
+    t.is(b.lossScale, i < 2 ? 1024 : 2048, `step ${i + 1}: the scale doubles after two finite steps`);
+    t.false(b.skipped);
+    t.is(b.loss, a.loss);
+    t.is(b.gradNorm, a.gradNorm);
+  }
+  const la = plain.loraTensors(), lb = scaled.loraTensors();
+  for (let i = 0; i < la.length; i++) t.deepEqual(lb[i].B.data, la[i].B.data, la[i].module);
+  const state = scaled.state();
+  t.is(state.lossScale, 2048);
+  t.is(state.lossScaleGoodSteps, 1);
+  const resumed = await createTrainer({ ...options, lossScaling: { initScale: 1024, growthInterval: 2 } });
+  resumed.setLoraTensors(lb);
+  resumed.setState(state);
+  t.is(resumed.state().lossScale, 2048);
+  t.is((await resumed.step([pairs(50)])).lossScale, 2048);
+  t.is(resumed.state().lossScale, 4096, 'the restored count of finite steps carried on');
+  await t.throwsAsync(() => createTrainer({ ...options, lossScaling: { initScale: 1000 } }), { code: 'NCP_EINVAL', message: /initial scale must be a power of two/ });
+});
+
 test('trainer: concurrent calls and malformed batches are refused with clear errors', async (t) => {
   const tr = await createTrainer({ model: join(golden, 'tiny-sd15'), objective: { space: 'latent', beta: 100 } });
   const running = tr.step([pairs(1)]);

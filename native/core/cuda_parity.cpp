@@ -500,73 +500,82 @@ void training_cases(Recorder& r) {
   }
 }
 
-// Mixed precision: weights stored as bf16 on the device. The CPU reference multiplies the same values, each
-// operand rounded to bf16 and then widened (the GPU rounds its float operands to bf16 the same way), so the two
+// Mixed precision: weights stored as bf16 or fp16 on the device. The CPU reference multiplies the same values, each
+// operand rounded to the half type and then widened (the GPU rounds its float operands the same way), so the two
 // differ only in summation order.
-Vec bf16_rounded(const Vec& v) {
+Vec half_rounded(const Vec& v, int32_t dtype) {
   Vec out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_f32(f32_to_bf16(v[i]));
+  for (size_t i = 0; i < v.size(); ++i)
+    out[i] = dtype == NCP_CUDA_F16 ? f16_to_f32(f32_to_f16(v[i])) : bf16_to_f32(f32_to_bf16(v[i]));
   return out;
 }
+Vec bf16_rounded(const Vec& v) { return half_rounded(v, NCP_CUDA_BF16); }
 
-// A device copy of v as bf16 (two per float slot of the Buffer).
-struct Bf16Buffer {
+// A device copy of v as bf16 or fp16 (two per float slot of the Buffer).
+struct HalfBuffer {
   Buffer storage;
-  Bf16Buffer(const ncp_cuda_api* t, const Vec& v) : storage(t, Vec((v.size() + 1) / 2)) {
+  HalfBuffer(const ncp_cuda_api* t, const Vec& v, int32_t dtype) : storage(t, Vec((v.size() + 1) / 2)) {
     std::vector<uint16_t> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
-    if (!h.empty()) check(t, t->memcpy_h2d(storage.get(), h.data(), h.size() * 2), "memcpy_h2d (bf16)");
+    for (size_t i = 0; i < v.size(); ++i) h[i] = dtype == NCP_CUDA_F16 ? f32_to_f16(v[i]) : f32_to_bf16(v[i]);
+    if (!h.empty()) check(t, t->memcpy_h2d(storage.get(), h.data(), h.size() * 2), "memcpy_h2d (half)");
   }
   const void* get() const { return storage.get(); }
 };
 
-void mixed_cases(Recorder& r) {
+void mixed_cases(Recorder& r, int32_t dtype) {
   const ncp_cuda_api* t = r.api();
-  uint64_t seed = 700;
+  const std::string h = dtype == NCP_CUDA_F16 ? "fp16" : "bf16";
+  auto rounded = [&](const Vec& v) { return half_rounded(v, dtype); };
+  uint64_t seed = dtype == NCP_CUDA_F16 ? 900 : 700;
   for (int ta = 0; ta < 2; ++ta)
-    for (int tb = 0; tb < 2; ++tb) {  // A float (activations), B bf16 (weights); odd sizes and padded rows
+    for (int tb = 0; tb < 2; ++tb) {  // A float (activations), B half (weights); odd sizes and padded rows
       const int64_t M = 37, N = 45, K = 131, lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2;
       const Vec A = random_vec((ta ? K : M) * lda, ++seed), B = random_vec((tb ? N : K) * ldb, ++seed);
       Vec C = random_vec(M * N, ++seed);
       Buffer dA(t, A), dC(t, C);
-      Bf16Buffer dB(t, B);
-      cpu::gemm<float>(ta, tb, M, N, K, 0.7f, bf16_rounded(A).data(), lda, bf16_rounded(B).data(), ldb, 0.3f, C.data(), N);
-      r.call(t->gemm_mixed(ta, tb, M, N, K, 0.7f, dA.get(), NCP_CUDA_F32, lda, dB.get(), NCP_CUDA_BF16, ldb, 0.3f,
-                           dC.get(), N),
+      HalfBuffer dB(t, B, dtype);
+      cpu::gemm<float>(ta, tb, M, N, K, 0.7f, rounded(A).data(), lda, rounded(B).data(), ldb, 0.3f, C.data(), N);
+      r.call(t->gemm_mixed(ta, tb, M, N, K, 0.7f, dA.get(), NCP_CUDA_F32, lda, dB.get(), dtype, ldb, 0.3f, dC.get(), N),
              "gemm_mixed");
-      r.compare("gemm_mixed", std::string(ta ? "A^T" : "A") + (tb ? " B^T" : " B") + " (B bf16)", dC, C);
+      r.compare("gemm_mixed", std::string(ta ? "A^T" : "A") + (tb ? " B^T" : " B") + " (B " + h + ")", dC, C);
     }
+  if (dtype == NCP_CUDA_F16) {  // one GEMM multiplies one half type: bf16 times fp16 is refused (recorded 0 or 1)
+    const Vec A = random_vec(4 * 4, ++seed);
+    HalfBuffer a(t, A, NCP_CUDA_BF16), b(t, A, NCP_CUDA_F16);
+    Buffer c(t, Vec(16));
+    const int st = t->gemm_mixed(0, 0, 4, 4, 4, 1.f, a.get(), NCP_CUDA_BF16, 4, b.get(), NCP_CUDA_F16, 4, 0.f, c.get(), 4);
+    r.record("gemm_mixed", "bf16 x fp16 refused", st != 0 ? 0.0 : 1.0);
+  }
   {
     const int64_t rows = 19, in = 37, out = 23;
-    const Vec x = random_vec(rows * in, 710), W = random_vec(out * in, 711), b = random_vec(out, 712),
-              dy = random_vec(rows * out, 713);
+    const Vec x = random_vec(rows * in, seed + 10), W = random_vec(out * in, seed + 11), b = random_vec(out, seed + 12),
+              dy = random_vec(rows * out, seed + 13);
     Buffer gx(t, x), gb(t, b), gdy(t, dy), gy(t, Vec(rows * out));
-    Bf16Buffer gW(t, W);
+    HalfBuffer gW(t, W, dtype);
     Vec y(rows * out);
-    cpu::linear_forward<float>(y.data(), bf16_rounded(x).data(), bf16_rounded(W).data(), b.data(), rows, in, out);
-    r.call(t->linear_forward_w(gy.get(), gx.get(), gW.get(), NCP_CUDA_BF16, gb.get(), rows, in, out), "linear_forward_w");
-    r.compare("linear (W bf16)", "y", gy, y);
-    Grad dx(t, rows * in, 714);
-    cpu::linear_backward<float>(dx.cpu.data(), nullptr, nullptr, bf16_rounded(dy).data(), nullptr,
-                                bf16_rounded(W).data(), rows, in, out);
-    r.call(t->linear_backward_input_w(dx.gpu.get(), gdy.get(), gW.get(), NCP_CUDA_BF16, rows, in, out),
+    cpu::linear_forward<float>(y.data(), rounded(x).data(), rounded(W).data(), b.data(), rows, in, out);
+    r.call(t->linear_forward_w(gy.get(), gx.get(), gW.get(), dtype, gb.get(), rows, in, out), "linear_forward_w");
+    r.compare("linear (W " + h + ")", "y", gy, y);
+    Grad dx(t, rows * in, seed + 14);
+    cpu::linear_backward<float>(dx.cpu.data(), nullptr, nullptr, rounded(dy).data(), nullptr, rounded(W).data(), rows,
+                                in, out);
+    r.call(t->linear_backward_input_w(dx.gpu.get(), gdy.get(), gW.get(), dtype, rows, in, out),
            "linear_backward_input_w");
-    r.compare("linear (W bf16)", "dx", dx);
+    r.compare("linear (W " + h + ")", "dx", dx);
   }
   for (const cpu::Conv2dShape& s : kConvShapes) {
     const ConvCase c(s, seed);
     const auto& [gs, tag, nx, ny, nw, x, W, b, dy] = c;
     Buffer gx(t, x), gb(t, b), gdy(t, dy), gy(t, Vec(ny));
-    Bf16Buffer gW(t, W);
+    HalfBuffer gW(t, W, dtype);
     Vec y(ny);
-    cpu::conv2d_forward<float>(y.data(), bf16_rounded(x).data(), bf16_rounded(W).data(), b.data(), s);
-    r.call(t->conv2d_forward_w(gy.get(), gx.get(), gW.get(), NCP_CUDA_BF16, gb.get(), &gs), "conv2d_forward_w");
-    r.compare("conv2d (W bf16)", tag + "y", gy, y);
+    cpu::conv2d_forward<float>(y.data(), rounded(x).data(), rounded(W).data(), b.data(), s);
+    r.call(t->conv2d_forward_w(gy.get(), gx.get(), gW.get(), dtype, gb.get(), &gs), "conv2d_forward_w");
+    r.compare("conv2d (W " + h + ")", tag + "y", gy, y);
     Grad dx(t, nx, ++seed);
-    cpu::conv2d_backward<float>(dx.cpu.data(), nullptr, nullptr, bf16_rounded(dy).data(), nullptr,
-                                bf16_rounded(W).data(), s);
-    r.call(t->conv2d_backward_input_w(dx.gpu.get(), gdy.get(), gW.get(), NCP_CUDA_BF16, &gs), "conv2d_backward_input_w");
-    r.compare("conv2d (W bf16)", tag + "dx", dx);
+    cpu::conv2d_backward<float>(dx.cpu.data(), nullptr, nullptr, rounded(dy).data(), nullptr, rounded(W).data(), s);
+    r.call(t->conv2d_backward_input_w(dx.gpu.get(), gdy.get(), gW.get(), dtype, &gs), "conv2d_backward_input_w");
+    r.compare("conv2d (W " + h + ")", tag + "dx", dx);
   }
 }
 
@@ -632,7 +641,8 @@ void fused_attention_cases(Recorder& r) {
 
 void gemm_based_ops(Recorder& r) {
   gemm_cases(r);
-  mixed_cases(r);
+  mixed_cases(r, NCP_CUDA_BF16);
+  mixed_cases(r, NCP_CUDA_F16);
   linear_case(r);
   conv2d_cases(r);
   attention_cases(r);

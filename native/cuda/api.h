@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NCP_CUDA_ABI_VERSION 2
+#define NCP_CUDA_ABI_VERSION 3  /* 3: ncp_cuda_dtype gained NCP_CUDA_F16 (a version-2 library reads it as float) */
 #define NCP_CUDA_GET_API_SYMBOL "ncp_cuda_get_api"
 
 #ifdef __cplusplus
@@ -42,10 +42,11 @@ typedef enum ncp_cuda_activation {
   NCP_CUDA_ACT_QUICK_GELU = 3
 } ncp_cuda_activation;
 
-/* Storage type of frozen weights (mixed precision: bf16 weights, float activations, float accumulation). */
+/* Storage type of frozen weights (mixed precision: bf16 or fp16 weights, float activations, float accumulation). */
 typedef enum ncp_cuda_dtype {
   NCP_CUDA_F32 = 0,
-  NCP_CUDA_BF16 = 1
+  NCP_CUDA_BF16 = 1,
+  NCP_CUDA_F16 = 2
 } ncp_cuda_dtype;
 
 typedef enum ncp_cuda_gemm_choice {
@@ -177,9 +178,10 @@ typedef struct ncp_cuda_api {
   /* y = a x + c over n values (centre_input_sample's 2x - 1). */
   int (*scale_shift)(float* y, const float* x, float a, float c, int64_t n);
 
-  /* ---- mixed precision: A and B each float32 or bf16 (ncp_cuda_dtype), C float32. A bf16 GEMM rounds its float
-   * operand to bf16 and accumulates in float (cuBLAS' GemmEx); the weight variants below are the float ops of
-   * the same name with W in either type (inputs, outputs and gradients stay float32). */
+  /* ---- mixed precision: A and B each float32, bf16 or fp16 (ncp_cuda_dtype; two half operands of one type), C
+   * float32. A half GEMM rounds its float operand to the half type and accumulates in float (cuBLAS' GemmEx); the
+   * weight variants below are the float ops of the same name with W in any of the types (inputs, outputs and
+   * gradients stay float32). */
   int (*gemm_mixed)(int32_t trans_a, int32_t trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                     int32_t a_dtype, int64_t lda, const void* B, int32_t b_dtype, int64_t ldb, float beta, float* C,
                     int64_t ldc);

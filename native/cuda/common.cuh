@@ -35,12 +35,13 @@ int scratch(int slot, size_t bytes, void** out);
 int gemm_batched(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b, float beta, float* C,
                  int64_t ldc, int64_t stride_c, int64_t batch);
-// As gemm_batched, with each of A and B either float32 or bfloat16 (a_bf16 / b_bf16; the pointers then point to
-// bf16 data). When either is bf16, the float operand is rounded to bf16 in a scratch copy and cuBLAS multiplies
-// bf16 x bf16 with float accumulation into float C (what autocast does, but C stays float); without cuBLAS' Ex
-// entry point the bf16 operand is widened instead and the float kernel runs.
+// As gemm_batched, with each of A and B float32, bf16 or fp16 (a_dtype / b_dtype, ncp_cuda_dtype; the pointers
+// then point to half data; two half operands must share the type). When either is half, the float operand is
+// rounded to that type in a scratch copy and cuBLAS multiplies half x half with float accumulation into float C
+// (what autocast does, but C stays float); without cuBLAS' Ex entry point the half operand is widened instead, the
+// float one rounded to half precision, and the float kernel runs on the same values.
 int gemm_batched_mixed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
-                       bool a_bf16, int64_t lda, int64_t stride_a, const void* B, bool b_bf16, int64_t ldb,
+                       int32_t a_dtype, int64_t lda, int64_t stride_a, const void* B, int32_t b_dtype, int64_t ldb,
                        int64_t stride_b, float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
 
 // out[c] += sum_r in[r * cols + c] (bias gradients of row-major activations), summed in double.

@@ -78,9 +78,9 @@ int col2im_add(float* dx, const float* col, const Geometry& g, int64_t images) {
 
 namespace {
 
-// The forward with the weights in float32 or bf16 (the column matrices stay float32 and are rounded by the
-// mixed GEMM).
-int conv2d_forward_impl(float* y, const float* x, const void* W, bool w_bf16, const float* b,
+// The forward with the weights in float32, bf16 or fp16 (w_dtype; the column matrices stay float32 and are
+// rounded by the mixed GEMM).
+int conv2d_forward_impl(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
                         const ncp_cuda_conv2d_shape* s) {
   Geometry g;
   NCP_TRY(geometry("conv2d_forward", s, &g));
@@ -92,14 +92,15 @@ int conv2d_forward_impl(float* y, const float* x, const void* W, bool w_bf16, co
     const float* xn = x + n0 * g.Cin * g.H * g.W;
     if (!g.direct) NCP_TRY(im2col(col, xn, g, images));
     // y[n] (Cout x P) = W (Cout x CKK) col[n] (CKK x P)
-    NCP_TRY(gemm_batched_mixed(false, false, g.Cout, g.P, g.CKK, 1.f, W, w_bf16, g.CKK, 0, g.direct ? xn : col,
-                               false, g.P, g.CKK * g.P, 0.f, y + n0 * g.Cout * g.P, g.P, g.Cout * g.P, images));
+    NCP_TRY(gemm_batched_mixed(false, false, g.Cout, g.P, g.CKK, 1.f, W, w_dtype, g.CKK, 0, g.direct ? xn : col,
+                               NCP_CUDA_F32, g.P, g.CKK * g.P, 0.f, y + n0 * g.Cout * g.P, g.P, g.Cout * g.P, images));
   }
   return b ? add_channel_vector(y, b, g.N, g.Cout, g.P) : NCP_CUDA_OK;
 }
 
-// dx += conv^T dy with the weights in float32 or bf16 (frozen weights: no dW, db).
-int conv2d_backward_input_impl(float* dx, const float* dy, const void* W, bool w_bf16, const ncp_cuda_conv2d_shape* s) {
+// dx += conv^T dy with the weights in float32, bf16 or fp16 (frozen weights: no dW, db).
+int conv2d_backward_input_impl(float* dx, const float* dy, const void* W, int32_t w_dtype,
+                               const ncp_cuda_conv2d_shape* s) {
   Geometry g;
   NCP_TRY(geometry("conv2d_backward", s, &g));
   if (!dx) return NCP_CUDA_OK;
@@ -109,8 +110,8 @@ int conv2d_backward_input_impl(float* dx, const float* dy, const void* W, bool w
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t images = std::min(chunk, g.N - n0);
     float* xn_grad = dx + n0 * g.Cin * g.H * g.W;
-    NCP_TRY(gemm_batched_mixed(true, false, g.CKK, g.P, g.Cout, 1.f, W, w_bf16, g.CKK, 0, dy + n0 * g.Cout * g.P,
-                               false, g.P, g.Cout * g.P, g.direct ? 1.f : 0.f, g.direct ? xn_grad : dcol, g.P,
+    NCP_TRY(gemm_batched_mixed(true, false, g.CKK, g.P, g.Cout, 1.f, W, w_dtype, g.CKK, 0, dy + n0 * g.Cout * g.P,
+                               NCP_CUDA_F32, g.P, g.Cout * g.P, g.direct ? 1.f : 0.f, g.direct ? xn_grad : dcol, g.P,
                                g.CKK * g.P, images));
     if (!g.direct) NCP_TRY(col2im_add(xn_grad, dcol, g, images));
   }
@@ -120,16 +121,16 @@ int conv2d_backward_input_impl(float* dx, const float* dy, const void* W, bool w
 }  // namespace
 
 int conv2d_forward(float* y, const float* x, const float* W, const float* b, const ncp_cuda_conv2d_shape* s) {
-  return conv2d_forward_impl(y, x, W, false, b, s);
+  return conv2d_forward_impl(y, x, W, NCP_CUDA_F32, b, s);
 }
 
 int conv2d_forward_w(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
                      const ncp_cuda_conv2d_shape* s) {
-  return conv2d_forward_impl(y, x, W, w_dtype == NCP_CUDA_BF16, b, s);
+  return conv2d_forward_impl(y, x, W, w_dtype, b, s);
 }
 
 int conv2d_backward_input_w(float* dx, const float* dy, const void* W, int32_t w_dtype, const ncp_cuda_conv2d_shape* s) {
-  return conv2d_backward_input_impl(dx, dy, W, w_dtype == NCP_CUDA_BF16, s);
+  return conv2d_backward_input_impl(dx, dy, W, w_dtype, s);
 }
 
 int conv2d_backward(float* dx, float* dW, float* db, const float* dy, const float* x, const float* W,

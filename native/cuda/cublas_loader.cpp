@@ -24,7 +24,7 @@ using SgemmStridedBatchedFn = int (*)(Handle, int, int, int, int, int, const flo
 using GemmStridedBatchedExFn = int (*)(Handle, int, int, int, int, int, const void*, const void*, int, int, long long,
                                        const void*, int, int, long long, const void*, void*, int, int, long long, int,
                                        int, int);
-constexpr int kR32F = 0, kR16BF = 14;  // cudaDataType_t: CUDA_R_32F, CUDA_R_16BF
+constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;  // cudaDataType_t: CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF
 constexpr int kCompute32F = 68;        // cublasComputeType_t: CUBLAS_COMPUTE_32F
 constexpr int kGemmDefault = -1;       // cublasGemmAlgo_t: CUBLAS_GEMM_DEFAULT
 
@@ -36,7 +36,7 @@ struct Library {
   SetMathModeFn set_math_mode = nullptr;
   SgemmFn sgemm = nullptr;
   SgemmStridedBatchedFn sgemm_strided_batched = nullptr;
-  GemmStridedBatchedExFn gemm_ex = nullptr;  // optional: bf16 GEMMs only
+  GemmStridedBatchedExFn gemm_ex = nullptr;  // optional: bf16 and fp16 GEMMs only
 };
 
 Library open_library() {
@@ -114,13 +114,14 @@ int sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
                                    &beta, C, ldc, stride_c, batch);
 }
 
-bool bf16_available() { return library().ok && library().gemm_ex != nullptr; }
+bool half_available() { return library().ok && library().gemm_ex != nullptr; }
 
-int gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const void* A, int lda, long long stride_a,
-              const void* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c, int batch) {
+int gemm_half(bool fp16, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const void* A, int lda,
+              long long stride_a, const void* B, int ldb, long long stride_b, float beta, float* C, int ldc,
+              long long stride_c, int batch) {
   Library& lib = library();
-  const int op_a = trans_a ? kOpT : kOpN, op_b = trans_b ? kOpT : kOpN;
-  return lib.gemm_ex(lib.handle, op_b, op_a, N, M, K, &alpha, B, kR16BF, ldb, stride_b, A, kR16BF, lda, stride_a, &beta,
+  const int op_a = trans_a ? kOpT : kOpN, op_b = trans_b ? kOpT : kOpN, type = fp16 ? kR16F : kR16BF;
+  return lib.gemm_ex(lib.handle, op_b, op_a, N, M, K, &alpha, B, type, ldb, stride_b, A, type, lda, stride_a, &beta,
                      C, kR32F, ldc, stride_c, batch, kCompute32F, kGemmDefault);
 }
 

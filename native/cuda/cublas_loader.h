@@ -18,9 +18,11 @@ bool tf32();
 int sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, long long stride_a,
           const float* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c, int batch);
 
-// As sgemm with bf16 A and B and float C, float accumulation (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F).
-bool bf16_available();
-int gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const void* A, int lda, long long stride_a,
-              const void* B, int ldb, long long stride_b, float beta, float* C, int ldc, long long stride_c, int batch);
+// As sgemm with A and B both bf16 (fp16 = false) or both fp16 and float C, float accumulation
+// (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F).
+bool half_available();
+int gemm_half(bool fp16, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const void* A, int lda,
+              long long stride_a, const void* B, int ldb, long long stride_b, float beta, float* C, int ldc,
+              long long stride_c, int batch);
 
 }  // namespace ncp::cuda::cublas

@@ -1,6 +1,7 @@
 // Float32 GEMM: cuBLAS when it could be opened, else a shared-memory tiled kernel of our own; and the linear
 // layer on top of it.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <climits>
 #include <string>
@@ -123,62 +124,93 @@ int64_t operand_span(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int
   return stride == 0 ? one : (batch - 1) * stride + one;
 }
 
-// dst = src widened from bf16, or a float src rounded to bf16 precision.
-int to_bf16_precision(float* dst, const void* src, bool src_bf16, int64_t n) {
-  if (src_bf16) {
-    const __nv_bfloat16* p = static_cast<const __nv_bfloat16*>(src);
-    return launch_each("gemm (bf16) widen", n, [=] __device__(int64_t i) { dst[i] = __bfloat162float(p[i]); });
+// The two half types' conversions, so one template serves both.
+__device__ inline float widen_half(__half h) { return __half2float(h); }
+__device__ inline float widen_half(__nv_bfloat16 h) { return __bfloat162float(h); }
+template <class H>
+__device__ inline H round_half(float f);
+template <>
+__device__ inline __half round_half<__half>(float f) { return __float2half_rn(f); }
+template <>
+__device__ inline __nv_bfloat16 round_half<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
+
+// dst = src widened from H when src_half, else the float src rounded to H's precision.
+template <class H>
+int to_precision_of(float* dst, const void* src, bool src_half, int64_t n) {
+  if (src_half) {
+    const H* p = static_cast<const H*>(src);
+    return launch_each("gemm (half) widen", n, [=] __device__(int64_t i) { dst[i] = widen_half(p[i]); });
   }
   const float* p = static_cast<const float*>(src);
-  return launch_each("gemm (bf16) round", n,
-                     [=] __device__(int64_t i) { dst[i] = __bfloat162float(__float2bfloat16_rn(p[i])); });
+  return launch_each("gemm (half) round", n, [=] __device__(int64_t i) { dst[i] = widen_half(round_half<H>(p[i])); });
 }
 
-// The operand as bf16 for cuBLAS: `src` itself when it already is, else a copy rounded to bf16 in scratch `slot`.
-int bf16_operand(int slot, const void* src, bool src_bf16, int64_t n, const void** out) {
+// The operand as H for cuBLAS: `src` itself when it already is, else a copy rounded to H in scratch `slot` (a float
+// beyond fp16's 65504 becomes infinity there, which loss scaling catches).
+template <class H>
+int operand_of(int slot, const void* src, bool src_half, int64_t n, const void** out) {
   *out = src;
-  if (src_bf16) return NCP_CUDA_OK;
-  __nv_bfloat16* t = nullptr;
-  NCP_TRY(scratch(slot, size_t(n) * sizeof(__nv_bfloat16), reinterpret_cast<void**>(&t)));
+  if (src_half) return NCP_CUDA_OK;
+  H* t = nullptr;
+  NCP_TRY(scratch(slot, size_t(n) * sizeof(H), reinterpret_cast<void**>(&t)));
   const float* p = static_cast<const float*>(src);
-  NCP_TRY(launch_each("gemm (bf16) operand", n, [=] __device__(int64_t i) { t[i] = __float2bfloat16_rn(p[i]); }));
+  NCP_TRY(launch_each("gemm (half) operand", n, [=] __device__(int64_t i) { t[i] = round_half<H>(p[i]); }));
   *out = t;
   return NCP_CUDA_OK;
 }
 
+// The same for the half type `half` (NCP_CUDA_BF16 or NCP_CUDA_F16).
+int to_half_precision(float* dst, const void* src, bool src_half, int32_t half, int64_t n) {
+  return half == NCP_CUDA_F16 ? to_precision_of<__half>(dst, src, src_half, n)
+                              : to_precision_of<__nv_bfloat16>(dst, src, src_half, n);
+}
+int half_operand(int slot, const void* src, bool src_half, int32_t half, int64_t n, const void** out) {
+  return half == NCP_CUDA_F16 ? operand_of<__half>(slot, src, src_half, n, out)
+                              : operand_of<__nv_bfloat16>(slot, src, src_half, n, out);
+}
+
+bool valid_dtype(int32_t d) { return d == NCP_CUDA_F32 || d == NCP_CUDA_BF16 || d == NCP_CUDA_F16; }
+
 }  // namespace
 
-int gemm_batched_mixed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A, bool a_bf16,
-                       int64_t lda, int64_t stride_a, const void* B, bool b_bf16, int64_t ldb, int64_t stride_b,
+int gemm_batched_mixed(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A, int32_t a_dtype,
+                       int64_t lda, int64_t stride_a, const void* B, int32_t b_dtype, int64_t ldb, int64_t stride_b,
                        float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch) {
-  if (!a_bf16 && !b_bf16)
+  NCP_REQUIRE(valid_dtype(a_dtype) && valid_dtype(b_dtype), "gemm (mixed): unknown dtype %d or %d", int(a_dtype),
+              int(b_dtype));
+  if (a_dtype == NCP_CUDA_F32 && b_dtype == NCP_CUDA_F32)
     return gemm_batched(ta, tb, M, N, K, alpha, static_cast<const float*>(A), lda, stride_a,
                         static_cast<const float*>(B), ldb, stride_b, beta, C, ldc, stride_c, batch);
-  NCP_REQUIRE(M >= 0 && N >= 0 && K >= 0 && batch >= 0, "gemm (bf16): negative size");
+  NCP_REQUIRE(a_dtype == NCP_CUDA_F32 || b_dtype == NCP_CUDA_F32 || a_dtype == b_dtype,
+              "gemm (mixed): a bf16 operand times an fp16 one");
+  const int32_t half = a_dtype != NCP_CUDA_F32 ? a_dtype : b_dtype;
+  const bool a_half = a_dtype != NCP_CUDA_F32, b_half = b_dtype != NCP_CUDA_F32;
+  const char* name = half == NCP_CUDA_F16 ? "fp16" : "bf16";
+  NCP_REQUIRE(M >= 0 && N >= 0 && K >= 0 && batch >= 0, "gemm (%s): negative size", name);
   if (M == 0 || N == 0 || batch == 0) return NCP_CUDA_OK;
   const int64_t span_a = operand_span(ta ? K : M, ta ? M : K, lda, stride_a, batch);
   const int64_t span_b = operand_span(tb ? N : K, tb ? K : N, ldb, stride_b, batch);
-  const bool ex = g_choice == NCP_CUDA_GEMM_AUTO && K > 0 && cublas::bf16_available() && fits_int(M) &&
+  const bool ex = g_choice == NCP_CUDA_GEMM_AUTO && K > 0 && cublas::half_available() && fits_int(M) &&
                   fits_int(N) && fits_int(K) && fits_int(lda) && fits_int(ldb) && fits_int(ldc) && fits_int(batch);
   if (ex) {
-    // Round the float operand(s) to bf16 once, then one bf16 x bf16 -> float GEMM.
+    // Round the float operand(s) to the half type once, then one half x half -> float GEMM.
     const void *a = nullptr, *b = nullptr;
-    NCP_TRY(bf16_operand(2, A, a_bf16, span_a, &a));
-    NCP_TRY(bf16_operand(3, B, b_bf16, span_b, &b));
-    const int st = cublas::gemm_bf16(ta, tb, int(M), int(N), int(K), alpha, a, int(lda), stride_a, b, int(ldb),
-                                     stride_b, beta, C, int(ldc), stride_c, int(batch));
+    NCP_TRY(half_operand(2, A, a_half, half, span_a, &a));
+    NCP_TRY(half_operand(3, B, b_half, half, span_b, &b));
+    const int st = cublas::gemm_half(half == NCP_CUDA_F16, ta, tb, int(M), int(N), int(K), alpha, a, int(lda),
+                                     stride_a, b, int(ldb), stride_b, beta, C, int(ldc), stride_c, int(batch));
     if (st != 0)
-      return fail(NCP_CUDA_ECUDA, "gemm (bf16): cublasGemmStridedBatchedEx failed with status %d (M %lld, N %lld, "
-                  "K %lld, batch %lld)", st, (long long)M, (long long)N, (long long)K, (long long)batch);
-    return check_launch("gemm (bf16, cuBLAS)");
+      return fail(NCP_CUDA_ECUDA, "gemm (%s): cublasGemmStridedBatchedEx failed with status %d (M %lld, N %lld, "
+                  "K %lld, batch %lld)", name, st, (long long)M, (long long)N, (long long)K, (long long)batch);
+    return check_launch(half == NCP_CUDA_F16 ? "gemm (fp16, cuBLAS)" : "gemm (bf16, cuBLAS)");
   }
-  // No bf16 GEMM available: the same arithmetic in the float kernel, on operands widened from bf16 or rounded to
-  // bf16 precision, so both providers multiply the same values.
+  // No half GEMM available: the same arithmetic in the float kernel, on operands widened from the half type or
+  // rounded to its precision, so both providers multiply the same values.
   float *a = nullptr, *b = nullptr;
   NCP_TRY(scratch(2, size_t(span_a) * sizeof(float), reinterpret_cast<void**>(&a)));
   NCP_TRY(scratch(3, size_t(span_b) * sizeof(float), reinterpret_cast<void**>(&b)));
-  NCP_TRY(to_bf16_precision(a, A, a_bf16, span_a));
-  NCP_TRY(to_bf16_precision(b, B, b_bf16, span_b));
+  NCP_TRY(to_half_precision(a, A, a_half, half, span_a));
+  NCP_TRY(to_half_precision(b, B, b_half, half, span_b));
   return gemm_batched(ta, tb, M, N, K, alpha, a, lda, stride_a, b, ldb, stride_b, beta, C, ldc, stride_c, batch);
 }
 
@@ -220,18 +252,19 @@ int linear_forward(float* y, const float* x, const float* W, const float* b, int
 int gemm_mixed(int32_t trans_a, int32_t trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
                int32_t a_dtype, int64_t lda, const void* B, int32_t b_dtype, int64_t ldb, float beta, float* C,
                int64_t ldc) {
-  NCP_REQUIRE((a_dtype == NCP_CUDA_F32 || a_dtype == NCP_CUDA_BF16) && (b_dtype == NCP_CUDA_F32 || b_dtype == NCP_CUDA_BF16),
-              "gemm_mixed: dtypes must be NCP_CUDA_F32 or NCP_CUDA_BF16 (got %d, %d)", int(a_dtype), int(b_dtype));
-  return gemm_batched_mixed(trans_a != 0, trans_b != 0, M, N, K, alpha, A, a_dtype == NCP_CUDA_BF16, lda, 0, B,
-                            b_dtype == NCP_CUDA_BF16, ldb, 0, beta, C, ldc, 0, 1);
+  NCP_REQUIRE(valid_dtype(a_dtype) && valid_dtype(b_dtype),
+              "gemm_mixed: dtypes must be NCP_CUDA_F32, NCP_CUDA_BF16 or NCP_CUDA_F16 (got %d, %d)", int(a_dtype),
+              int(b_dtype));
+  return gemm_batched_mixed(trans_a != 0, trans_b != 0, M, N, K, alpha, A, a_dtype, lda, 0, B, b_dtype, ldb, 0, beta,
+                            C, ldc, 0, 1);
 }
 
 int linear_forward_w(float* y, const float* x, const void* W, int32_t w_dtype, const float* b, int64_t rows,
                      int64_t in, int64_t out) {
   NCP_REQUIRE(rows >= 0 && in >= 0 && out >= 0, "linear_forward: negative size (rows %lld, in %lld, out %lld)",
               (long long)rows, (long long)in, (long long)out);
-  NCP_TRY(gemm_batched_mixed(false, true, rows, out, in, 1.f, x, false, in, 0, W, w_dtype == NCP_CUDA_BF16, in, 0, 0.f,
-                             y, out, 0, 1));
+  NCP_TRY(gemm_batched_mixed(false, true, rows, out, in, 1.f, x, NCP_CUDA_F32, in, 0, W, w_dtype, in, 0, 0.f, y, out,
+                             0, 1));
   return b ? add_channel_vector(y, b, rows, out, 1) : NCP_CUDA_OK;
 }
 
@@ -239,8 +272,8 @@ int linear_backward_input_w(float* dx, const float* dy, const void* W, int32_t w
                             int64_t out) {
   NCP_REQUIRE(rows >= 0 && in >= 0 && out >= 0, "linear_backward: negative size (rows %lld, in %lld, out %lld)",
               (long long)rows, (long long)in, (long long)out);
-  return gemm_batched_mixed(false, false, rows, in, out, 1.f, dy, false, out, 0, W, w_dtype == NCP_CUDA_BF16, in, 0,
-                            1.f, dx, in, 0, 1);
+  return gemm_batched_mixed(false, false, rows, in, out, 1.f, dy, NCP_CUDA_F32, out, 0, W, w_dtype, in, 0, 1.f, dx,
+                            in, 0, 1);
 }
 
 int linear_backward(float* dx, float* dW, float* db, const float* dy, const float* x, const float* W, int64_t rows,

@@ -248,10 +248,11 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 }
 
 namespace {
-// The CUDA library's name for a weight's dtype: float32 or bf16 (DeviceWeights stores nothing else).
+// The CUDA library's name for a weight's dtype: float32, bf16 or fp16 (DeviceWeights stores nothing else).
 int32_t cuda_weight_dtype(const cpu::WeightRef& W, const char* op) {
   if (W.dtype == DType::F32) return NCP_CUDA_F32;
   if (W.dtype == DType::BF16) return NCP_CUDA_BF16;
+  if (W.dtype == DType::F16) return NCP_CUDA_F16;
   throw Error("NCP_EDTYPE", std::string(op) + ": " + dtype_name(W.dtype) + " weights on a CUDA device");
 }
 }  // namespace

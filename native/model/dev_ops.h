@@ -64,8 +64,8 @@ std::string profile_report();
 // ---- ops (see cpu/ops.h for shapes and semantics; backward functions ADD into their outputs) ----
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
-// W: float32, F16/BF16 on the CPU (widened while packing), BF16 on a CUDA device (mixed precision: DeviceWeights
-// with bf16 matrices); NCP_EDTYPE otherwise.
+// W: float32, F16/BF16 on the CPU (widened while packing), BF16 or F16 on a CUDA device (mixed precision:
+// DeviceWeights with half matrices, half tensor-core GEMMs); NCP_EDTYPE otherwise.
 void linear_forward(float* y, const float* x, cpu::WeightRef W, const float* b, int64_t rows, int64_t in, int64_t out);
 void linear_backward_input(float* dx, const float* dy, cpu::WeightRef W, int64_t rows, int64_t in, int64_t out);
 void conv2d_forward(float* y, const float* x, cpu::WeightRef W, const float* b, const cpu::Conv2dShape& s);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "model/weights.h"
 
 namespace ncp::model {
@@ -14,19 +15,19 @@ namespace ncp::model {
 class DeviceWeights {
  public:
   // Uploads every tensor of `host` (float32 copies and mapped F32/F16/BF16 matrices, widened on the way) to
-  // `device` (a CUDA device index). With bf16_matrices, every tensor of two or
-  // more dimensions (the Linear and conv weights: all but a sliver of the bytes) is stored as bf16, rounded to
-  // nearest even: half the memory, and the GEMMs run on bf16 tensor cores with float accumulation. Biases and
-  // norm parameters stay float32. NCP_ENOMEM names the size when the device cannot hold them; NCP_ENOCUDA when
-  // the backend is not usable.
-  DeviceWeights(const WeightMap& host, int device, bool bf16_matrices = false);
+  // `device` (a CUDA device index). With matrices BF16 or F16, every tensor of two or more dimensions (the Linear
+  // and conv weights: all but a sliver of the bytes) is stored in that type, rounded to nearest even: half the
+  // memory, and the GEMMs run on half tensor cores with float accumulation. Biases and norm parameters stay
+  // float32. NCP_ENOMEM names the size when the device cannot hold them; NCP_ENOCUDA when the backend is not
+  // usable; NCP_EDTYPE for another type, or an fp16 weight beyond fp16's range (65504), naming the tensor.
+  DeviceWeights(const WeightMap& host, int device, DType matrices = DType::F32);
   ~DeviceWeights();
   DeviceWeights(const DeviceWeights&) = delete;
   DeviceWeights& operator=(const DeviceWeights&) = delete;
 
-  // A device pointer; the errors of WeightMap::get (NCP_EDTYPE for a bf16 matrix).
+  // A device pointer; the errors of WeightMap::get (NCP_EDTYPE for a half matrix).
   const float* get(const std::string& name, const std::vector<int64_t>& shape) const;
-  // A Linear or conv weight: float32, or bf16 with bf16_matrices.
+  // A Linear or conv weight: float32, or the half type `matrices` named.
   cpu::WeightRef get_matrix(const std::string& name, const std::vector<int64_t>& shape) const;
   int device() const { return device_; }
   size_t bytes() const { return size_t(floats_) * sizeof(float); }
@@ -35,7 +36,7 @@ class DeviceWeights {
   struct Entry {
     std::vector<int64_t> shape;
     const float* data;
-    bool bf16;
+    DType dtype;  // F32, or the half type of the matrices
   };
   std::map<std::string, Entry> tensors_;
   float* block_ = nullptr;

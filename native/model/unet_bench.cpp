@@ -168,9 +168,10 @@ bool reset_peak_rss() {
 }  // namespace
 
 UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device,
-                           bool bf16_weights) {
+                           DType matrices) {
   using clock = std::chrono::steady_clock;
-  check(device >= 0 || !bf16_weights, "NCP_EINVAL", "bench unet: bf16 weights (mixed precision) need a CUDA device");
+  check(device >= 0 || matrices == DType::F32, "NCP_EINVAL",
+        std::string("bench unet: ") + dtype_name(matrices) + " weights (mixed precision) need a CUDA device");
   const UNetConfig config = unet_preset(preset);
   UNetBenchResult r;
   auto t0 = clock::now();
@@ -179,7 +180,7 @@ UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t ba
   r.parameters = int64_t(weights.bytes() / sizeof(float));
   dev::reset_device_peak();
   const UNet unet = device < 0 ? UNet(config, weights)
-                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device, bf16_weights));
+                               : UNet(config, std::make_shared<const DeviceWeights>(weights, device, matrices));
   if (device >= 0) weights = WeightMap();
   const ForwardTimes t = time_forward(unet, latent, batch, reps);
   r.median_seconds = t.median;

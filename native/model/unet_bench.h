@@ -22,8 +22,9 @@ struct UNetBenchResult {
 
 // Median over `reps` timed forwards after one warm-up, latent side `latent`, 77 text tokens.
 // device: -1 the CPU, N CUDA device N.
+// matrices: the weight matrices' type on a device (F32, or BF16/F16 mixed precision).
 UNetBenchResult bench_unet(const std::string& preset, int64_t latent, int64_t batch, int reps, int device = -1,
-                           bool bf16_weights = false);
+                           DType matrices = DType::F32);
 
 // Writes random weights for `manifest` (the values of random_weights, one seed per tensor) as one `dtype`
 // safetensors file at `path`.

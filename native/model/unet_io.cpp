@@ -17,13 +17,16 @@ std::unique_ptr<LoadedUNet> load_unet(const std::string& model_dir, const std::s
   return m;
 }
 
-void LoadedUNet::to_device(int d, bool bf16) {
-  check(d >= 0 || !bf16, "NCP_EINVAL", "bf16 weights (mixed precision) need a CUDA device");
+void LoadedUNet::to_device(int d, DType matrices) {
+  check(d >= 0 || matrices == DType::F32, "NCP_EINVAL",
+        std::string(dtype_name(matrices)) + " weights (mixed precision) need a CUDA device");
   if (d < 0 || d == device) return;
   check(device < 0, "NCP_EINVAL", "U-Net of " + model_dir + " is already on another device");
-  auto w = std::make_shared<const DeviceWeights>(weights, d, bf16);
+  auto w = std::make_shared<const DeviceWeights>(weights, d, matrices);
   unet = std::make_unique<UNet>(config, std::move(w));
-  unet->set_tape_bf16(bf16);  // mixed precision keeps bf16 activations too, as autocast does
+  // bf16 mixed precision keeps bf16 activations too, as autocast does. fp16 keeps a float32 tape: its point is
+  // precision (NCP-prev gradients), and --recompute-feedforward or checkpointing trim the tape instead.
+  unet->set_tape_bf16(matrices == DType::BF16);
   weights = WeightMap();
   device = d;
 }

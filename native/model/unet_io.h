@@ -18,9 +18,10 @@ struct LoadedUNet {
   int device = -1;             // -1: the CPU
 
   // Moves the weights to a CUDA device (once; -1 is a no-op) and rebuilds `unet` there, freeing the host copy.
-  // bf16: store the weight matrices as bf16 there (mixed precision, DeviceWeights). Adapters attached to the old
-  // module are not carried over: attach LoRA afterwards.
-  void to_device(int device, bool bf16 = false);
+  // matrices BF16 or F16: store the weight matrices in that type there (mixed precision, DeviceWeights); BF16 also
+  // keeps a bf16 tape (UNet::set_tape_bf16). Adapters attached to the old module are not carried over: attach LoRA
+  // afterwards.
+  void to_device(int device, DType matrices = DType::F32);
 };
 
 // Reads <model_dir>/unet (config.json and the weights, one file, a variant or shards). The weight matrices stay

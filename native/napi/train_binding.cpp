@@ -50,11 +50,18 @@ train::TrainerConfig read_trainer_config(Napi::Env env, const Napi::Object& o) {
   c.recompute_feedforward = bool_attr(env, o, "recomputeFeedforward", false);
   c.device = device_arg(env, string_attr(env, o, "device", "cpu"), "createTrainer");
   const std::string mp = string_attr(env, o, "mixedPrecision", "no");
-  if (mp != "no" && mp != "bf16")
-    throw_error(env, "NCP_EINVAL", "createTrainer: mixedPrecision must be 'no' or 'bf16', got '" + mp + "'");
-  if (mp == "bf16" && c.device < 0)
-    throw_error(env, "NCP_EINVAL", "createTrainer: mixed precision bf16 needs a CUDA device (device is cpu)");
-  c.bf16_weights = mp == "bf16";
+  if (mp != "no" && mp != "bf16" && mp != "fp16")
+    throw_error(env, "NCP_EINVAL", "createTrainer: mixedPrecision must be 'no', 'bf16' or 'fp16', got '" + mp + "'");
+  if (mp != "no" && c.device < 0)
+    throw_error(env, "NCP_EINVAL", "createTrainer: mixed precision " + mp + " needs a CUDA device (device is cpu)");
+  c.weight_matrices = mp == "bf16" ? DType::BF16 : mp == "fp16" ? DType::F16 : DType::F32;
+  // Dynamic loss scaling (fp16 turns it on): { initScale, growthInterval }; present = on.
+  if (o.Has("lossScaling") && !o.Get("lossScaling").IsUndefined()) {
+    const Napi::Object ls = object_attr(env, o, "lossScaling");
+    c.loss_scaling.enabled = true;
+    c.loss_scaling.init_scale = number_attr(env, ls, "initScale", c.loss_scaling.init_scale);
+    c.loss_scaling.growth_interval = int64_t(number_attr(env, ls, "growthInterval", double(c.loss_scaling.growth_interval)));
+  }
   const Napi::Object lora = object_attr(env, o, "lora");
   c.lora_rank = int64_t(number_attr(env, lora, "rank", double(c.lora_rank)));
   c.lora_alpha = number_attr(env, lora, "alpha", NAN);
@@ -170,6 +177,8 @@ class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
           o.Set("gradNorm", m.grad_norm);
           o.Set("lr", m.lr);
           o.Set("seconds", m.seconds);
+          o.Set("lossScale", m.loss_scale);
+          o.Set("skipped", m.skipped);
           return o;
         });
   }
@@ -231,7 +240,8 @@ class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
     return env.Undefined();
   }
 
-  // { step, rng: [4 hex strings], moments: Float32Array[] (m_A, v_A, m_B, v_B per adapter, in loraTensors order) }
+  // { step, rng: [4 hex strings], moments: Float32Array[] (m_A, v_A, m_B, v_B per adapter, in loraTensors order),
+  //   lossScale, lossScaleGoodSteps (loss scaling only) }
   Napi::Value State(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     claim_sync(env, "state");
@@ -253,6 +263,10 @@ class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
       m.Set(uint32_t(i), f);
     }
     o.Set("moments", m);
+    if (trainer->loss_scaler().enabled()) {
+      o.Set("lossScale", trainer->loss_scaler().scale());
+      o.Set("lossScaleGoodSteps", double(trainer->loss_scaler().good_steps()));
+    }
     return o;
   }
 
@@ -278,6 +292,15 @@ class TrainerHandle : public Napi::ObjectWrap<TrainerHandle> {
                                            std::to_string(mom[i].size()));
       const Napi::Float32Array f = m.Get(i).As<Napi::Float32Array>();
       std::copy(f.Data(), f.Data() + f.ElementLength(), mom[i].begin());
+    }
+    // A checkpoint from a run without loss scaling resumes at the initial scale.
+    const double scale = number_attr(env, o, "lossScale", 0);
+    if (trainer->loss_scaler().enabled() && scale > 0) {
+      try {
+        trainer->loss_scaler().set_state(scale, int64_t(number_attr(env, o, "lossScaleGoodSteps", 0)));
+      } catch (const Error& e) {
+        throw_error(env, e.code(), "setState: " + std::string(e.what()));
+      }
     }
     trainer->rng().set_state(s);
     trainer->optimizer().set_steps_done(int64_t(step));

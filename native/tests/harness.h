@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace ncp::test {
 
 struct Case {
@@ -21,6 +23,17 @@ struct Registrar {
   Registrar(const char* name, std::function<void()> fn) { registry().push_back({name, std::move(fn)}); }
 };
 void fail(const char* file, int line, const std::string& message);
+
+// The code of the ncp::Error that fn throws, or "" when it throws none.
+template <class F>
+std::string error_code(F&& fn) {
+  try {
+    fn();
+  } catch (const ncp::Error& e) {
+    return e.code();
+  }
+  return "";
+}
 
 // Relative error ||a - b|| / max(||b||, tiny) over n values.
 template <class A, class B>

@@ -71,7 +71,7 @@ double bf16_reference_bound(const std::string& model, const std::string& key) {
 // yardstick: PyTorch's recipe keeps bf16 activations too, on top of its bf16 weights.
 void check_model(const std::string& name, int device = -1, bool bf16 = false, bool tape_bf16 = false) {
   auto m = model::load_unet(test::golden_path(name));
-  m->to_device(device, bf16);
+  m->to_device(device, bf16 ? DType::BF16 : DType::F32);
   if (tape_bf16) m->unet->set_tape_bf16(true);
   const model::SafetensorsFile golden = model::SafetensorsFile::open(test::golden_path(name + "/objectives.safetensors"));
   int checked = 0;

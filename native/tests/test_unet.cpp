@@ -238,16 +238,6 @@ void manifest_matches(const std::string& m) {
 NCP_TEST("unet manifest tiny-sd15") { manifest_matches("tiny-sd15"); }
 NCP_TEST("unet manifest tiny-sdxl") { manifest_matches("tiny-sdxl"); }
 
-template <class F>
-std::string error_code(F&& fn) {
-  try {
-    fn();
-  } catch (const ncp::Error& e) {
-    return e.code();
-  }
-  return "";
-}
-
 NCP_TEST("unet rejects bad inputs") {
   Model model("tiny-sdxl");
   std::vector<float> out(2 * 4 * 16 * 16);

@@ -3,7 +3,7 @@
 //
 //   ncp_bench unet --config sd15|sdxl --latent 64 --batch 2 [--device cuda] [--reps 5] [--peak-tflops 989]
 //   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
-//             [--gradient-checkpointing on] [--recompute-feedforward on] [--weights f32|bf16] [--tape f32|bf16]
+//             [--gradient-checkpointing on] [--recompute-feedforward on] [--weights f32|bf16|fp16] [--tape f32|bf16]
 //   --profile on: also print the time per op kind (each op synchronised: slower than the plain figures)
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
@@ -42,8 +42,10 @@ int main(int argc, char** argv) {
     const int device = ncp::dev::parse_device(arg(argc, argv, "--device", "cpu"));
     const double peak = std::atof(arg(argc, argv, "--peak-tflops", "0").c_str());
     const std::string weights = arg(argc, argv, "--weights", "f32");
-    if (weights != "f32" && weights != "bf16") throw ncp::Error("NCP_EINVAL", "--weights must be f32 or bf16");
+    if (weights != "f32" && weights != "bf16" && weights != "fp16")
+      throw ncp::Error("NCP_EINVAL", "--weights must be f32, bf16 or fp16");
     const bool bf16 = weights == "bf16";
+    const ncp::DType matrices = bf16 ? ncp::DType::BF16 : weights == "fp16" ? ncp::DType::F16 : ncp::DType::F32;
     ncp::dev::require_device(device);
     const bool profiling = arg(argc, argv, "--profile", "off") == "on";
     if (profiling) ncp::dev::set_profiling(true);
@@ -52,7 +54,7 @@ int main(int argc, char** argv) {
     const std::string attention = device < 0 ? "cpu" : ncp::cuda::status().attention;
     if (what == "unet") {
       const int64_t batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
-      const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device, bf16);
+      const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device, matrices);
       const double tflops = r.gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"unet\",\"config\":\"%s\",\"latent\":%lld,\"batch\":%lld,\"device\":\"%s\","
                   "\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,\"gflop\":%.1f,\"tflops\":%.2f,\"mfu\":%.3f,"
@@ -71,7 +73,7 @@ int main(int argc, char** argv) {
       ncp::train::StepBenchOptions so;
       so.preset = preset, so.latent = latent, so.pairs = pairs, so.objective = objective, so.space = space;
       so.reps = reps, so.device = device, so.checkpointing = ckpt, so.recompute_feedforward = recompute_ff;
-      so.bf16_weights = bf16, so.tape_bf16 = tape == "bf16";
+      so.weight_matrices = matrices, so.tape_bf16 = tape == "bf16";
       const auto r = ncp::train::bench_step(so);
       // A step runs the policy forward and backward (about 3 forwards: the backward's input gradients cost
       // about twice a forward) and the reference forward over the 2P rows: 4 forward-equivalents. The NCP

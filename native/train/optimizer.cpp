@@ -68,4 +68,12 @@ LoraAdamW::StepInfo LoraAdamW::step() {
   return info;
 }
 
+LoraAdamW::StepInfo LoraAdamW::skip() {
+  StepInfo info;
+  info.grad_norm = INFINITY;
+  info.lr = lr_at(config_, steps_);
+  ++steps_;
+  return info;
+}
+
 }  // namespace ncp::train

@@ -36,6 +36,9 @@ class LoraAdamW {
   // Clips the accumulated gradients, applies one AdamW update with lr_at(steps_done()), counts the step. Does not
   // zero the gradients (the caller does, before the next accumulation).
   StepInfo step();
+  // A step with no update (loss scaling found non-finite gradients): counted, so the run's step numbers and the
+  // learning-rate schedule go on, but A, B and the moments stay as they are. grad_norm is +infinity.
+  StepInfo skip();
   int64_t steps_done() const { return steps_; }
   const OptimizerConfig& config() const { return config_; }
 

@@ -52,7 +52,7 @@ StepBenchResult bench_step(const StepBenchOptions& o) {
   c.device = device;
   c.gradient_checkpointing = o.checkpointing;
   c.recompute_feedforward = o.recompute_feedforward;
-  c.bf16_weights = o.bf16_weights;
+  c.weight_matrices = o.weight_matrices;
   dev::reset_device_peak();
   Trainer trainer(c, m);
   if (o.tape_bf16) m->unet->set_tape_bf16(true);

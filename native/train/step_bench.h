@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.h"
+
 namespace ncp::train {
 
 struct StepBenchResult {
@@ -25,7 +27,7 @@ struct StepBenchOptions {
   int reps = 3;
   int device = -1;  // -1 the CPU, N CUDA device N
   bool checkpointing = false, recompute_feedforward = false;  // TrainerConfig's
-  bool bf16_weights = false;
+  DType weight_matrices = DType::F32;  // BF16 or F16: mixed precision on a device (TrainerConfig's)
   // "" keeps random float32 weights in memory; "F32", "F16" or "BF16" writes them as such a safetensors file and
   // loads it as load_unet does (matrices kept in the mapped file: the figures of training from an fp16 checkpoint).
   std::string file_dtype;

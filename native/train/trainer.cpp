@@ -22,16 +22,24 @@ void check_pairs(const PairData& d, const model::UNet& unet) {
   }
 }
 
+// fp16 mixed precision rounds backward's incoming gradients to fp16 in every weight GEMM: loss scaling keeps the
+// small ones from flushing to zero.
+LossScalingConfig scaling_for(const TrainerConfig& c) {
+  LossScalingConfig s = c.loss_scaling;
+  if (c.weight_matrices == DType::F16) s.enabled = true;
+  return s;
+}
+
 }  // namespace
 
 Trainer::Trainer(const TrainerConfig& config)
     : Trainer(config, std::shared_ptr<model::LoadedUNet>(model::load_unet(config.model_dir, config.variant))) {}
 
 Trainer::Trainer(const TrainerConfig& config, std::shared_ptr<model::LoadedUNet> m)
-    : config_(config), model_(std::move(m)), rng_(config.seed) {
+    : config_(config), model_(std::move(m)), scaler_(scaling_for(config)), rng_(config.seed) {
   check(config.lora_rank >= 1, "NCP_EINVAL", "lora rank " + std::to_string(config.lora_rank) + " must be >= 1");
   const float alpha = std::isnan(config.lora_alpha) ? float(config.lora_rank) : float(config.lora_alpha);
-  model_->to_device(config.device, config.bf16_weights);
+  model_->to_device(config.device, config.weight_matrices);
   model_->unet->create_lora(lora_, config.lora_targets, config.lora_rank, alpha);
   lora_.init(config.lora_init, rng_.next());
   runner_ = std::make_unique<ObjectiveRunner>(*model_->unet, NoiseSchedule::from_model_folder(model_->model_dir));
@@ -66,16 +74,18 @@ StepMetrics Trainer::step(const std::vector<PairData>& micro) {
   StepMetrics m;
   ObjectiveResult& sum = m.objective;
   const double k = 1.0 / double(micro.size());
+  m.loss_scale = scaler_.scale();
   for (const PairData& d : micro) {
     const PairBatch b = draw(d, rng_);
-    const ObjectiveResult r = runner_->run(b, config_.objective, true, k);
+    const ObjectiveResult r = runner_->run(b, config_.objective, true, k * m.loss_scale);
     sum.loss += k * r.loss, sum.implicit_acc += k * r.implicit_acc;
     sum.reward_w += k * r.reward_w, sum.reward_l += k * r.reward_l;
     sum.policy_w += k * r.policy_w, sum.policy_l += k * r.policy_l, sum.ref_w += k * r.ref_w, sum.ref_l += k * r.ref_l;
     sum.policy_losses = r.policy_losses, sum.ref_losses = r.ref_losses;
   }
   check(std::isfinite(sum.loss), "NCP_ENONFINITE", "training step: the loss is not finite");
-  const LoraAdamW::StepInfo info = optimizer_->step();
+  m.skipped = !scaler_.unscale(lora_);
+  const LoraAdamW::StepInfo info = m.skipped ? optimizer_->skip() : optimizer_->step();
   m.step = optimizer_->steps_done(), m.grad_norm = info.grad_norm, m.lr = info.lr;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return m;

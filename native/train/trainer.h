@@ -11,9 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "model/lora.h"
 #include "model/rng.h"
 #include "model/unet_io.h"
+#include "train/loss_scaler.h"
 #include "train/objective.h"
 #include "train/optimizer.h"
 
@@ -31,9 +33,12 @@ struct TrainerConfig {
   bool gradient_checkpointing = false;  // recompute block internals in backward: less memory, ~1/3 more time
   bool recompute_feedforward = false;   // recompute the transformer blocks' ff.net.0.proj (UNetTape)
   int device = -1;  // -1: the CPU; N: CUDA device N (the U-Net's weights and activations live there)
-  // Mixed precision on a CUDA device: the frozen weight matrices in bf16 (GEMMs on bf16 tensor cores with float
-  // accumulation); activations, LoRA, gradients and AdamW stay float32.
-  bool bf16_weights = false;
+  // Mixed precision on a CUDA device: the frozen weight matrices in BF16 or F16 (GEMMs on half tensor cores with
+  // float accumulation); activations, LoRA, gradients and AdamW stay float32 (BF16 also keeps a bf16 tape). F16
+  // turns on loss scaling.
+  DType weight_matrices = DType::F32;
+  // Dynamic loss scaling (loss_scaler.h). F16 weight matrices turn it on; it can run on its own too (tests).
+  LossScalingConfig loss_scaling;
 };
 
 // P pairs of encoded training data: latents [P, C, H, W], text conditioning [P, text_len, D], SDXL pooled text
@@ -47,6 +52,8 @@ struct StepMetrics {
   int64_t step = 0;  // optimiser steps done after this one
   ObjectiveResult objective;  // means over the micro-batches (per-row errors of the last one)
   double grad_norm = 0, lr = 0, seconds = 0;
+  double loss_scale = 1;  // the scale this step's backward ran with (1: loss scaling off)
+  bool skipped = false;   // loss scaling found non-finite gradients: no update, the scale halved
 };
 
 class Trainer {
@@ -64,6 +71,7 @@ class Trainer {
 
   model::LoraSet& lora() { return lora_; }
   LoraAdamW& optimizer() { return *optimizer_; }
+  LossScaler& loss_scaler() { return scaler_; }
   model::Rng& rng() { return rng_; }
   const TrainerConfig& config() const { return config_; }
   const model::LoadedUNet& model() const { return *model_; }
@@ -75,6 +83,7 @@ class Trainer {
   model::LoraSet lora_;
   std::unique_ptr<ObjectiveRunner> runner_;
   std::unique_ptr<LoraAdamW> optimizer_;
+  LossScaler scaler_;
   model::Rng rng_;
   std::vector<float> noise_, z_;
 };
