@@ -2,6 +2,7 @@
 // deterministic random inputs with odd shapes (partial GEMM tiles, group sizes that are not powers of two).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -203,6 +204,21 @@ void conv2d_cases(Recorder& r) {
   }
 }
 
+// Sets an environment variable for a scope (nullptr: leaves it unset) and restores the old value after.
+struct EnvVar {
+  std::string name, old;
+  bool had = false;
+  EnvVar(const char* n, const char* value) : name(n) {
+    if (const char* o = std::getenv(n)) had = true, old = o;
+    if (value) ::setenv(n, value, 1);
+    else ::unsetenv(n);
+  }
+  ~EnvVar() {
+    if (had) ::setenv(name.c_str(), old.c_str(), 1);
+    else ::unsetenv(name.c_str());
+  }
+};
+
 void attention_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   uint64_t seed = 300;
@@ -230,23 +246,34 @@ void attention_cases(Recorder& r) {
     r.compare("attention", tag + "dq", dq);
     r.compare("attention", tag + "dk", dk);
     r.compare("attention", tag + "dv", dv);
-    // The recomputing backward (what the model calls), with and without the output.
-    for (const bool with_out : {true, false}) {
-      const std::string rtag = tag + (with_out ? "recompute." : "recompute.no_out.");
-      Grad rq(t, nq, ++seed), rk(t, nk, ++seed), rv(t, nk, ++seed);
-      Vec rout(nq);
-      Buffer grout(t, Vec(nq));
-      cpu::attention_backward_recompute<float>(rq.cpu.data(), rk.cpu.data(), rv.cpu.data(),
-                                               with_out ? rout.data() : nullptr, dout.data(), q.data(), k.data(),
-                                               v.data(), s);
-      r.call(t->attention_backward_recompute(rq.gpu.get(), rk.gpu.get(), rv.gpu.get(),
-                                             with_out ? grout.get() : nullptr, gdout.get(), gq.get(), gk.get(),
-                                             gv.get(), &gs),
-             "attention_backward_recompute");
-      if (with_out) r.compare("attention", rtag + "out", grout, rout);
-      r.compare("attention", rtag + "dq", rq);
-      r.compare("attention", rtag + "dk", rk);
-      r.compare("attention", rtag + "dv", rv);
+    // Without saved probabilities (what the model calls: the forward keeps nothing, backward recomputes), in one
+    // query block and, with NCP_CUDA_ATTENTION_BLOCK squeezing the block budget to 100 floats, in many (1 query
+    // row per block for the first shape, 4 for the causal one).
+    for (const bool blocked : {false, true}) {
+      const EnvVar block_budget("NCP_CUDA_ATTENTION_BLOCK", blocked ? "100" : nullptr);
+      const std::string btag = tag + (blocked ? "blocked." : "");
+      {
+        Buffer gout2(t, Vec(nq));
+        r.call(t->attention_forward(gout2.get(), nullptr, gq.get(), gk.get(), gv.get(), &gs), "attention_forward");
+        r.compare("attention", btag + "no_probs.out", gout2, out);
+      }
+      for (const bool with_out : {true, false}) {
+        const std::string rtag = btag + (with_out ? "recompute." : "recompute.no_out.");
+        Grad rq(t, nq, ++seed), rk(t, nk, ++seed), rv(t, nk, ++seed);
+        Vec rout(nq);
+        Buffer grout(t, Vec(nq));
+        cpu::attention_backward_recompute<float>(rq.cpu.data(), rk.cpu.data(), rv.cpu.data(),
+                                                 with_out ? rout.data() : nullptr, dout.data(), q.data(), k.data(),
+                                                 v.data(), s);
+        r.call(t->attention_backward_recompute(rq.gpu.get(), rk.gpu.get(), rv.gpu.get(),
+                                               with_out ? grout.get() : nullptr, gdout.get(), gq.get(), gk.get(),
+                                               gv.get(), &gs),
+               "attention_backward_recompute");
+        if (with_out) r.compare("attention", rtag + "out", grout, rout);
+        r.compare("attention", rtag + "dq", rq);
+        r.compare("attention", rtag + "dk", rk);
+        r.compare("attention", rtag + "dv", rv);
+      }
     }
   }
 }

@@ -1,7 +1,14 @@
 // Multi-head softmax attention with the probabilities saved for backward, as on the CPU: per batch item, the
 // heads form one strided-batched GEMM (head h of q, k, v, out starts at column h Dh of the [L, H Dh] rows,
 // its [Lq, Lk] score matrix at h Lq Lk), and a row kernel does the softmax and its backward.
+//
+// Without saved probabilities (inference, and training since backward recomputes them) the scores are made for one
+// batch item and one block of queries at a time, [H, Qb, Lk] with Qb chosen so the block stays under a budget
+// (128 MiB): SDXL at 1024^2 has 10 heads over 4096 tokens, where one item's [H, Lq, Lk] is 671 MB and the whole
+// batch's 1.3 GB, and the scratch arenas keep their largest size for the rest of the process.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
@@ -12,11 +19,11 @@ namespace {
 
 constexpr int kRowThreads = 128;
 
-// In place over the [rows, Lk] scores: softmax over the keys a query may see (key j <= query i when causal,
-// i = row % Lq); masked entries become 0.
-__global__ void softmax_rows_kernel(float* __restrict__ p, int64_t Lq, int64_t Lk, bool causal) {
+// In place over the [rows, Lk] scores of query rows q0 .. q0 + Lq - 1 (per head): softmax over the keys a query may
+// see (key j <= query i when causal, i = q0 + row % Lq); masked entries become 0.
+__global__ void softmax_rows_kernel(float* __restrict__ p, int64_t Lq, int64_t q0, int64_t Lk, bool causal) {
   float* row = p + int64_t(blockIdx.x) * Lk;
-  const int64_t i = int64_t(blockIdx.x) % Lq, visible = causal && i + 1 < Lk ? i + 1 : Lk;
+  const int64_t i = q0 + int64_t(blockIdx.x) % Lq, visible = causal && i + 1 < Lk ? i + 1 : Lk;
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) mx = fmaxf(mx, row[j]);
   mx = block_max(mx);
@@ -46,6 +53,24 @@ int check_shape(const char* op, const ncp_cuda_attention_shape* s) {
   return NCP_CUDA_OK;
 }
 
+// Query rows per probability block: as many as keep H * Qb * Lk floats under the budget (at least 1, at most Lq).
+// NCP_CUDA_ATTENTION_BLOCK (floats) overrides the budget, so the parity tests can run several blocks on small shapes.
+int64_t query_block(int64_t H, int64_t Lq, int64_t Lk) {
+  int64_t budget = int64_t(1) << 25;
+  if (const char* env = std::getenv("NCP_CUDA_ATTENTION_BLOCK"))
+    if (std::atoll(env) > 0) budget = std::atoll(env);
+  return std::clamp<int64_t>(budget / (H * Lk), 1, std::max<int64_t>(Lq, 1));
+}
+
+// P [H, Qb, Lk] = softmax(scale q k^T) for queries q0 .. q0 + Qb - 1 of one batch item (q, k: that item's rows).
+int block_probs(float* P, const float* q, const float* k, int64_t Qb, int64_t q0, const ncp_cuda_attention_shape* s,
+                float scale) {
+  const int64_t Lk = s->Lk, H = s->H, Dh = s->Dh, HD = H * Dh;
+  NCP_TRY(gemm_batched(false, true, Qb, Lk, Dh, scale, q + q0 * HD, HD, Dh, k, HD, Dh, 0.f, P, Lk, Qb * Lk, H));
+  softmax_rows_kernel<<<unsigned(H * Qb), kRowThreads>>>(P, Qb, q0, Lk, s->causal != 0);
+  return check_launch("attention softmax");
+}
+
 }  // namespace
 
 // saved_probs may be NULL (inference, as on the CPU): the probabilities then live in scratch, or nowhere when
@@ -56,12 +81,24 @@ int attention_forward(float* out, float* saved_probs, const float* q, const floa
   if (!saved_probs && fused_attention_applies(s, false)) return fused_attention_forward(out, nullptr, q, k, v, s);
   const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, Dh = s->Dh, HD = H * Dh, LL = Lq * Lk;
   if (B == 0 || Lq == 0) return NCP_CUDA_OK;
-  if (!saved_probs) NCP_TRY(scratch(1, size_t(B * H * LL) * sizeof(float), reinterpret_cast<void**>(&saved_probs)));
   const float scale = float(1.0 / std::sqrt(double(Dh)));
+  if (!saved_probs) {  // block by block of queries, into scratch; nothing is kept
+    const int64_t Qb = query_block(H, Lq, Lk);
+    float* P = nullptr;
+    NCP_TRY(scratch(1, size_t(H * Qb * Lk) * sizeof(float), reinterpret_cast<void**>(&P)));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t q0 = 0; q0 < Lq; q0 += Qb) {
+        const int64_t rows = std::min(Qb, Lq - q0);
+        NCP_TRY(block_probs(P, q + b * Lq * HD, k + b * Lk * HD, rows, q0, s, scale));
+        NCP_TRY(gemm_batched(false, false, rows, Dh, Lk, 1.f, P, Lk, rows * Lk, v + b * Lk * HD, HD, Dh, 0.f,
+                             out + (b * Lq + q0) * HD, HD, Dh, H));
+      }
+    return NCP_CUDA_OK;
+  }
   for (int64_t b = 0; b < B; ++b)  // scores[h] = scale q[h] k[h]^T
     NCP_TRY(gemm_batched(false, true, Lq, Lk, Dh, scale, q + b * Lq * HD, HD, Dh, k + b * Lk * HD, HD, Dh, 0.f,
                          saved_probs + b * H * LL, Lk, LL, H));
-  softmax_rows_kernel<<<unsigned(B * H * Lq), kRowThreads>>>(saved_probs, Lq, Lk, s->causal != 0);
+  softmax_rows_kernel<<<unsigned(B * H * Lq), kRowThreads>>>(saved_probs, Lq, 0, Lk, s->causal != 0);
   NCP_TRY(check_launch("attention_forward softmax"));
   for (int64_t b = 0; b < B; ++b)  // out[h] = P[h] v[h]
     NCP_TRY(gemm_batched(false, false, Lq, Dh, Lk, 1.f, saved_probs + b * H * LL, Lk, LL, v + b * Lk * HD, HD, Dh,
@@ -99,24 +136,41 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
 }
 
 // The gradients without saved probabilities (cpu::attention_backward_recompute): the fused kernels when they take
-// the shape; otherwise, per batch item, the forward recomputes that item's probabilities into scratch slot 1 and
-// the backward above reads them, so the scratch is [H, Lq, Lk] for one item, not B of them. out, when NULL, goes
-// to scratch behind them.
+// the shape; otherwise per batch item and block of queries (query_block), as the CPU does: the block's
+// probabilities are recomputed into scratch slot 1 ([H, Qb, Lk]), its output written when `out` is given, and its
+// share of the gradients added (dv and dk sum over the blocks; dq is the block's own rows), with dS in slot 0.
 int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
                                  const float* k, const float* v, const ncp_cuda_attention_shape* s) {
   NCP_TRY(check_shape("attention_backward_recompute", s));
   if (fused_attention_applies(s, true)) return fused_attention_backward_recompute(dq, dk, dv, out, dout, q, k, v, s);
-  const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, HD = H * s->Dh, LL = Lq * Lk;
+  const int64_t B = s->B, Lq = s->Lq, Lk = s->Lk, H = s->H, Dh = s->Dh, HD = H * Dh;
   if (B == 0 || Lq == 0) return NCP_CUDA_OK;
-  float* probs = nullptr;
-  NCP_TRY(scratch(1, size_t(H * LL + (out ? 0 : Lq * HD)) * sizeof(float), reinterpret_cast<void**>(&probs)));
-  ncp_cuda_attention_shape item = *s;
-  item.B = 1;
+  const float scale = float(1.0 / std::sqrt(double(Dh)));
+  const int64_t Qb = query_block(H, Lq, Lk);
+  float *P = nullptr, *ds = nullptr;
+  NCP_TRY(scratch(1, size_t(H * Qb * Lk) * sizeof(float), reinterpret_cast<void**>(&P)));
+  if (dq || dk) NCP_TRY(scratch(0, size_t(H * Qb * Lk) * sizeof(float), reinterpret_cast<void**>(&ds)));
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t qo = b * Lq * HD, ko = b * Lk * HD;
-    NCP_TRY(attention_forward(out ? out + qo : probs + H * LL, probs, q + qo, k + ko, v + ko, &item));
-    NCP_TRY(attention_backward(dq ? dq + qo : nullptr, dk ? dk + ko : nullptr, dv ? dv + ko : nullptr, dout + qo,
-                               q + qo, k + ko, v + ko, probs, &item));
+    const float *qb = q + b * Lq * HD, *kb = k + b * Lk * HD, *vb = v + b * Lk * HD;
+    for (int64_t q0 = 0; q0 < Lq; q0 += Qb) {
+      const int64_t rows = std::min(Qb, Lq - q0), PL = rows * Lk, at = (b * Lq + q0) * HD;
+      const float* g = dout + at;
+      NCP_TRY(block_probs(P, qb, kb, rows, q0, s, scale));
+      if (out)  // out[h] = P[h] v[h]
+        NCP_TRY(gemm_batched(false, false, rows, Dh, Lk, 1.f, P, Lk, PL, vb, HD, Dh, 0.f, out + at, HD, Dh, H));
+      if (dv)  // dv[h] += P[h]^T dout[h]
+        NCP_TRY(gemm_batched(true, false, Lk, Dh, rows, 1.f, P, Lk, PL, g, HD, Dh, 1.f, dv + b * Lk * HD, HD, Dh, H));
+      if (!dq && !dk) continue;
+      // dP[h] = dout[h] v[h]^T, then dS = P (dP - rowsum(P dP)); scores were scale q k^T.
+      NCP_TRY(gemm_batched(false, true, rows, Lk, Dh, 1.f, g, HD, Dh, vb, HD, Dh, 0.f, ds, Lk, PL, H));
+      softmax_backward_rows_kernel<<<unsigned(H * rows), kRowThreads>>>(ds, P, Lk);
+      NCP_TRY(check_launch("attention_backward_recompute softmax"));
+      if (dq)  // dq[h] += scale dS[h] k[h]
+        NCP_TRY(gemm_batched(false, false, rows, Dh, Lk, scale, ds, Lk, PL, kb, HD, Dh, 1.f, dq + at, HD, Dh, H));
+      if (dk)  // dk[h] += scale dS[h]^T q[h]
+        NCP_TRY(gemm_batched(true, false, Lk, Dh, rows, scale, ds, Lk, PL, qb + q0 * HD, HD, Dh, 1.f,
+                             dk + b * Lk * HD, HD, Dh, H));
+    }
   }
   return NCP_CUDA_OK;
 }
