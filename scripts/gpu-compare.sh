@@ -20,11 +20,12 @@ sdxl_fwd="unet --config sdxl --latent 128 --batch 2 --device cuda --reps 3"
   echo "== the same bf16 runs with the fused attention kernels (NCP_CUDA_ATTENTION=fused)"
   export NCP_CUDA_ATTENTION=fused
   NCP_CUDA_TF32=1 $b $sdxl_fwd --weights bf16; NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16
-  echo "== and with the feed-forward recomputed (--recompute-feedforward on: the memory target's candidate)"
-  NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16 --recompute-feedforward on
-  echo "== fp16 weights (float32 tape, loss scaling), plain and with the feed-forward recomputed"
+  echo "== and with selective recompute (--recompute feedforward, then feedforward,qkv: the memory target's candidates)"
+  NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16 --recompute feedforward
+  NCP_CUDA_TF32=1 $b $sdxl_step --weights bf16 --recompute feedforward,qkv
+  echo "== fp16 weights (float32 tape, loss scaling), plain and with selective recompute"
   NCP_CUDA_TF32=1 $b $sdxl_fwd --weights fp16; NCP_CUDA_TF32=1 $b $sdxl_step --weights fp16
-  NCP_CUDA_TF32=1 $b $sdxl_step --weights fp16 --recompute-feedforward on
+  NCP_CUDA_TF32=1 $b $sdxl_step --weights fp16 --recompute feedforward,qkv
   unset NCP_CUDA_ATTENTION
 } 2>&1 | tee "$log/ours-sdxl.txt"
 export PYTHONUNBUFFERED=1

@@ -105,7 +105,7 @@ export interface StepBenchReport {
   /** Set: the weights were written as a safetensors file of this dtype and loaded as loadUNet does. */
   weightsFile?: 'F32' | 'F16' | 'BF16';
   gradientCheckpointing?: boolean;
-  recomputeFeedforward?: boolean;
+  recompute?: Array<'feedforward' | 'qkv'>;
 }
 
 /** `bench step`: one optimiser step (policy fwd+bwd, reference fwd, NCP encoder passes, AdamW), LoRA r4. */
@@ -119,7 +119,7 @@ export async function benchStepReport(o: {
   device?: string;
   weightsFile?: 'F32' | 'F16' | 'BF16';
   gradientCheckpointing?: boolean;
-  recomputeFeedforward?: boolean;
+  recompute?: Array<'feedforward' | 'qkv'>;
 }): Promise<StepBenchReport> {
   const device = o.device ?? 'cpu';
   const r = await benchStep({ ...o, device });
@@ -142,7 +142,7 @@ export function formatStepBench(r: StepBenchReport): string {
     `machine: ${r.machine}, threads: ${r.threads}`,
     `step ${r.preset}, latent ${r.latent}x${r.latent}, ${r.pairs} pair(s), ${r.objective} in ${r.space} space, LoRA r4 (${(r.loraParameters / 1e6).toFixed(2)} M parameters)` +
       (r.weightsFile ? `, weights from a ${r.weightsFile} file` : '') +
-      (r.gradientCheckpointing ? ', gradient checkpointing' : r.recomputeFeedforward ? ', feed-forward recomputed' : ''),
+      (r.gradientCheckpointing ? ', gradient checkpointing' : r.recompute?.length ? `, ${r.recompute.join(' and ')} recomputed` : ''),
     `step: median ${r.medianSeconds.toFixed(3)} s (best ${r.bestSeconds.toFixed(3)} s), peak RSS ${(r.peakRssBytes / 2 ** 30).toFixed(2)} GiB` +
       (r.device === 'cpu' ? '' : `, peak device memory ${(r.devicePeakBytes / 2 ** 30).toFixed(2)} GiB`) +
       `, activations at most ${(r.activationPeakBytes / 2 ** 30).toFixed(2)} GiB`,

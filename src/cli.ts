@@ -22,6 +22,13 @@ class UsageError extends Error {
 // Commands whose implementation lands with later issues; listed so `--help` shows the whole tool.
 const planned: Array<[string, string]> = [];
 
+/** `bench step --recompute a,b`: the parts of selective recompute, each named once. */
+function parseRecompute(value: string | undefined): Array<'feedforward' | 'qkv'> {
+  const parts = (value ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  for (const p of parts) if (p !== 'feedforward' && p !== 'qkv') throw new UsageError(`--recompute: '${p}' is not one of feedforward, qkv`);
+  return [...new Set(parts)] as Array<'feedforward' | 'qkv'>;
+}
+
 function formatInfo(i: ReturnType<typeof info>): string {
   const c = i.backends.cuda;
   const cuda = c.usable
@@ -261,7 +268,7 @@ export async function main(argv: string[]): Promise<void> {
           .option('space', { choices: ['latent', 'ncp'] as const, default: 'ncp' as const, describe: 'step: error space' })
           .option('dtype', { choices: ['F16', 'BF16', 'F32'] as const, default: 'F16' as const, describe: 'load: file dtype' })
           .option('gradient-checkpointing', { type: 'boolean', default: false, describe: 'step: as train --gradient-checkpointing' })
-          .option('recompute-feedforward', { type: 'boolean', default: false, describe: 'step: as train --recompute-feedforward' })
+          .option('recompute', { type: 'string', describe: 'step: as train --recompute (feedforward, qkv or feedforward,qkv)' })
           .option('weights-file', { choices: ['F32', 'F16', 'BF16'] as const, describe: 'step: write the random weights as a safetensors file of this dtype and load it as loadUNet does (matrices stay in the file), instead of float32 in memory' })
           .option('forward', { type: 'boolean', default: false, describe: 'load: then time forwards (--latent, --batch, --reps) on the loaded weights' })
           .option('json', { type: 'boolean', default: false })
@@ -274,7 +281,7 @@ export async function main(argv: string[]): Promise<void> {
         for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
         if (args.what === 'step') {
-          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device: args.device, weightsFile: args['weights-file'], gradientCheckpointing: args['gradient-checkpointing'], recomputeFeedforward: args['recompute-feedforward'] });
+          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device: args.device, weightsFile: args['weights-file'], gradientCheckpointing: args['gradient-checkpointing'], recompute: parseRecompute(args.recompute) });
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatStepBench(report)) + '\n');
           return;
         }

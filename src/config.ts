@@ -73,7 +73,7 @@ export interface TrainConfig {
   device: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
   threads: number | null;
   gradientCheckpointing: boolean;
-  recomputeFeedforward: boolean;
+  recompute: Array<'feedforward' | 'qkv'>;
   mixedPrecision: 'no' | 'bf16' | 'fp16';
 }
 
@@ -145,7 +145,7 @@ export const CONFIG_FIELDS: readonly ConfigField[] = [
   { name: 'device', key: 'device', kind: { type: 'enum', values: ['auto', 'cpu', 'cuda'], pattern: /^cuda:\d{1,3}$/, patternText: 'cuda:N' }, default: 'auto', describe: 'where the U-Net runs: auto (the first GPU when the CUDA backend is usable, else the CPU), cpu, cuda or cuda:N' },
   { name: 'mixed-precision', key: 'mixedPrecision', kind: { type: 'enum', values: ['no', 'bf16', 'fp16'] }, default: 'no', describe: 'bf16 or fp16: the frozen U-Net weight matrices in that type on the GPU (half the memory, half tensor-core GEMMs with float accumulation); LoRA, gradients and AdamW stay float32. bf16 also keeps the activations for backward in bf16; fp16 keeps 3 more mantissa bits (better NCP-prev gradients) and uses dynamic loss scaling. CUDA only' },
   { name: 'gradient-checkpointing', key: 'gradientCheckpointing', kind: { type: 'boolean' }, default: false, describe: 'recompute block activations in backward: much less memory, about a third more time' },
-  { name: 'recompute-feedforward', key: 'recomputeFeedforward', kind: { type: 'boolean' }, default: false, describe: "recompute only the transformer blocks' first feed-forward projection in backward instead of keeping its output: most of the transformer blocks' share of checkpointing's saving for a few percent more time (no effect with --gradient-checkpointing)" },
+  { name: 'recompute', key: 'recompute', kind: { type: 'list', values: ['feedforward', 'qkv'] }, default: [], describe: "selective recompute: transformer-block activations backward recomputes instead of keeping. feedforward: the first feed-forward projection's output (most of what a block keeps); qkv: the attentions' q, k, v. Same gradients, a few percent more time per part; no effect with --gradient-checkpointing" },
   { name: 'threads', key: 'threads', kind: num({ integer: true, min: 1, nullable: true }), default: null, describe: 'CPU threads (default: all cores)' },
 ];
 

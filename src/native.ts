@@ -171,9 +171,10 @@ export interface TrainerOptions {
   seed?: number;
   /** Recompute each block's activations during backward instead of keeping them: less memory, ~1/3 more time. */
   gradientCheckpointing?: boolean;
-  /** Recompute the transformer blocks' ff.net.0.proj output in backward instead of keeping it (8 of the 14
-   * block-sized tensors a transformer block keeps) for one more GEMM per block; same gradients. */
-  recomputeFeedforward?: boolean;
+  /** Selective recompute: 'feedforward' (the transformer blocks' ff.net.0.proj output, 8 of the 14 block-sized
+   * tensors a block keeps) and/or 'qkv' (the attentions' q, k, v) are recomputed in backward instead of kept, for
+   * one more projection GEMM each; the same gradients. */
+  recompute?: Array<'feedforward' | 'qkv'>;
   /** 'cpu' (default), 'cuda' or 'cuda:N': where the U-Net's weights and activations live. LoRA, optimiser and
    * checkpoints stay on the host either way, so a run resumes on either device. */
   device?: string;
@@ -310,7 +311,7 @@ export interface NativeBinding {
   loadUNet(modelDir: string, variant?: string, device?: string): Promise<NativeUNet>;
   createTrainer(options: TrainerOptions): Promise<NativeTrainer>;
   gradFile(options: ObjectiveOptions & { model: string; input: string; output: string; variant?: string; loraAlpha?: number }): Promise<string[]>;
-  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number; device?: string; weightsFile?: string; gradientCheckpointing?: boolean; recomputeFeedforward?: boolean }): Promise<StepBenchResult>;
+  benchStep(options: { preset: string; latent: number; pairs: number; objective: string; space: string; reps: number; device?: string; weightsFile?: string; gradientCheckpointing?: boolean; recompute?: string[] }): Promise<StepBenchResult>;
   unetForwardFile(options: { model: string; input: string; output: string; trace?: boolean; variant?: string }): Promise<string[]>;
   loadTextEncoder(modelDir: string, component: string, variant: string): Promise<NativeTextEncoder>;
   loadVae(modelDir: string, variant: string): Promise<NativeVae>;

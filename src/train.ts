@@ -87,7 +87,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     variant: cfg.variant ?? undefined,
     seed: cfg.seed,
     gradientCheckpointing: cfg.gradientCheckpointing,
-    recomputeFeedforward: cfg.recomputeFeedforward,
+    recompute: cfg.recompute,
     device,
     mixedPrecision: cfg.mixedPrecision,
     lora: { rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets, init: cfg.loraInit },

@@ -48,7 +48,7 @@ export function benchStep(options: {
   weightsFile?: 'F32' | 'F16' | 'BF16';
   /** As the trainer's options of these names. */
   gradientCheckpointing?: boolean;
-  recomputeFeedforward?: boolean;
+  recompute?: Array<'feedforward' | 'qkv'>;
 }): Promise<StepBenchResult> {
   return native().benchStep({
     preset: options.preset,
@@ -60,6 +60,6 @@ export function benchStep(options: {
     device: options.device ?? 'cpu',
     weightsFile: options.weightsFile ?? '',
     gradientCheckpointing: options.gradientCheckpointing ?? false,
-    recomputeFeedforward: options.recomputeFeedforward ?? false,
+    recompute: options.recompute ?? [],
   });
 }

@@ -126,7 +126,7 @@ test('trainer: steps are deterministic under a seed, and state + LoRA restore re
 // The memory options change what the tape keeps, not the arithmetic: on the CPU's float32 tape, three steps with
 // the feed-forward recomputed (adapters on every Linear kind) or with gradient checkpointing give the plain run's
 // losses, gradient norms and LoRA exactly.
-test('trainer: recomputeFeedforward and gradientCheckpointing train exactly as the plain tape does', async (t) => {
+test('trainer: selective recompute and gradientCheckpointing train exactly as the plain tape does', async (t) => {
   const targets = ['to_q', 'to_k', 'to_v', 'to_out.0', 'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2'];
   const options = { model: join(golden, 'tiny-sd15'), seed: 5, lora: { rank: 2, targets }, objective: { objective: 'dpo', space: 'ncp', beta: 5000 }, optimizer: { lr: 1e-3, warmupSteps: 0 } };
   const steps = async (extra) => {
@@ -136,12 +136,13 @@ test('trainer: recomputeFeedforward and gradientCheckpointing train exactly as t
     return { metrics: metrics.map((m) => [m.loss, m.gradNorm]), lora: tr.loraTensors() };
   };
   const plain = await steps({});
-  for (const extra of [{ recomputeFeedforward: true }, { gradientCheckpointing: true }]) {
+  for (const extra of [{ recompute: ['feedforward'] }, { recompute: ['feedforward', 'qkv'] }, { gradientCheckpointing: true }]) {
     const other = await steps(extra);
     t.deepEqual(other.metrics, plain.metrics, JSON.stringify(extra));
     for (let i = 0; i < plain.lora.length; i++) t.deepEqual(other.lora[i].B.data, plain.lora[i].B.data, `${JSON.stringify(extra)} ${plain.lora[i].module}`);
   }
   t.true(plain.lora.some((m) => m.module.endsWith('ff.net.0.proj')), 'an adapter on ff.net.0.proj');
+  await t.throwsAsync(async () => createTrainer({ ...options, recompute: ['attention'] }), { code: 'NCP_EINVAL', message: /createTrainer: recompute: 'attention' is not one of feedforward, qkv/ });
 });
 
 // Dynamic loss scaling (what fp16 mixed precision turns on) on the CPU's float32 backward: a power-of-two scale is

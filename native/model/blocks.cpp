@@ -222,19 +222,41 @@ Attention::Attention(ParamSource& p, const std::string& prefix, int64_t query_di
   to_out = Linear(p, prefix + ".to_out.0", inner, query_dim);
 }
 
+SelectiveRecompute parse_selective_recompute(const std::string& list) {
+  SelectiveRecompute r;
+  size_t at = 0;
+  while (at <= list.size()) {
+    const size_t end = std::min(list.find(',', at), list.size());
+    const std::string part = list.substr(at, end - at);
+    if (part == "feedforward")
+      r.feedforward = true;
+    else if (part == "qkv")
+      r.qkv = true;
+    else if (!(part.empty() && list.empty()))
+      throw Error("NCP_EINVAL", "recompute: '" + part + "' is not one of feedforward, qkv");
+    at = end + 1;
+  }
+  return r;
+}
+
+// q, k, v of this forward: kept on the tape (a float32 copy in scratch when it keeps bf16), or only in scratch when
+// backward recomputes them (Acts::recompute).
 void Attention::forward(float* y, const float* x, const float* context, int64_t B, int64_t Lq, int64_t Lk,
                         Acts& a, bool lora) const {
   const int64_t inner = heads * head_dim;
-  Buffer qs, ks, vs;  // float32 q, k, v for this forward when the tape keeps them in bf16
-  float* q = a.q.out(B * Lq * inner, qs);
-  to_q.forward(q, x, B * Lq, lora);
-  a.q.keep();
-  float* k = a.k.out(B * Lk * inner, ks);
-  to_k.forward(k, context, B * Lk, lora);
-  a.k.keep();
-  float* v = a.v.out(B * Lk * inner, vs);
-  to_v.forward(v, context, B * Lk, lora);
-  a.v.keep();
+  Buffer qs, ks, vs;
+  auto project = [&](const Linear& l, KeptActivation& kept, Buffer& scratch, const float* in, int64_t rows) {
+    float* p = a.recompute ? scratch.ensure(rows * inner) : kept.out(rows * inner, scratch);
+    l.forward(p, in, rows, lora);
+    if (a.recompute)
+      kept = KeptActivation();  // a kept copy from an earlier pass would only hold memory
+    else
+      kept.keep();
+    return p;
+  };
+  const float* q = project(to_q, a.q, qs, x, B * Lq);
+  const float* k = project(to_k, a.k, ks, context, B * Lk);
+  const float* v = project(to_v, a.v, vs, context, B * Lk);
   Buffer o;  // not kept: backward recomputes it with the probabilities
   dev::attention_forward(o.ensure(B * Lq * inner), nullptr, q, k, v, cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
   to_out.forward(y, o.data(), B * Lq, lora);
@@ -248,9 +270,18 @@ void Attention::backward(float* dx, float* dcontext, const float* dy, const floa
   dq.zeros(B * nq), dk.zeros(B * nk), dv.zeros(B * nk);
   // The probabilities are recomputed, never stored whole; the recomputed output is what to_out's adapter reads.
   float* out = to_out.reads_input(lora) ? o.ensure(B * nq) : nullptr;
-  Buffer qs, ks, vs;  // widened from a bf16 tape
-  dev::attention_backward_recompute(dq.data(), dk.data(), dv.data(), out, d_o.data(), a.q.get(qs), a.k.get(ks),
-                                    a.v.get(vs), cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
+  Buffer qs, ks, vs;  // widened from a bf16 tape, or recomputed: the forward's ops on the same inputs
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  if (a.recompute) {
+    to_q.forward(qs.ensure(B * nq), x, B * Lq, lora);
+    to_k.forward(ks.ensure(B * nk), context, B * Lk, lora);
+    to_v.forward(vs.ensure(B * nk), context, B * Lk, lora);
+    q = qs.data(), k = ks.data(), v = vs.data();
+  } else {
+    q = a.q.get(qs), k = a.k.get(ks), v = a.v.get(vs);
+  }
+  dev::attention_backward_recompute(dq.data(), dk.data(), dv.data(), out, d_o.data(), q, k, v,
+                                    cpu::AttentionShape{B, Lq, Lk, heads, head_dim, false});
   to_out.backward_params(dy, out, B * Lq, lora);
   to_q.backward(dx, dq.data(), x, B * Lq, lora);
   to_k.backward(dcontext, dk.data(), context, B * Lk, lora);
@@ -275,6 +306,7 @@ void BasicTransformerBlock::forward(float* y, const float* x, const float* conte
   Buffer normed, gated;  // scratch (see Acts)
   Buffer h1s, h2s, ffs;  // float32 values of the kept activations when the tape keeps them in bf16
   // Each sub-layer's output lands in the next residual buffer, which then takes the residual in place.
+  a.attn1.recompute = a.attn2.recompute = a.recompute.qkv;
   norm1.forward(normed.ensure(n), a.s1, x, rows);
   float* h1 = a.h1.out(n, h1s);
   attn1.forward(h1, normed.data(), normed.data(), B, L, L, a.attn1, lora);
@@ -286,9 +318,10 @@ void BasicTransformerBlock::forward(float* y, const float* x, const float* conte
   dev::add_forward(h2, h2, h1, n);
   a.h2.keep();
   norm3.forward(normed.data(), a.s3, h2, rows);
-  float* ff_h = a.ff_recompute ? ffs.ensure(rows * 2 * ff_inner) : a.ff_h.out(rows * 2 * ff_inner, ffs);
+  const bool ff_recompute = a.recompute.feedforward;
+  float* ff_h = ff_recompute ? ffs.ensure(rows * 2 * ff_inner) : a.ff_h.out(rows * 2 * ff_inner, ffs);
   ff_proj.forward(ff_h, normed.data(), rows, lora);
-  if (a.ff_recompute)
+  if (ff_recompute)
     a.ff_h = KeptActivation();  // a kept copy from an earlier pass would only hold memory
   else
     a.ff_h.keep();
@@ -316,10 +349,11 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
   // y = h2 + ff(norm3 h2)
   float* d_h2 = dh.ensure(n);
   dev::copy(d_h2, dy, n);
-  // norm3's output: for ff.net.0.proj's adapter, and to recompute ff_h (Acts::ff_recompute).
+  // norm3's output: for ff.net.0.proj's adapter, and to recompute ff_h (SelectiveRecompute::feedforward).
+  const bool ff_recompute = a.recompute.feedforward;
   Buffer n3s;
   const float* n3 = nullptr;
-  if (ff_proj.reads_input(lora) || a.ff_recompute) {
+  if (ff_proj.reads_input(lora) || ff_recompute) {
     NormStats s;
     norm3.forward(n3s.ensure(n), s, h2, rows);
     n3 = n3s.data();
@@ -327,7 +361,7 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
   {
     Buffer ffs;  // the widest tensor: widened from the tape or recomputed only for the feed-forward's backward
     const float* ff_h = nullptr;
-    if (a.ff_recompute) {
+    if (ff_recompute) {
       ff_proj.forward(ffs.ensure(rows * 2 * ff_inner), n3, rows, lora);
       ff_h = ffs.data();
     } else {
@@ -344,13 +378,14 @@ void BasicTransformerBlock::backward(float* dx, const float* dy, const float* x,
   ff_proj.backward(dn.zeros(n), dffh.data(), n3, rows, lora);
   norm3.backward(d_h2, dn.data(), h2, a.s3, rows);
   // h2 = h1 + attn2(norm2 h1, context): no gradient to the text conditioning.
-  attn2.backward(dn.zeros(n), nullptr, d_h2, renormed(norm2, h1, attn2.reads_x(lora)), context, B, L, Lk, a.attn2,
+  attn2.backward(dn.zeros(n), nullptr, d_h2, renormed(norm2, h1, attn2.reads_x(lora, a.attn2)), context, B, L, Lk,
+                 a.attn2,
                  lora);
   norm2.backward(d_h2, dn.data(), h1, a.s2, rows);  // d_h2 now holds d h1
   // h1 = x + attn1(norm1 x)
   dev::add_into(dx, d_h2, n);
   float* d_n1 = dn.zeros(n);
-  const float* n1 = renormed(norm1, x, attn1.reads_x(lora) || attn1.reads_context(lora));
+  const float* n1 = renormed(norm1, x, attn1.reads_x(lora, a.attn1) || attn1.reads_context(lora, a.attn1));
   attn1.backward(d_n1, d_n1, d_h2, n1, n1, B, L, L, a.attn1, lora);
   norm1.backward(dx, d_n1, x, a.s1, rows);
 }
@@ -392,7 +427,7 @@ void Transformer2DModel::forward(float* y, const float* x, const float* context,
   if (!keep_last) a.stream[depth] = KeptActivation();  // a kept copy from an earlier pass would only hold memory
   for (int64_t i = 0; i < depth; ++i) {
     float* next = i + 1 < depth || keep_last ? a.stream[i + 1].out(ni, flo[(i + 1) % 2]) : last.ensure(ni);
-    a.blocks[i].ff_recompute = a.ff_recompute;
+    a.blocks[i].recompute = a.recompute;
     blocks[i].forward(next, cur, context, N, L, Lk, a.blocks[i], lora);
     if (i + 1 < depth || keep_last) a.stream[i + 1].keep();
     cur = next;

@@ -144,11 +144,24 @@ struct ResnetBlock2D {
   void backward(float* dx, const float* dy, const float* x, int64_t N, int64_t H, int64_t W, const Acts& a) const;
 };
 
+// Selective recompute: what a training forward leaves off the tape in the transformer blocks, for backward to
+// recompute from what is kept (the residual stream and the text context). The same ops on the same inputs, so the
+// gradients are bit for bit the plain tape's on a float32 tape; on a bf16 tape the recomputed values are float32
+// where the kept ones were rounded. No effect under gradient checkpointing, which recomputes whole blocks.
+struct SelectiveRecompute {
+  bool feedforward = false;  // ff.net.0.proj's output: 8 of a block's 14 kept block-sized tensors, one GEMM of 8 dim^2
+  bool qkv = false;          // both attentions' q, k, v: 4 more (plus the text's k, v), GEMMs of 4 dim^2 per token
+  bool any() const { return feedforward || qkv; }
+};
+// "feedforward", "qkv" or both, comma-separated ("" for none); NCP_EINVAL names an unknown part.
+SelectiveRecompute parse_selective_recompute(const std::string& list);
+
 // diffusers Attention as BasicTransformerBlock uses it: to_q/to_k/to_v without bias, to_out.0 with bias.
 struct Attention {
   int64_t heads = 0, head_dim = 0;
   Linear to_q, to_k, to_v, to_out;
   struct Acts {
+    bool recompute = false;  // the caller's choice before forward: q, k, v not kept, backward runs the projections
     KeptActivation q, k, v;  // the attention output is not kept: backward recomputes it with the probabilities
   };
   Attention() = default;
@@ -163,8 +176,10 @@ struct Attention {
   // are read only where reads_x / reads_context say so (nullptr is fine otherwise).
   void backward(float* dx, float* dcontext, const float* dy, const float* x, const float* context, int64_t B,
                 int64_t Lq, int64_t Lk, const Acts& a, bool lora) const;
-  bool reads_x(bool lora) const { return to_q.reads_input(lora); }
-  bool reads_context(bool lora) const { return to_k.reads_input(lora) || to_v.reads_input(lora); }
+  bool reads_x(bool lora, const Acts& a) const { return a.recompute || to_q.reads_input(lora); }
+  bool reads_context(bool lora, const Acts& a) const {
+    return a.recompute || to_k.reads_input(lora) || to_v.reads_input(lora);
+  }
 };
 
 // BasicTransformerBlock: x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x), with the GEGLU
@@ -177,11 +192,10 @@ struct BasicTransformerBlock {
   // The normalised inputs of the three sub-layers and the GEGLU output are not kept: backward recomputes one
   // (a layer norm, or the elementwise GEGLU) only when a LoRA adapter reads it. That leaves the residual stream,
   // the feed-forward's pre-GEGLU activations and q, k, v: 14 block-sized tensors' worth, not 23.
-  // With ff_recompute (the caller's choice, made before forward) ff_h is not kept either: backward runs norm3 and
-  // ff.net.0.proj again, the same ops on the same input, so it reads the forward's values bit for bit (float32
-  // even under a bf16 tape). That drops 8 of the 14 for one more GEMM of dim x 8 dim per token.
+  // With recompute (the caller's choice, made before forward; SelectiveRecompute) ff_h, or q, k, v, are not kept
+  // either: backward runs the norm and the projection again from the kept residual stream.
   struct Acts {
-    bool ff_recompute = false;
+    SelectiveRecompute recompute;
     NormStats s1, s2, s3;
     KeptActivation h1, h2, ff_h;  // h1, h2: residual stream after attn1, attn2; ff_h: ff.net.0.proj output
     Attention::Acts attn1, attn2;
@@ -206,7 +220,7 @@ struct Transformer2DModel {
   Linear proj_in, proj_out;
   std::vector<BasicTransformerBlock> blocks;
   struct Acts {
-    bool ff_recompute = false;    // set by the caller before forward: every block's Acts::ff_recompute
+    SelectiveRecompute recompute;  // set by the caller before forward: every block's Acts::recompute
     NormStats s;
     Buffer tokens;                // the normalised input as NLC, kept only when proj_in's LoRA reads it
     // stream[0] = proj_in output, stream[i + 1] = output of block i (the last only for proj_out's adapter)

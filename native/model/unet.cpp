@@ -87,7 +87,8 @@ constexpr size_t kRecompute = ~size_t(0);
 struct UNetTape::State {
   UNetInputs in;
   bool lora = false, centered = false;
-  bool checkpointing = false, recompute_feedforward = false;
+  bool checkpointing = false;
+  SelectiveRecompute recompute;
   Buffer temb;  // SiLU(time embedding): resnets read it again when recomputed
   ResnetBlock2D::Acts recompute_resnet;
   Transformer2DModel::Acts recompute_attention;
@@ -117,8 +118,8 @@ UNetTape::UNetTape() : s_(std::make_unique<State>()) {}
 UNetTape::~UNetTape() = default;
 void UNetTape::set_checkpointing(bool on) { s_->checkpointing = on; }
 bool UNetTape::checkpointing() const { return s_->checkpointing; }
-void UNetTape::set_recompute_feedforward(bool on) { s_->recompute_feedforward = on; }
-bool UNetTape::recompute_feedforward() const { return s_->recompute_feedforward; }
+void UNetTape::set_recompute(SelectiveRecompute r) { s_->recompute = r; }
+SelectiveRecompute UNetTape::recompute() const { return s_->recompute; }
 
 Manifest UNet::manifest(const UNetConfig& config) {
   Manifest m;
@@ -311,7 +312,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
     index = keep_acts ? t->attentions.size() : kRecompute;
     if (!keep_acts) return shared_attention;
     Transformer2DModel::Acts& a = t->attentions.next();
-    a.ff_recompute = t->recompute_feedforward;
+    a.recompute = t->recompute;
     return a;
   };
   auto push_op = [&](Op op) {
@@ -611,10 +612,11 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
   if (on_device && lora) download_lora_grads();
   // The tape is spent: what it still holds (gradient buffers, scratch, the inputs' device copies) goes back to the
   // cache too, and a second backward finds no forward to walk.
-  const bool checkpointing = t.checkpointing, recompute_feedforward = t.recompute_feedforward;
+  const bool checkpointing = t.checkpointing;
+  const SelectiveRecompute recompute = t.recompute;
   tape.s_ = std::make_unique<UNetTape::State>();
   tape.s_->checkpointing = checkpointing;
-  tape.s_->recompute_feedforward = recompute_feedforward;
+  tape.s_->recompute = recompute;
 }
 
 std::vector<Linear*> UNet::linears() {

@@ -50,12 +50,11 @@ class UNetTape {
   // forward of every block, for a tape of block boundaries instead of every activation).
   void set_checkpointing(bool on);
   bool checkpointing() const;
-  // Selective recompute: the transformer blocks do not keep their feed-forward's pre-GEGLU activations (8 of a
-  // block's 14 kept tensors); backward runs ff.net.0.proj again (BasicTransformerBlock::Acts::ff_recompute).
-  // A fraction of checkpointing's extra time for most of the transformer blocks' share of its saving. No effect
-  // under checkpointing, which recomputes whole blocks anyway.
-  void set_recompute_feedforward(bool on);
-  bool recompute_feedforward() const;
+  // Selective recompute (blocks.h): the transformer blocks leave their feed-forward's pre-GEGLU activations and/or
+  // their attentions' q, k, v off the tape, and backward runs those projections again. A fraction of
+  // checkpointing's extra time for most of the transformer blocks' share of its saving.
+  void set_recompute(SelectiveRecompute r);
+  SelectiveRecompute recompute() const;
   struct State;
 
  private:

@@ -25,7 +25,7 @@ void LoadedUNet::to_device(int d, DType matrices) {
   auto w = std::make_shared<const DeviceWeights>(weights, d, matrices);
   unet = std::make_unique<UNet>(config, std::move(w));
   // bf16 mixed precision keeps bf16 activations too, as autocast does. fp16 keeps a float32 tape: its point is
-  // precision (NCP-prev gradients), and --recompute-feedforward or checkpointing trim the tape instead.
+  // precision (NCP-prev gradients), and --recompute or checkpointing trim the tape instead.
   unet->set_tape_bf16(matrices == DType::BF16);
   weights = WeightMap();
   device = d;

@@ -100,8 +100,8 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
     throw_error(env, "NCP_EINVAL", "benchStep: latent, pairs and reps must be >= 1");
   const int device = device_arg(env, string_attr(env, o, "device", "cpu"), "benchStep");
   const std::string weights_file = string_attr(env, o, "weightsFile", "");
-  const bool checkpointing = bool_attr(env, o, "gradientCheckpointing", false),
-             recompute_feedforward = bool_attr(env, o, "recomputeFeedforward", false);
+  const bool checkpointing = bool_attr(env, o, "gradientCheckpointing", false);
+  const model::SelectiveRecompute recompute = recompute_attr(env, o, "benchStep");
   return PromiseWorker<train::StepBenchResult>::Start(
       env,
       [=] {
@@ -109,7 +109,7 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
         so.preset = preset, so.latent = int64_t(latent), so.pairs = int64_t(pairs);
         so.objective = objective, so.space = space, so.reps = int(reps), so.device = device;
         so.file_dtype = weights_file;
-        so.checkpointing = checkpointing, so.recompute_feedforward = recompute_feedforward;
+        so.checkpointing = checkpointing, so.recompute = recompute;
         return train::bench_step(so);
       },
       [](Napi::Env e, train::StepBenchResult& r) -> Napi::Value {

@@ -96,6 +96,27 @@ int device_arg(Napi::Env env, const std::string& device, const std::string& who)
   return -1;
 }
 
+model::SelectiveRecompute recompute_attr(Napi::Env env, const Napi::Object& attrs, const std::string& who) {
+  if (!attrs.Has("recompute") || attrs.Get("recompute").IsUndefined()) return {};
+  if (!attrs.Get("recompute").IsArray())
+    throw_error(env, "NCP_EINVAL", who + ": 'recompute' must be an array of 'feedforward' and/or 'qkv'");
+  const Napi::Array a = attrs.Get("recompute").As<Napi::Array>();
+  std::string list;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    if (!a.Get(i).IsString()) throw_error(env, "NCP_EINVAL", who + ": 'recompute' entries must be strings");
+    const std::string part = a.Get(i).As<Napi::String>().Utf8Value();
+    if (part.empty() || part.find(',') != std::string::npos)
+      throw_error(env, "NCP_EINVAL", who + ": recompute: '" + part + "' is not one of feedforward, qkv");
+    list += (i ? "," : "") + part;
+  }
+  try {
+    return model::parse_selective_recompute(list);
+  } catch (const Error& e) {
+    throw_error(env, e.code(), who + ": " + e.what());
+  }
+  return {};
+}
+
 Napi::Array string_array(Napi::Env env, const std::vector<std::string>& items) {
   Napi::Array a = Napi::Array::New(env, items.size());
   for (size_t i = 0; i < items.size(); ++i) a.Set(uint32_t(i), items[i]);

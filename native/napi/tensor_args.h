@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "model/blocks.h"
+
 namespace ncp::napi {
 
 struct HostTensor {
@@ -37,6 +39,8 @@ bool bool_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name
 // "cpu", "cuda" or "cuda:N" as a device index (-1 for the CPU), checked before any work: a bad name or index
 // throws NCP_EINVAL, an unusable CUDA backend NCP_ENOCUDA with the reason; `who` prefixes the message.
 int device_arg(Napi::Env env, const std::string& device, const std::string& who);
+// attrs.recompute: an array of "feedforward" / "qkv" (absent: none); NCP_EINVAL, prefixed with `who`, otherwise.
+model::SelectiveRecompute recompute_attr(Napi::Env env, const Napi::Object& attrs, const std::string& who);
 
 std::string string_attr(Napi::Env env, const Napi::Object& attrs, const std::string& name,
                         const std::string& fallback);

@@ -47,7 +47,7 @@ train::TrainerConfig read_trainer_config(Napi::Env env, const Napi::Object& o) {
   c.variant = string_attr(env, o, "variant", "");
   c.seed = uint64_t(number_attr(env, o, "seed", 0));
   c.gradient_checkpointing = bool_attr(env, o, "gradientCheckpointing", false);
-  c.recompute_feedforward = bool_attr(env, o, "recomputeFeedforward", false);
+  c.recompute = recompute_attr(env, o, "createTrainer");
   c.device = device_arg(env, string_attr(env, o, "device", "cpu"), "createTrainer");
   const std::string mp = string_attr(env, o, "mixedPrecision", "no");
   if (mp != "no" && mp != "bf16" && mp != "fp16")

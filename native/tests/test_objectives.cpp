@@ -144,7 +144,7 @@ NCP_TEST("objectives golden with a bf16 tape on the CPU: within 5e-2, and PyTorc
 }  // namespace
 
 // Also with a bf16 tape: the recomputed block internals round to the same bf16 values the kept ones had.
-NCP_TEST("objectives: gradient checkpointing and the feed-forward recompute give the same gradients exactly (tiny-sdxl, dpo, ncp-mid-prev)") {
+NCP_TEST("objectives: gradient checkpointing and selective recompute give the same gradients exactly (tiny-sdxl, dpo, ncp-mid-prev)") {
   auto m = model::load_unet(test::golden_path("tiny-sdxl"));
   const model::SafetensorsFile golden =
       model::SafetensorsFile::open(test::golden_path("tiny-sdxl/objectives.safetensors"));
@@ -161,12 +161,15 @@ NCP_TEST("objectives: gradient checkpointing and the feed-forward recompute give
       const double e = rel_err(recomputed.at(name).data, t.data);
       NCP_EXPECT(recomputed.at(name).data == t.data, (tape_bf16 ? "bf16 tape: " : "") << name << " differs: relative " << e);
     }
-    if (tape_bf16) continue;  // a bf16 tape keeps ff_h rounded; the recompute reads float32 values (test_unet)
-    o.gradient_checkpointing = false, o.recompute_feedforward = true;
-    const auto selective = grad_case(*m, golden, o);
-    for (const auto& [name, t] : plain)
-      NCP_EXPECT(selective.at(name).data == t.data,
-                 "feed-forward recomputed: " << name << " differs: relative " << rel_err(selective.at(name).data, t.data));
+    if (tape_bf16) continue;  // a bf16 tape keeps rounded values; the recompute reads float32 ones (test_unet)
+    o.gradient_checkpointing = false;
+    for (const char* parts : {"feedforward", "qkv", "feedforward,qkv"}) {
+      o.recompute = model::parse_selective_recompute(parts);
+      const auto selective = grad_case(*m, golden, o);
+      for (const auto& [name, t] : plain)
+        NCP_EXPECT(selective.at(name).data == t.data, "recompute " << parts << ": " << name << " differs: relative "
+                                                                   << rel_err(selective.at(name).data, t.data));
+    }
   }
 }
 

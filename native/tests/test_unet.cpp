@@ -511,12 +511,12 @@ NCP_TEST("unet backward empties its tape: the activation cache is back to where 
   }
 }
 
-// Selective recompute (UNetTape::set_recompute_feedforward): backward runs norm3 and ff.net.0.proj again instead of
-// reading a kept copy. Same ops on the same inputs, so on a float32 tape every gradient is the plain tape's bit for
-// bit (adapters on every Linear kind, ff.net.0.proj's included); the tape is smaller by the pre-GEGLU activations.
-// On a bf16 tape the recomputed values are float32 where the kept ones were rounded, so there the gradients stay
-// within the bf16 tape's bound of the float32 ones.
-NCP_TEST("unet backward with the feed-forward recomputed: float32 tape bit-identical, smaller tape, bf16 tape close") {
+// Selective recompute (UNetTape::set_recompute): backward runs the feed-forward's first projection and/or the
+// attentions' q, k, v projections again instead of reading kept copies. Same ops on the same inputs, so on a float32
+// tape every gradient is the plain tape's bit for bit (adapters on every Linear kind, the recomputed ones included);
+// each part makes the tape smaller. On a bf16 tape the recomputed values are float32 where the kept ones were
+// rounded, so there the gradients stay within the bf16 tape's bound of the float32 ones.
+NCP_TEST("unet backward with selective recompute: float32 tape bit-identical, smaller tape, bf16 tape close") {
   namespace cache = ncp::model::activation_cache;
   for (const char* name : {"tiny-sd15", "tiny-sdxl"}) {
     Model model(name);
@@ -530,18 +530,20 @@ NCP_TEST("unet backward with the feed-forward recomputed: float32 tape bit-ident
       std::vector<float> out, dsample, grads;
       int64_t tape_bytes = 0;
     };
-    auto run = [&](bool recompute, bool bf16) {
+    auto run = [&](const char* parts, bool bf16) {
       unet.set_tape_bf16(bf16);
       lora.zero_grad();
       Run r;
       r.out.resize(out.size()), r.dsample.resize(model.sample.size());
       UNetTape tape;
-      tape.set_recompute_feedforward(recompute);
+      const ncp::model::SelectiveRecompute recompute = ncp::model::parse_selective_recompute(parts);
+      tape.set_recompute(recompute);
       const int64_t before = cache::usage(-1).in_use;
       unet.forward_train(in, r.out.data(), tape, true);
       r.tape_bytes = cache::usage(-1).in_use - before;
       unet.backward(dy.data(), tape, r.dsample.data());
-      NCP_EXPECT(tape.recompute_feedforward() == recompute, name << ": backward reset the tape's recompute setting");
+      NCP_EXPECT(tape.recompute().feedforward == recompute.feedforward && tape.recompute().qkv == recompute.qkv,
+                 name << ": backward reset the tape's recompute setting");
       for (const auto& a : lora.adapters()) {
         r.grads.insert(r.grads.end(), a->dA.begin(), a->dA.end());
         r.grads.insert(r.grads.end(), a->dB.begin(), a->dB.end());
@@ -549,18 +551,31 @@ NCP_TEST("unet backward with the feed-forward recomputed: float32 tape bit-ident
       unet.set_tape_bf16(false);
       return r;
     };
-    const Run plain = run(false, false), redo = run(true, false);
-    NCP_EXPECT(bit_equal(plain.out, redo.out), name << ": the forward's output changed");
-    NCP_EXPECT(bit_equal(plain.dsample, redo.dsample),
-               name << ": d sample rel err " << rel_error(redo.dsample.data(), plain.dsample.data(), int64_t(plain.dsample.size())));
-    NCP_EXPECT(bit_equal(plain.grads, redo.grads),
-               name << ": LoRA grads rel err " << rel_error(redo.grads.data(), plain.grads.data(), int64_t(plain.grads.size())));
-    NCP_EXPECT(redo.tape_bytes < plain.tape_bytes,
-               name << ": tape " << redo.tape_bytes << " bytes with the recompute, " << plain.tape_bytes << " without");
-    const Run bf16 = run(true, true);
-    const double e = rel_error(bf16.grads.data(), plain.grads.data(), int64_t(plain.grads.size()));
-    NCP_EXPECT(e < 5e-2, name << ": bf16 tape with the recompute, LoRA grads rel err " << e);
-    std::printf("    %-10s tape %lld -> %lld bytes; bf16 tape + recompute: LoRA grads within %.1e\n", name,
-                (long long)plain.tape_bytes, (long long)redo.tape_bytes, e);
+    const Run plain = run("", false);
+    int64_t previous = plain.tape_bytes;
+    for (const char* parts : {"feedforward", "feedforward,qkv"}) {
+      const Run redo = run(parts, false);
+      NCP_EXPECT(bit_equal(plain.out, redo.out), name << " " << parts << ": the forward's output changed");
+      NCP_EXPECT(bit_equal(plain.dsample, redo.dsample),
+                 name << " " << parts << ": d sample rel err "
+                      << rel_error(redo.dsample.data(), plain.dsample.data(), int64_t(plain.dsample.size())));
+      NCP_EXPECT(bit_equal(plain.grads, redo.grads),
+                 name << " " << parts << ": LoRA grads rel err "
+                      << rel_error(redo.grads.data(), plain.grads.data(), int64_t(plain.grads.size())));
+      NCP_EXPECT(redo.tape_bytes < previous, name << " " << parts << ": tape " << redo.tape_bytes
+                                                   << " bytes, not below " << previous);
+      const Run bf16 = run(parts, true);
+      const double e = rel_error(bf16.grads.data(), plain.grads.data(), int64_t(plain.grads.size()));
+      NCP_EXPECT(e < 5e-2, name << " " << parts << ": bf16 tape with the recompute, LoRA grads rel err " << e);
+      std::printf("    %-10s %-16s tape %lld -> %lld bytes; bf16 tape + recompute: LoRA grads within %.1e\n", name,
+                  parts, (long long)plain.tape_bytes, (long long)redo.tape_bytes, e);
+      previous = redo.tape_bytes;
+    }
+    // qkv alone: bit-identical too.
+    const Run qkv = run("qkv", false);
+    NCP_EXPECT(bit_equal(plain.grads, qkv.grads) && bit_equal(plain.dsample, qkv.dsample), name << " qkv: gradients differ");
+    NCP_EXPECT(qkv.tape_bytes < plain.tape_bytes, name << " qkv: tape not smaller");
   }
+  NCP_EXPECT(error_code([] { ncp::model::parse_selective_recompute("feedforward,attention"); }) == "NCP_EINVAL",
+             "an unknown recompute part was accepted");
 }

@@ -3,7 +3,7 @@
 //
 //   ncp_bench unet --config sd15|sdxl --latent 64 --batch 2 [--device cuda] [--reps 5] [--peak-tflops 989]
 //   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
-//             [--gradient-checkpointing on] [--recompute-feedforward on] [--weights f32|bf16|fp16] [--tape f32|bf16]
+//             [--gradient-checkpointing on] [--recompute feedforward,qkv] [--weights f32|bf16|fp16] [--tape f32|bf16]
 //   --profile on: also print the time per op kind (each op synchronised: slower than the plain figures)
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
@@ -69,10 +69,10 @@ int main(int argc, char** argv) {
       const std::string tape = arg(argc, argv, "--tape", bf16 ? "bf16" : "f32");
       if (tape != "f32" && tape != "bf16") throw ncp::Error("NCP_EINVAL", "--tape must be f32 or bf16");
       if (bf16 && tape != "bf16") throw ncp::Error("NCP_EINVAL", "--weights bf16 keeps a bf16 tape (mixed precision)");
-      const bool recompute_ff = arg(argc, argv, "--recompute-feedforward", "off") == "on";
+      const std::string recompute = arg(argc, argv, "--recompute", "");
       ncp::train::StepBenchOptions so;
       so.preset = preset, so.latent = latent, so.pairs = pairs, so.objective = objective, so.space = space;
-      so.reps = reps, so.device = device, so.checkpointing = ckpt, so.recompute_feedforward = recompute_ff;
+      so.reps = reps, so.device = device, so.checkpointing = ckpt, so.recompute = ncp::model::parse_selective_recompute(recompute);
       so.weight_matrices = matrices, so.tape_bf16 = tape == "bf16";
       const auto r = ncp::train::bench_step(so);
       // A step runs the policy forward and backward (about 3 forwards: the backward's input gradients cost
@@ -80,12 +80,12 @@ int main(int argc, char** argv) {
       // encoder passes come on top and are not counted, so for ncp this understates the work done.
       const double tflops = 4 * r.forward_gflop / 1e3 / r.median_seconds;
       std::printf("{\"bench\":\"step\",\"config\":\"%s\",\"latent\":%lld,\"pairs\":%lld,\"objective\":\"%s\","
-                  "\"space\":\"%s\",\"checkpointing\":%s,\"recompute_feedforward\":%s,\"tape\":\"%s\",\"device\":\"%s\",\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,"
+                  "\"space\":\"%s\",\"checkpointing\":%s,\"recompute\":\"%s\",\"tape\":\"%s\",\"device\":\"%s\",\"weights\":\"%s\",\"attention\":\"%s\",\"median_s\":%.4f,\"best_s\":%.4f,"
                   "\"tflops_4fwd\":%.2f,"
                   "\"mfu\":%.3f,\"device_peak_gib\":%.2f,\"peak_rss_gib\":%.2f,\"activations_peak_gib\":%.3f,"
                   "\"activations_held_gib\":%.3f,\"lora_params\":%lld}\n",
                   preset.c_str(), (long long)latent, (long long)pairs, objective.c_str(), space.c_str(),
-                  ckpt ? "true" : "false", recompute_ff ? "true" : "false", tape.c_str(), dev_name.c_str(), weights.c_str(), attention.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
+                  ckpt ? "true" : "false", recompute.c_str(), tape.c_str(), dev_name.c_str(), weights.c_str(), attention.c_str(), r.median_seconds, r.best_seconds, tflops, peak > 0 ? tflops / peak : 0.0,
                   r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), r.activation_peak_bytes / (1 << 30),
                   r.activation_held_bytes / (1 << 30), (long long)r.lora_parameters);
     }

@@ -121,7 +121,7 @@ std::map<std::string, Tensor32> grad_case(model::LoadedUNet& m, const Safetensor
   m.unet->attach_lora(lora);
   ObjectiveRunner runner(*m.unet, std::move(schedule));
   runner.set_checkpointing(o.gradient_checkpointing);
-  runner.set_recompute_feedforward(o.recompute_feedforward);
+  runner.set_recompute(o.recompute);
   const ObjectiveResult r = runner.run(b, oc, true);
 
   std::map<std::string, Tensor32> out;

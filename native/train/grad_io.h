@@ -21,7 +21,7 @@ struct GradOptions {
   ObjectiveConfig objective;
   double lora_alpha = NAN;  // NaN: alpha = rank (scale 1)
   bool gradient_checkpointing = false;
-  bool recompute_feedforward = false;
+  model::SelectiveRecompute recompute;
 };
 
 // The tensors `grad` writes, by name, computed from an open case file. The model's U-Net gets the case's

@@ -70,10 +70,10 @@ class ObjectiveRunner {
     policy_tape_.set_checkpointing(on);
     encoder_tape_.set_checkpointing(on);
   }
-  // Selective recompute of the transformer blocks' feed-forward for both tapes (UNetTape::set_recompute_feedforward).
-  void set_recompute_feedforward(bool on) {
-    policy_tape_.set_recompute_feedforward(on);
-    encoder_tape_.set_recompute_feedforward(on);
+  // Selective recompute for both tapes (UNetTape::set_recompute).
+  void set_recompute(model::SelectiveRecompute r) {
+    policy_tape_.set_recompute(r);
+    encoder_tape_.set_recompute(r);
   }
   // Loss and logged values of the batch. With backward, adds grad_scale * d loss / d LoRA into the attached
   // adapters' dA/dB (grad_scale = 1 / accumulation steps when accumulating).

@@ -51,7 +51,7 @@ StepBenchResult bench_step(const StepBenchOptions& o) {
   c.optimizer.schedule = LrSchedule::Constant;
   c.device = device;
   c.gradient_checkpointing = o.checkpointing;
-  c.recompute_feedforward = o.recompute_feedforward;
+  c.recompute = o.recompute;
   c.weight_matrices = o.weight_matrices;
   dev::reset_device_peak();
   Trainer trainer(c, m);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "model/blocks.h"
 
 namespace ncp::train {
 
@@ -26,7 +27,8 @@ struct StepBenchOptions {
   std::string objective = "dpo", space = "ncp";
   int reps = 3;
   int device = -1;  // -1 the CPU, N CUDA device N
-  bool checkpointing = false, recompute_feedforward = false;  // TrainerConfig's
+  bool checkpointing = false;           // TrainerConfig's
+  model::SelectiveRecompute recompute;  // TrainerConfig's
   DType weight_matrices = DType::F32;  // BF16 or F16: mixed precision on a device (TrainerConfig's)
   // "" keeps random float32 weights in memory; "F32", "F16" or "BF16" writes them as such a safetensors file and
   // loads it as load_unet does (matrices kept in the mapped file: the figures of training from an fp16 checkpoint).

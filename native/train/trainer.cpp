@@ -44,7 +44,7 @@ Trainer::Trainer(const TrainerConfig& config, std::shared_ptr<model::LoadedUNet>
   lora_.init(config.lora_init, rng_.next());
   runner_ = std::make_unique<ObjectiveRunner>(*model_->unet, NoiseSchedule::from_model_folder(model_->model_dir));
   runner_->set_checkpointing(config.gradient_checkpointing);
-  runner_->set_recompute_feedforward(config.recompute_feedforward);
+  runner_->set_recompute(config.recompute);
   optimizer_ = std::make_unique<LoraAdamW>(lora_, config.optimizer);
 }
 

@@ -31,7 +31,7 @@ struct TrainerConfig {
   OptimizerConfig optimizer;
   uint64_t seed = 0;
   bool gradient_checkpointing = false;  // recompute block internals in backward: less memory, ~1/3 more time
-  bool recompute_feedforward = false;   // recompute the transformer blocks' ff.net.0.proj (UNetTape)
+  model::SelectiveRecompute recompute;  // transformer projections recomputed in backward (UNetTape::set_recompute)
   int device = -1;  // -1: the CPU; N: CUDA device N (the U-Net's weights and activations live there)
   // Mixed precision on a CUDA device: the frozen weight matrices in BF16 or F16 (GEMMs on half tensor cores with
   // float accumulation); activations, LoRA, gradients and AdamW stay float32 (BF16 also keeps a bf16 tape). F16
