@@ -5,6 +5,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
+#include "cuda/half_types.cuh"
 
 namespace ncp::cuda {
 namespace {
@@ -34,19 +35,27 @@ int geometry(const char* op, const ncp_cuda_conv2d_shape* s, Geometry* g) {
   return NCP_CUDA_OK;
 }
 
-int64_t chunk_images(const Geometry& g) {
-  const int64_t per_image = g.CKK * g.P * int64_t(sizeof(float));
+// Images per chunk whose column matrices, of `element` bytes per entry, fit the budget.
+int64_t chunk_images(const Geometry& g, size_t element = sizeof(float)) {
+  const int64_t per_image = g.CKK * g.P * int64_t(element);
   return std::max<int64_t>(1, std::min<int64_t>({g.N, int64_t(kColumnBudget) / per_image, 65535}));
 }
 
-// col[b][(c k + kh) k + kw][oh Wo + ow] = x[b][c][oh s - pad + kh][ow s - pad + kw] (0 outside the image).
-int im2col(float* col, const float* x, const Geometry& g, int64_t images) {
+// col[b][(c k + kh) k + kw][oh Wo + ow] = x[b][c][oh s - pad + kh][ow s - pad + kw] (0 outside the image), as float
+// or rounded to a half type T.
+__device__ inline float to_column(float v, float*) { return v; }
+template <class T>
+__device__ inline T to_column(float v, T*) { return round_half<T>(v); }
+
+template <class T>
+int im2col(T* col, const float* x, const Geometry& g, int64_t images) {
   const Geometry q = g;
   return launch_each("conv2d im2col", images * q.CKK * q.P, [=] __device__(int64_t i) {
     const int64_t p = i % q.P, r = i / q.P % q.CKK, b = i / (q.P * q.CKK);
     const int64_t kw = r % q.k, kh = r / q.k % q.k, c = r / (q.k * q.k);
     const int64_t ih = p / q.Wo * q.stride - q.pad + kh, iw = p % q.Wo * q.stride - q.pad + kw;
-    col[i] = (ih >= 0 && ih < q.H && iw >= 0 && iw < q.W) ? x[((b * q.Cin + c) * q.H + ih) * q.W + iw] : 0.f;
+    const float v = (ih >= 0 && ih < q.H && iw >= 0 && iw < q.W) ? x[((b * q.Cin + c) * q.H + ih) * q.W + iw] : 0.f;
+    col[i] = to_column(v, col);
   });
 }
 
@@ -78,24 +87,34 @@ int col2im_add(float* dx, const float* col, const Geometry& g, int64_t images) {
 
 namespace {
 
-// The forward with the weights in float32, bf16 or fp16 (w_dtype; the column matrices stay float32 and are
-// rounded by the mixed GEMM).
-int conv2d_forward_impl(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
-                        const ncp_cuda_conv2d_shape* s) {
-  Geometry g;
-  NCP_TRY(geometry("conv2d_forward", s, &g));
-  const int64_t chunk = g.direct ? std::min<int64_t>(std::max<int64_t>(g.N, 1), 65535) : chunk_images(g);
-  float* col = nullptr;
-  if (!g.direct) NCP_TRY(scratch(0, size_t(chunk * g.CKK * g.P) * sizeof(float), reinterpret_cast<void**>(&col)));
+// The forward with the weights in float32, bf16 or fp16 (w_dtype). With half weights im2col writes the column
+// matrices in the weights' type: the mixed GEMM would round float columns to it anyway, so the values are the same,
+// and one pass writing 2 bytes an entry replaces writing 4, reading 4 and writing 2 again.
+template <class T>
+int conv2d_forward_as(float* y, const float* x, const void* W, int32_t w_dtype, const float* b, const Geometry& g) {
+  const int32_t col_dtype = g.direct ? NCP_CUDA_F32 : w_dtype;
+  const int64_t chunk = g.direct ? std::min<int64_t>(std::max<int64_t>(g.N, 1), 65535) : chunk_images(g, sizeof(T));
+  T* col = nullptr;
+  if (!g.direct) NCP_TRY(scratch(0, size_t(chunk * g.CKK * g.P) * sizeof(T), reinterpret_cast<void**>(&col)));
   for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
     const int64_t images = std::min(chunk, g.N - n0);
     const float* xn = x + n0 * g.Cin * g.H * g.W;
     if (!g.direct) NCP_TRY(im2col(col, xn, g, images));
     // y[n] (Cout x P) = W (Cout x CKK) col[n] (CKK x P)
-    NCP_TRY(gemm_batched_mixed(false, false, g.Cout, g.P, g.CKK, 1.f, W, w_dtype, g.CKK, 0, g.direct ? xn : col,
-                               NCP_CUDA_F32, g.P, g.CKK * g.P, 0.f, y + n0 * g.Cout * g.P, g.P, g.Cout * g.P, images));
+    NCP_TRY(gemm_batched_mixed(false, false, g.Cout, g.P, g.CKK, 1.f, W, w_dtype, g.CKK, 0,
+                               g.direct ? static_cast<const void*>(xn) : col, col_dtype, g.P, g.CKK * g.P, 0.f,
+                               y + n0 * g.Cout * g.P, g.P, g.Cout * g.P, images));
   }
   return b ? add_channel_vector(y, b, g.N, g.Cout, g.P) : NCP_CUDA_OK;
+}
+
+int conv2d_forward_impl(float* y, const float* x, const void* W, int32_t w_dtype, const float* b,
+                        const ncp_cuda_conv2d_shape* s) {
+  Geometry g;
+  NCP_TRY(geometry("conv2d_forward", s, &g));
+  if (w_dtype == NCP_CUDA_BF16) return conv2d_forward_as<__nv_bfloat16>(y, x, W, w_dtype, b, g);
+  if (w_dtype == NCP_CUDA_F16) return conv2d_forward_as<__half>(y, x, W, w_dtype, b, g);
+  return conv2d_forward_as<float>(y, x, W, w_dtype, b, g);
 }
 
 // dx += conv^T dy with the weights in float32, bf16 or fp16 (frozen weights: no dW, db).

@@ -9,6 +9,7 @@
 #include "cuda/common.cuh"
 #include "cuda/cublas_loader.h"
 #include "cuda/entries.h"
+#include "cuda/half_types.cuh"
 
 namespace ncp::cuda {
 namespace {
@@ -123,16 +124,6 @@ int64_t operand_span(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int
   const int64_t one = (rows - 1) * ld + cols;
   return stride == 0 ? one : (batch - 1) * stride + one;
 }
-
-// The two half types' conversions, so one template serves both.
-__device__ inline float widen_half(__half h) { return __half2float(h); }
-__device__ inline float widen_half(__nv_bfloat16 h) { return __bfloat162float(h); }
-template <class H>
-__device__ inline H round_half(float f);
-template <>
-__device__ inline __half round_half<__half>(float f) { return __float2half_rn(f); }
-template <>
-__device__ inline __nv_bfloat16 round_half<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
 
 // dst = src widened from H when src_half, else the float src rounded to H's precision.
 template <class H>
