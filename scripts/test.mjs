@@ -1,6 +1,6 @@
 // `npm test`: compiles the TypeScript, makes sure the addon is built, builds and runs the native tests under
-// AddressSanitizer + UndefinedBehaviorSanitizer (gradient checks, reference values, file-format cases), then the
-// ava suite. Ends with one line "total: N passed, N failed, N skipped".
+// AddressSanitizer + UndefinedBehaviorSanitizer (gradient checks, reference values, file-format cases), the CUDA
+// backend's cases on the CPU emulator, then the ava suite. Ends with one line "total: N passed, N failed, N skipped".
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,10 +32,36 @@ const nativeRun = step('native tests (sanitizers: ' + (sanitize || 'none') + ')'
   allowFail: true,
   env: { ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
 });
-const nm = /native: (\d+) passed, (\d+) failed/.exec(nativeRun.stdout ?? '');
-let passed = nm ? Number(nm[1]) : 0;
-let failed = nm ? Number(nm[2]) : 1;
-if (nativeRun.status !== 0 && failed === 0) failed = 1; // a sanitizer report or a crash
+let passed = 0;
+let failed = 0;
+const countNative = (run) => {
+  const nm = /native: (\d+) passed, (\d+) failed/.exec(run.stdout ?? '');
+  passed += nm ? Number(nm[1]) : 0;
+  failed += nm ? Number(nm[2]) : 1;
+  if (run.status !== 0 && nm && Number(nm[2]) === 0) failed += 1; // a sanitizer report or a crash
+};
+countNative(nativeRun);
+
+// The CUDA backend's own sources, compiled as C++ into libncp_cuda_emu.so (native/cuda_emu), on the CPU: every op
+// against the CPU reference and the golden U-Net forward through the device dispatch, under the same sanitizers
+// (an out-of-bounds kernel access is a heap overflow here). The slower cases (training steps, the twelve golden
+// objectives, fp16 with loss scaling) run in `npm run test:emulated`. A library that fails to load would make the
+// cases skip, so the run must name the emulator.
+const emulatorRun = step('CUDA backend on the CPU emulator (libncp_cuda_emu)', join(root, 'build-test', 'ncp_tests'),
+  ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward on the GPU matches the golden'], {
+    capture: true,
+    allowFail: true,
+    env: {
+      ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0',
+      UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
+      NCP_CUDA_LIB: join(root, 'build-test', 'libncp_cuda_emu.so'),
+    },
+  });
+countNative(emulatorRun);
+if (!/ncp CUDA emulator on the CPU/.test(emulatorRun.stdout ?? '') || /skip: CUDA backend not usable/.test(emulatorRun.stdout ?? '')) {
+  console.error('ncp test: the CUDA emulator did not load (no "ncp CUDA emulator on the CPU" line)');
+  failed += 1;
+}
 
 const ava = step('ava', bin('ava'), ['--tap'], { capture: true, allowFail: true });
 const count = (label) => Number((new RegExp(`^# ${label} (\\d+)$`, 'm').exec(ava.stdout ?? '') ?? [])[1] ?? 0);

@@ -67,7 +67,7 @@ int block_probs(float* P, const float* q, const float* k, int64_t Qb, int64_t q0
                 float scale) {
   const int64_t Lk = s->Lk, H = s->H, Dh = s->Dh, HD = H * Dh;
   NCP_TRY(gemm_batched(false, true, Qb, Lk, Dh, scale, q + q0 * HD, HD, Dh, k, HD, Dh, 0.f, P, Lk, Qb * Lk, H));
-  softmax_rows_kernel<<<unsigned(H * Qb), kRowThreads>>>(P, Qb, q0, Lk, s->causal != 0);
+  NCP_LAUNCH(softmax_rows_kernel, unsigned(H * Qb), kRowThreads, 0)(P, Qb, q0, Lk, s->causal != 0);
   return check_launch("attention softmax");
 }
 
@@ -98,7 +98,7 @@ int attention_forward(float* out, float* saved_probs, const float* q, const floa
   for (int64_t b = 0; b < B; ++b)  // scores[h] = scale q[h] k[h]^T
     NCP_TRY(gemm_batched(false, true, Lq, Lk, Dh, scale, q + b * Lq * HD, HD, Dh, k + b * Lk * HD, HD, Dh, 0.f,
                          saved_probs + b * H * LL, Lk, LL, H));
-  softmax_rows_kernel<<<unsigned(B * H * Lq), kRowThreads>>>(saved_probs, Lq, 0, Lk, s->causal != 0);
+  NCP_LAUNCH(softmax_rows_kernel, unsigned(B * H * Lq), kRowThreads, 0)(saved_probs, Lq, 0, Lk, s->causal != 0);
   NCP_TRY(check_launch("attention_forward softmax"));
   for (int64_t b = 0; b < B; ++b)  // out[h] = P[h] v[h]
     NCP_TRY(gemm_batched(false, false, Lq, Dh, Lk, 1.f, saved_probs + b * H * LL, Lk, LL, v + b * Lk * HD, HD, Dh,
@@ -123,7 +123,7 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
     if (!dq && !dk) continue;
     // dP[h] = dout[h] v[h]^T, then dS = P (dP - rowsum(P dP)); scores were scale q k^T.
     NCP_TRY(gemm_batched(false, true, Lq, Lk, Dh, 1.f, g, HD, Dh, v + b * Lk * HD, HD, Dh, 0.f, ds, Lk, LL, H));
-    softmax_backward_rows_kernel<<<unsigned(H * Lq), kRowThreads>>>(ds, P, Lk);
+    NCP_LAUNCH(softmax_backward_rows_kernel, unsigned(H * Lq), kRowThreads, 0)(ds, P, Lk);
     NCP_TRY(check_launch("attention_backward softmax"));
     if (dq)  // dq[h] += scale dS[h] k[h]
       NCP_TRY(gemm_batched(false, false, Lq, Dh, Lk, scale, ds, Lk, LL, k + b * Lk * HD, HD, Dh, 1.f,
@@ -163,7 +163,7 @@ int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, co
       if (!dq && !dk) continue;
       // dP[h] = dout[h] v[h]^T, then dS = P (dP - rowsum(P dP)); scores were scale q k^T.
       NCP_TRY(gemm_batched(false, true, rows, Lk, Dh, 1.f, g, HD, Dh, vb, HD, Dh, 0.f, ds, Lk, PL, H));
-      softmax_backward_rows_kernel<<<unsigned(H * rows), kRowThreads>>>(ds, P, Lk);
+      NCP_LAUNCH(softmax_backward_rows_kernel, unsigned(H * rows), kRowThreads, 0)(ds, P, Lk);
       NCP_TRY(check_launch("attention_backward_recompute softmax"));
       if (dq)  // dq[h] += scale dS[h] k[h]
         NCP_TRY(gemm_batched(false, false, rows, Dh, Lk, scale, ds, Lk, PL, kb, HD, Dh, 1.f, dq + at, HD, Dh, H));

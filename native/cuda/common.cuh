@@ -7,6 +7,12 @@
 
 #include "cuda/api.h"
 
+// kernel<<<grid, block, smem>>>, spelled as a macro so that the emulator build (native/cuda_emu), which compiles
+// these sources as C++, can run the same launches on the CPU.
+#ifndef NCP_LAUNCH
+#define NCP_LAUNCH(kernel, grid, block, smem) kernel<<<grid, block, smem>>>
+#endif
+
 namespace ncp::cuda {
 
 // Records "message" as the calling thread's last_error() and returns status.
@@ -68,7 +74,7 @@ __global__ void each_kernel(int64_t n, F f) {
 template <class F>
 int launch_each(const char* op, int64_t n, F f) {
   if (n <= 0) return NCP_CUDA_OK;
-  each_kernel<<<blocks_for(n), kThreads>>>(n, f);
+  NCP_LAUNCH(each_kernel, blocks_for(n), kThreads, 0)(n, f);
   return check_launch(op);
 }
 

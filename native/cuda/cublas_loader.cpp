@@ -41,6 +41,11 @@ struct Library {
 
 Library open_library() {
   Library lib;
+#ifdef NCP_CUDA_EMULATED
+  // The emulator's device pointers are host memory: no real cuBLAS may see them.
+  lib.description = "not used by the CUDA emulator";
+  return lib;
+#endif
   std::string tried;
   void* so = nullptr;
   std::string soname;

@@ -40,14 +40,14 @@ __global__ void channel_sum_kernel(float* __restrict__ out, const float* __restr
 int col_sum_add(float* out, const float* in, int64_t rows, int64_t cols) {
   if (rows <= 0 || cols <= 0) return NCP_CUDA_OK;
   NCP_REQUIRE((cols + 31) / 32 <= INT32_MAX, "col_sum: too many columns (%lld)", (long long)cols);
-  col_sum_kernel<<<unsigned((cols + 31) / 32), dim3(32, 8)>>>(out, in, rows, cols);
+  NCP_LAUNCH(col_sum_kernel, unsigned((cols + 31) / 32), dim3(32, 8), 0)(out, in, rows, cols);
   return check_launch("column sum");
 }
 
 int channel_sum_add(float* out, const float* in, int64_t N, int64_t C, int64_t HW) {
   if (C <= 0) return NCP_CUDA_OK;
   NCP_REQUIRE(C <= INT32_MAX, "channel_sum: too many channels (%lld)", (long long)C);
-  channel_sum_kernel<<<unsigned(C), kThreads>>>(out, in, N, C, HW);
+  NCP_LAUNCH(channel_sum_kernel, unsigned(C), kThreads, 0)(out, in, N, C, HW);
   return check_launch("channel sum");
 }
 
@@ -144,8 +144,8 @@ int transpose_batched(float* y, const float* x, int64_t N, int64_t rows, int64_t
   if (N == 0 || rows == 0 || cols == 0) return NCP_CUDA_OK;
   NCP_REQUIRE(N <= 65535 && (rows + 31) / 32 <= 65535, "transpose_batched: %lld x %lld rows too many for the grid",
               (long long)N, (long long)rows);
-  transpose_kernel<<<dim3(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32), unsigned(N)), dim3(32, 8)>>>(
-      y, x, rows, cols);
+  NCP_LAUNCH(transpose_kernel, dim3(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32), unsigned(N)), dim3(32, 8), 0)(
+       y, x, rows, cols);
   return check_launch("transpose_batched");
 }
 

@@ -53,7 +53,7 @@ int launch(const char* op, Kernel kernel, int& limit_set, dim3 grid, size_t smem
     if (e != cudaSuccess) return cuda_fail(e, op);
     limit_set = int(smem);
   }
-  kernel<<<grid, kFlashThreads, smem>>>(args);
+  NCP_LAUNCH(kernel, grid, kFlashThreads, smem)(args);
   return check_launch(op);
 }
 int g_forward_smem_set = 0, g_backward_smem_set = 0;
@@ -116,7 +116,7 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   NCP_TRY(fused_attention_forward(out, lse, q, k, v, s));
   if (!dq && !dk && !dv) return NCP_CUDA_OK;
   const int64_t warps_per_block = kThreads / 32;
-  flash_delta_kernel<<<unsigned((rows + warps_per_block - 1) / warps_per_block), kThreads>>>(
+  NCP_LAUNCH(flash_delta_kernel, unsigned((rows + warps_per_block - 1) / warps_per_block), kThreads, 0)(
       delta, dout, out, rows, int(s->Lq), int(s->H), int(s->Dh));
   NCP_TRY(check_launch("fused attention backward (delta)"));
   FlashArgs a = make_args(s);

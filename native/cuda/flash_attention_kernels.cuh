@@ -20,6 +20,11 @@
 #include <cstdint>
 #include <type_traits>
 
+// The block's dynamic shared memory; the CPU emulations define their own.
+#ifndef NCP_DYNAMIC_SHARED
+#define NCP_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
 namespace ncp::cuda::flash {
 
 namespace wm = nvcuda::wmma;
@@ -156,7 +161,7 @@ struct FlashArgs {
 // grid (query tiles, B*H). Online softmax over key tiles: per row the running max m and sum l of exp(s - m);
 // when m grows, l and the row's output accumulator are rescaled by exp(m_old - m_new).
 __global__ void __launch_bounds__(kFlashThreads) flash_forward_kernel(FlashArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  NCP_DYNAMIC_SHARED(smem);
   const Tile t = a.tile;
   const ForwardSmem L(t);
   bf16* Qs = reinterpret_cast<bf16*>(smem + L.q);
@@ -244,7 +249,7 @@ __global__ void flash_delta_kernel(float* __restrict__ delta, const float* __res
 // dP = dout V^T, dS = P (dP - delta); dV += P^T dout and dK += dS^T Q stay in shared memory until the end,
 // dQ = dS K goes to global memory with atomicAdd (other key tiles add to the same rows).
 __global__ void __launch_bounds__(kFlashThreads) flash_backward_kernel(FlashArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  NCP_DYNAMIC_SHARED(smem);
   const Tile t = a.tile;
   const BackwardSmem L(t);
   bf16* Ks = reinterpret_cast<bf16*>(smem + L.k);

@@ -112,7 +112,7 @@ int gemm_batched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
   const dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned(grid_m), unsigned(batch));
   auto kernel = ta ? (tb ? sgemm_tiled<true, true> : sgemm_tiled<true, false>)
                    : (tb ? sgemm_tiled<false, true> : sgemm_tiled<false, false>);
-  kernel<<<grid, 256>>>(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
+  NCP_LAUNCH(kernel, grid, 256, 0)(M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c);
   return check_launch("gemm");
 }
 

@@ -37,9 +37,9 @@ int mse_forward(const float* a, const float* b, int64_t n, double* loss) {
   const int blocks = int(std::min<int64_t>(kPartials, (n + kThreads - 1) / kThreads));
   double* partial = nullptr;
   NCP_TRY(scratch(0, (kPartials + 1) * sizeof(double), reinterpret_cast<void**>(&partial)));
-  squared_error_partials<<<blocks, kThreads>>>(partial, a, b, n);
+  NCP_LAUNCH(squared_error_partials, blocks, kThreads, 0)(partial, a, b, n);
   NCP_TRY(check_launch("mse_forward"));
-  mean_of_partials<<<1, kThreads>>>(partial + kPartials, partial, blocks, n);
+  NCP_LAUNCH(mean_of_partials, 1, kThreads, 0)(partial + kPartials, partial, blocks, n);
   NCP_TRY(check_launch("mse_forward"));
   const cudaError_t e = cudaMemcpy(loss, partial + kPartials, sizeof(double), cudaMemcpyDeviceToHost);
   return e == cudaSuccess ? NCP_CUDA_OK : cuda_fail(e, "mse_forward");

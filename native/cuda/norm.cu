@@ -198,8 +198,8 @@ int group_norm_forward_as(const char* op, float* y, float* saved_mean, float* sa
                           double eps) {
   NCP_TRY(check_groups(op, N, C, HW, G));
   if (N == 0) return NCP_CUDA_OK;
-  group_norm_forward_kernel<Silu><<<unsigned(N * G), kNormThreads>>>(y, saved_mean, saved_rstd, x, gamma, beta, G,
-                                                                     C / G, HW, eps);
+  NCP_LAUNCH(group_norm_forward_kernel<Silu>, unsigned(N * G), kNormThreads, 0)(
+      y, saved_mean, saved_rstd, x, gamma, beta, G, C / G, HW, eps);
   return check_launch(op);
 }
 
@@ -211,16 +211,17 @@ int group_norm_backward_as(const char* op, float* dx, float* dgamma, float* dbet
   if (N == 0 || (!dx && !dgamma && !dbeta)) return NCP_CUDA_OK;
   double* sums = nullptr;
   NCP_TRY(scratch(0, size_t(2 * N * C) * sizeof(double), reinterpret_cast<void**>(&sums)));
-  plane_sums_kernel<Silu><<<unsigned(N * C), kNormThreads>>>(sums, dy, x, saved_mean, saved_rstd, gamma, beta, C,
-                                                             C / G, HW);
+  NCP_LAUNCH(plane_sums_kernel<Silu>, unsigned(N * C), kNormThreads, 0)(
+      sums, dy, x, saved_mean, saved_rstd, gamma, beta, C, C / G, HW);
   NCP_TRY(check_launch(op));
   if (dgamma || dbeta) {
-    group_norm_params_kernel<<<blocks_for(C), kThreads>>>(dgamma, dbeta, sums, saved_mean, saved_rstd, N, C, G, C / G);
+    NCP_LAUNCH(group_norm_params_kernel, blocks_for(C), kThreads, 0)(
+        dgamma, dbeta, sums, saved_mean, saved_rstd, N, C, G, C / G);
     NCP_TRY(check_launch(op));
   }
   if (!dx) return NCP_CUDA_OK;
-  group_norm_dx_kernel<Silu><<<unsigned(N * G), kNormThreads>>>(dx, sums, dy, x, saved_mean, saved_rstd, gamma, beta,
-                                                                C, G, C / G, HW);
+  NCP_LAUNCH(group_norm_dx_kernel<Silu>, unsigned(N * G), kNormThreads, 0)(
+      dx, sums, dy, x, saved_mean, saved_rstd, gamma, beta, C, G, C / G, HW);
   return check_launch(op);
 }
 
@@ -257,7 +258,8 @@ int layer_norm_forward(float* y, float* saved_mean, float* saved_rstd, const flo
   NCP_REQUIRE(rows >= 0 && rows <= INT32_MAX && C > 0, "layer_norm_forward: bad shape (rows %lld, C %lld)",
               (long long)rows, (long long)C);
   if (rows == 0) return NCP_CUDA_OK;
-  layer_norm_forward_kernel<<<unsigned(rows), kNormThreads>>>(y, saved_mean, saved_rstd, x, gamma, beta, C, eps);
+  NCP_LAUNCH(layer_norm_forward_kernel, unsigned(rows), kNormThreads, 0)(
+      y, saved_mean, saved_rstd, x, gamma, beta, C, eps);
   return check_launch("layer_norm_forward");
 }
 
@@ -267,12 +269,12 @@ int layer_norm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
               (long long)rows, (long long)C);
   if (rows == 0) return NCP_CUDA_OK;
   if (dx) {
-    layer_norm_dx_kernel<<<unsigned(rows), kNormThreads>>>(dx, dy, x, saved_mean, saved_rstd, gamma, C);
+    NCP_LAUNCH(layer_norm_dx_kernel, unsigned(rows), kNormThreads, 0)(dx, dy, x, saved_mean, saved_rstd, gamma, C);
     NCP_TRY(check_launch("layer_norm_backward"));
   }
   if (!dgamma && !dbeta) return NCP_CUDA_OK;
-  layer_norm_params_kernel<<<unsigned((C + 31) / 32), dim3(32, 8)>>>(dgamma, dbeta, dy, x, saved_mean, saved_rstd,
-                                                                      rows, C);
+  NCP_LAUNCH(layer_norm_params_kernel, unsigned((C + 31) / 32), dim3(32, 8), 0)(
+      dgamma, dbeta, dy, x, saved_mean, saved_rstd, rows, C);
   return check_launch("layer_norm_backward");
 }
 
