@@ -11,7 +11,8 @@
 // Device memory is host memory; the runtime calls do what the real ones do, synchronously.
 //
 // Fibers switch with a few instructions of our own on x86-64 (glibc's swapcontext makes a sigprocmask system call
-// per switch, which doubled the emulated suite's time); elsewhere with swapcontext.
+// per switch, which doubled the emulated suite's time); elsewhere, or when built with NCP_EMU_UCONTEXT, with
+// swapcontext.
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -42,7 +43,7 @@ constexpr size_t kMaxDynamicShared = 227 * 1024;  // an sm_90 block's opt-in lim
 
 enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(NCP_EMU_UCONTEXT)
 // A saved context is a stack pointer, the callee-saved registers on the stack. Every fiber runs with the launching
 // thread's floating-point environment, so the control words need no saving.
 struct Context {
