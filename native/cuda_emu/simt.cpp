@@ -128,6 +128,7 @@ struct BlockRun {
   std::vector<int> block_waiters;               // at __syncthreads
   std::vector<std::vector<int>> warp_waiters;  // at a shuffle's exchange, per warp
   std::vector<int> ready, next;                // resumed this round; released for the next
+  size_t position = 0;                         // of the running fiber in ready
   std::vector<Fiber>* fibers = nullptr;
   int current = -1;
   Context scheduler;
@@ -135,6 +136,7 @@ struct BlockRun {
   void* scheduler_fake_stack = nullptr;
   const void* scheduler_stack_bottom = nullptr;
   size_t scheduler_stack_size = 0;
+  bool from_scheduler = false;  // whether the switch into a starting fiber came from the scheduler
 #endif
   void (*body)(void*) = nullptr;
   void* context = nullptr;
@@ -166,12 +168,16 @@ void set_thread_index(int t) {
                unsigned(t) / (blockDim.x * blockDim.y)};
 }
 
-// Switch from the scheduler into fiber t, and back.
-void resume(BlockRun& r, int t) {
+// Each round the scheduler starts the first fiber of its ready list; a fiber that stops (at a barrier, or done)
+// hands over to the next one on the list directly, and the last returns to the scheduler. Half the switches of
+// going through the scheduler every time.
+void start_round(BlockRun& r) {
+  const int t = r.ready[0];
   Fiber& f = (*r.fibers)[size_t(t)];
-  r.current = t;
+  r.position = 0, r.current = t;
   set_thread_index(t);
 #ifdef NCP_EMU_ASAN
+  r.from_scheduler = true;
   __sanitizer_start_switch_fiber(&r.scheduler_fake_stack, f.stack, kStackBytes);
 #endif
   switch_context(r.scheduler, f.context);
@@ -180,16 +186,32 @@ void resume(BlockRun& r, int t) {
 #endif
 }
 
-// From the current fiber back to the scheduler; returns when the scheduler resumes it.
-void yield_to_scheduler(BlockRun& r, bool finished) {
+// From the current fiber to the next ready one of the round, or back to the scheduler; returns when something
+// switches back to this fiber.
+void stop_current(BlockRun& r, bool finished) {
   Fiber& f = (*r.fibers)[size_t(r.current)];
+  Context* target = &r.scheduler;
 #ifdef NCP_EMU_ASAN
-  __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, r.scheduler_stack_bottom,
-                                 r.scheduler_stack_size);
+  const void* bottom = r.scheduler_stack_bottom;
+  size_t size = r.scheduler_stack_size;
+  r.from_scheduler = false;
+#endif
+  if (++r.position < r.ready.size()) {
+    const int t = r.ready[r.position];
+    Fiber& next = (*r.fibers)[size_t(t)];
+    r.current = t;
+    set_thread_index(t);
+    target = &next.context;
+#ifdef NCP_EMU_ASAN
+    bottom = next.stack, size = kStackBytes;
+#endif
+  }
+#ifdef NCP_EMU_ASAN
+  __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, bottom, size);
 #else
   (void)finished;
 #endif
-  switch_context(f.context, r.scheduler);
+  switch_context(f.context, *target);
 #ifdef NCP_EMU_ASAN
   __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
 #endif
@@ -206,13 +228,16 @@ void wait_at_warp_barrier(BlockRun& r) {
   std::vector<int>& waiters = r.warp_waiters[size_t(warp)];
   waiters.push_back(r.current);
   if (int(waiters.size()) == r.warp_live[size_t(warp)]) release(r, waiters);
-  yield_to_scheduler(r, false);
+  stop_current(r, false);
 }
 
 void fiber_main(void* run) {
   BlockRun& r = *static_cast<BlockRun*>(run);
 #ifdef NCP_EMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &r.scheduler_stack_bottom, &r.scheduler_stack_size);
+  const void* from_bottom = nullptr;
+  size_t from_size = 0;
+  __sanitizer_finish_switch_fiber(nullptr, &from_bottom, &from_size);
+  if (r.from_scheduler) r.scheduler_stack_bottom = from_bottom, r.scheduler_stack_size = from_size;
 #endif
   r.body(r.context);
   // Exited threads leave the barriers' counts: a barrier the others already wait at may now be complete.
@@ -222,7 +247,7 @@ void fiber_main(void* run) {
   if (!r.block_waiters.empty() && int(r.block_waiters.size()) == r.live) release(r, r.block_waiters);
   std::vector<int>& warp_waiters = r.warp_waiters[size_t(warp)];
   if (!warp_waiters.empty() && int(warp_waiters.size()) == r.warp_live[size_t(warp)]) release(r, warp_waiters);
-  yield_to_scheduler(r, true);
+  stop_current(r, true);
   die("a finished fiber was resumed");
 }
 
@@ -251,7 +276,7 @@ void run_block(BlockRun& r) {
   while (r.live > 0) {
     if (r.ready.empty()) die("deadlock: every live thread waits at a barrier that can never complete");
     if (!ascending) std::reverse(r.ready.begin(), r.ready.end());
-    for (int t : r.ready) resume(r, t);
+    start_round(r);
     std::swap(r.ready, r.next);
     r.next.clear();
     ascending = !ascending;
@@ -266,7 +291,7 @@ void block_barrier() {
   (*r->fibers)[size_t(r->current)].state = State::AtBlockBarrier;
   r->block_waiters.push_back(r->current);
   if (int(r->block_waiters.size()) == r->live) release(*r, r->block_waiters);
-  yield_to_scheduler(*r, false);
+  stop_current(*r, false);
 }
 
 void warp_exchange(const void* in, void* out, size_t bytes, int src_lane) {
