@@ -45,7 +45,6 @@ struct alignas(16) float4 {
 // One launch runs at a time (simt.cpp), so these are plain globals.
 extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
-constexpr int warpSize = 32;
 
 namespace ncp_emu {
 void block_barrier();
@@ -78,8 +77,6 @@ inline double atomicAdd(double* p, double v) {
 inline float __expf(float x) { return std::exp(x); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 using std::max;
 using std::min;
 
@@ -95,7 +92,6 @@ enum cudaError_t {
   cudaErrorInvalidDevice = 101,
   cudaErrorNoDevice = 100,
   cudaErrorNoKernelImageForDevice = 209,
-  cudaErrorLaunchFailure = 719,
 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,

@@ -41,8 +41,6 @@ constexpr size_t kStackBytes = 256 * 1024;  // kernels keep small frames; room f
 constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxDynamicShared = 227 * 1024;  // an sm_90 block's opt-in limit
 
-enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
-
 #if defined(__x86_64__) && !defined(NCP_EMU_UCONTEXT)
 // A saved context is a stack pointer, the callee-saved registers on the stack. Every fiber runs with the launching
 // thread's floating-point environment, so the control words need no saving.
@@ -115,7 +113,7 @@ void make_context(Context& c, char* stack, size_t bytes, void (*entry)(void*), v
 
 struct Fiber {
   Context context;
-  State state = State::Ready;
+  bool done = false;  // exited: leaves the barriers' counts, and its lane may not be read
   char* stack = nullptr;
 #ifdef NCP_EMU_ASAN
   void* fake_stack = nullptr;
@@ -218,13 +216,12 @@ void stop_current(BlockRun& r, bool finished) {
 }
 
 void release(BlockRun& r, std::vector<int>& waiters) {
-  for (int t : waiters) (*r.fibers)[size_t(t)].state = State::Ready, r.next.push_back(t);
+  for (int t : waiters) r.next.push_back(t);
   waiters.clear();
 }
 
 void wait_at_warp_barrier(BlockRun& r) {
   const int warp = r.current / 32;
-  (*r.fibers)[size_t(r.current)].state = State::AtWarpBarrier;
   std::vector<int>& waiters = r.warp_waiters[size_t(warp)];
   waiters.push_back(r.current);
   if (int(waiters.size()) == r.warp_live[size_t(warp)]) release(r, waiters);
@@ -242,7 +239,7 @@ void fiber_main(void* run) {
   r.body(r.context);
   // Exited threads leave the barriers' counts: a barrier the others already wait at may now be complete.
   const int t = r.current, warp = t / 32;
-  (*r.fibers)[size_t(t)].state = State::Done;
+  (*r.fibers)[size_t(t)].done = true;
   --r.live, --r.warp_live[size_t(warp)];
   if (!r.block_waiters.empty() && int(r.block_waiters.size()) == r.live) release(r, r.block_waiters);
   std::vector<int>& warp_waiters = r.warp_waiters[size_t(warp)];
@@ -261,7 +258,7 @@ void run_block(BlockRun& r) {
       if (s == MAP_FAILED) die("cannot map a fiber stack");
       f.stack = static_cast<char*>(s);
     }
-    f.state = State::Ready;
+    f.done = false;
     make_context(f.context, f.stack, kStackBytes, &fiber_main, &r);
     r.ready.push_back(t);
   }
@@ -288,7 +285,6 @@ void run_block(BlockRun& r) {
 void block_barrier() {
   BlockRun* r = g_run;
   if (!r) die("__syncthreads outside a kernel");
-  (*r->fibers)[size_t(r->current)].state = State::AtBlockBarrier;
   r->block_waiters.push_back(r->current);
   if (int(r->block_waiters.size()) == r->live) release(*r, r->block_waiters);
   stop_current(*r, false);
@@ -298,7 +294,7 @@ void warp_exchange(const void* in, void* out, size_t bytes, int src_lane) {
   BlockRun* r = g_run;
   if (!r || bytes > sizeof r->exchange[0][0]) die("warp shuffle outside a kernel, or of a type over 16 bytes");
   const int me = r->current, src = (me & ~31) | src_lane;
-  if (src >= r->threads || (*r->fibers)[size_t(src)].state == State::Done)
+  if (src >= r->threads || (*r->fibers)[size_t(src)].done)
     die("warp shuffle reads a lane that does not exist or has exited");
   unsigned char& bank = r->exchange_bank[size_t(me)];
   std::memcpy(r->exchange[bank][me], in, bytes);
@@ -465,7 +461,6 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
   }
   return "cudaErrorUnknown";
 }
