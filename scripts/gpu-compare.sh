@@ -4,7 +4,7 @@
 #   1. build + every native cuda test (op parity, golden forward and gradients, training steps, fp16, blocked and
 #      fused attention);
 #   2. the SDXL 1024² NCP-DPO step that issue 7's targets name, in bf16: plain, with the fused attention kernels,
-#      with selective recompute, with gradient checkpointing; then PyTorch's bf16 step on the same GPU
+#      with selective recompute, with gradient checkpointing, and one profiled step (time per op kind); then PyTorch's bf16 step on the same GPU
 #      (bench/pytorch/gpu_step_bench.py: the plain-PyTorch port of diffusers' U-Net);
 #   3. fp16 weights; 4. float32 and TF32 (ours and PyTorch's); 5. SD1.5 at 512².
 #   scripts/gpu-compare.sh [log-dir]        (NCP_GPU_BENCH_LIMIT=seconds per benchmark, default 120)
@@ -29,6 +29,9 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
   $b $sdxl_step --weights bf16 --recompute feedforward
   $b $sdxl_step --weights bf16 --recompute feedforward,qkv
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16 --gradient-checkpointing on
+  echo "== the fused bf16 step again, one repetition, every op synchronised and timed (where the time goes next)"
+  NCP_CUDA_ATTENTION=fused $b step --config sdxl --latent 128 --pairs 1 --objective dpo --space ncp --device cuda \
+    --reps 1 --weights bf16 --profile on
   echo "== forward, batch 2, bf16 weights: plain and fused attention"
   $b $sdxl_fwd --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_fwd --weights bf16

@@ -6,6 +6,7 @@
 
 namespace ncp::cpu::gemm_detail {
 
+NCP_MICROKERNEL_NO_ASAN
 void ukr_avx2_f32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float beta) {
   constexpr int MR = kAvx2MR, NV = kAvx2NRf / 8;
   __m256 acc[MR][NV];
@@ -36,6 +37,7 @@ void ukr_avx2_f32(int64_t kc, const float* a, const float* b, float* c, int64_t 
     }
 }
 
+NCP_MICROKERNEL_NO_ASAN
 void ukr_avx2_f64(int64_t kc, const double* a, const double* b, double* c, int64_t ldc, double beta) {
   constexpr int MR = kAvx2MR, NV = kAvx2NRd / 4;
   __m256d acc[MR][NV];

@@ -18,6 +18,7 @@ bool cpu_has_avx512() {
 namespace {
 
 // Per step: NV vector loads of B, MR broadcasts of A, MR * NV FMAs into independent accumulators.
+NCP_MICROKERNEL_NO_ASAN
 NCP_AVX512 inline void tile_f32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float beta) {
   constexpr int MR = kAvx512MR, NV = kAvx512NRf / 16;
   __m512 acc[MR][NV];
@@ -48,6 +49,7 @@ NCP_AVX512 inline void tile_f32(int64_t kc, const float* a, const float* b, floa
     }
 }
 
+NCP_MICROKERNEL_NO_ASAN
 NCP_AVX512 inline void tile_f64(int64_t kc, const double* a, const double* b, double* c, int64_t ldc,
                                 double beta) {
   constexpr int MR = kAvx512MR, NV = kAvx512NRd / 8;
@@ -81,9 +83,11 @@ NCP_AVX512 inline void tile_f64(int64_t kc, const double* a, const double* b, do
 
 }  // namespace
 
+NCP_MICROKERNEL_NO_ASAN
 NCP_AVX512 void ukr_avx512_f32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float beta) {
   tile_f32(kc, a, b, c, ldc, beta);
 }
+NCP_MICROKERNEL_NO_ASAN
 NCP_AVX512 void ukr_avx512_f64(int64_t kc, const double* a, const double* b, double* c, int64_t ldc,
                                double beta) {
   tile_f64(kc, a, b, c, ldc, beta);

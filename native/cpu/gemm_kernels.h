@@ -6,6 +6,13 @@
 #pragma once
 #include <cstdint>
 
+// The micro-kernels read only the driver's packed panels and write full tiles of C (edge tiles go through the
+// driver's own buffer), so AddressSanitizer is turned off inside them: instrumented, their register accumulators
+// become stack arrays with redzones and the sanitized test build ran its training cases several times slower.
+// The driver and the packing, which index the caller's memory, stay instrumented; the gemm tests check every
+// tile against a naive product on odd sizes.
+#define NCP_MICROKERNEL_NO_ASAN __attribute__((no_sanitize("address")))
+
 namespace ncp::cpu::gemm_detail {
 
 template <class T>

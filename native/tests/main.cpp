@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cstdio>
 #include <exception>
 
@@ -29,12 +30,16 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) selected = selected || c.name.find(argv[i]) != std::string::npos;
     if (!selected) continue;
     failures_in_case = 0;
+    const auto start = std::chrono::steady_clock::now();
     try {
       c.fn();
     } catch (const std::exception& e) {
       fail(__FILE__, __LINE__, std::string("uncaught exception: ") + e.what());
     }
-    std::printf("%s %s\n", failures_in_case ? "not ok" : "ok", c.name.c_str());
+    // The wall time, so a slow case shows up in every run (the suite's time budget is CI's).
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%s %s (%.1f s)\n", failures_in_case ? "not ok" : "ok", c.name.c_str(), seconds);
+    std::fflush(stdout);
     (failures_in_case ? failed : passed)++;
   }
   std::printf("native: %d passed, %d failed\n", passed, failed);
