@@ -4,8 +4,10 @@
 // libncp_cuda_emu.so (native/cuda_emu), run on the CPU. Needs no GPU and no CUDA toolkit. It checks the backend's
 // logic, not the hardware: timing, tensor-core fragments and races outside the emulator's schedule need a GPU
 // (`npm run test:gpu`). Release build in build-emu, no sanitizers (`npm test` runs the quicker cases under them);
-// hours on 2 cores (the training-step case alone about 8 minutes), so extra arguments replace the "cuda" filter:
-// `npm run test:emulated -- "cuda: training steps" "cuda: fp16"`.
+// an hour or more on 2 cores (the training-step case alone about 4 minutes), so extra arguments replace the "cuda"
+// filter: `npm run test:emulated -- "cuda: training steps" "cuda: fp16"`. GEMMs go through the emulator's cuBLAS, as on a
+// GPU; NCP_CUDA_EMU_CUBLAS=0 runs the backend's own GEMM kernels instead. NCP_TEST_OBJECTIVES="tiny-sdxl dpo." runs
+// only the golden objective cases whose "<model> <objective>.<space>" contains one of its words.
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

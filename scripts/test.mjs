@@ -43,24 +43,29 @@ const countNative = (run) => {
 countNative(nativeRun);
 
 // The CUDA backend's own sources, compiled as C++ into libncp_cuda_emu.so (native/cuda_emu), on the CPU: every op
-// against the CPU reference and the golden U-Net forward (fp32, bf16 and fp16 weights) through the device
-// dispatch, under the same sanitizers (an out-of-bounds kernel access is a heap overflow here). The slower cases (training steps, the twelve golden
-// objectives, fp16 with loss scaling) run in `npm run test:emulated`. A library that fails to load would make the
-// cases skip, so the run must name the emulator.
-const emulatorRun = step('CUDA backend on the CPU emulator (libncp_cuda_emu)', join(root, 'build-test', 'ncp_tests'),
-  ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward'], {
-    capture: true,
-    allowFail: true,
-    env: {
-      ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0',
-      UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
-      NCP_CUDA_LIB: join(root, 'build-test', 'libncp_cuda_emu.so'),
-    },
-  });
-countNative(emulatorRun);
-if (!/ncp CUDA emulator on the CPU/.test(emulatorRun.stdout ?? '') || /skip: CUDA backend not usable/.test(emulatorRun.stdout ?? '')) {
-  console.error('ncp test: the CUDA emulator did not load (no "ncp CUDA emulator on the CPU" line)');
-  failed += 1;
+// against the CPU reference (GEMMs through the emulator's cuBLAS, as on a GPU, and through the backend's own
+// kernels) and the golden U-Net forward (fp32, bf16 and fp16 weights) through the device dispatch, under the same
+// sanitizers (an out-of-bounds kernel access is a heap overflow here); then the fp32 forward again on the backend's
+// own GEMM kernels (NCP_CUDA_EMU_CUBLAS=0, a GPU without cuBLAS). The slower cases (training steps, the twelve
+// golden objectives, fp16 with loss scaling) run in `npm run test:emulated`. A library that fails to load would
+// make the cases skip, so each run must name the emulator, and the first its cuBLAS.
+const emulatorEnv = {
+  ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0',
+  UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
+  NCP_CUDA_LIB: join(root, 'build-test', 'libncp_cuda_emu.so'),
+};
+const emulatorRuns = [
+  ['CUDA backend on the CPU emulator (libncp_cuda_emu, emulated cuBLAS)', ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward'], {}, /gemm: cublas emulated on the CPU/],
+  ['the same, fp32 forward on the backend\'s own GEMM kernels', ['cuda status', 'cuda: U-Net forward on the GPU'], { NCP_CUDA_EMU_CUBLAS: '0' }, /gemm: ncp-tiled/],
+];
+for (const [title, cases, env, provider] of emulatorRuns) {
+  const run = step(title, join(root, 'build-test', 'ncp_tests'), cases, { capture: true, allowFail: true, env: { ...emulatorEnv, ...env } });
+  countNative(run);
+  const out = run.stdout ?? '';
+  if (!/ncp CUDA emulator on the CPU/.test(out) || !provider.test(out) || /skip: CUDA backend not usable/.test(out)) {
+    console.error(`ncp test: '${title}' did not run on the emulator with the GEMM provider it names (${provider})`);
+    failed += 1;
+  }
 }
 
 const ava = step('ava', bin('ava'), ['--tap'], { capture: true, allowFail: true });

@@ -7,6 +7,10 @@
 #include <cstdlib>
 #include <string>
 
+#ifdef NCP_CUDA_EMULATED
+#include "cuda_emu/cublas_emu.h"
+#endif
+
 namespace ncp::cuda::cublas {
 namespace {
 
@@ -39,13 +43,47 @@ struct Library {
   GemmStridedBatchedExFn gemm_ex = nullptr;  // optional: bf16 and fp16 GEMMs only
 };
 
+// Creates the handle and reads the version through the entry points found; ok when every step succeeded.
+void start(Library& lib, CreateFn create, GetVersionFn get_version, const std::string& soname) {
+  if (!create || !get_version || !lib.set_math_mode || !lib.sgemm || !lib.sgemm_strided_batched) {
+    lib.description = soname + " lacks a cuBLAS v2 entry point we need";
+    return;  // the library stays open: unloading cuBLAS mid-process is not worth the risk
+  }
+  int st = create(&lib.handle);
+  if (st != 0) {
+    lib.description = soname + ": cublasCreate failed with status " + std::to_string(st);
+    return;
+  }
+  if ((st = lib.set_math_mode(lib.handle, kDefaultMath)) != 0) {
+    lib.description = soname + ": cublasSetMathMode failed with status " + std::to_string(st);
+    return;
+  }
+  int version = 0;
+  get_version(lib.handle, &version);
+  lib.description = "cublas " + std::to_string(version / 10000) + "." + std::to_string(version % 10000 / 100) + "." +
+                    std::to_string(version % 100) + " (" + soname + ")";
+  lib.ok = true;
+}
+
 Library open_library() {
   Library lib;
 #ifdef NCP_CUDA_EMULATED
-  // The emulator's device pointers are host memory: no real cuBLAS may see them.
-  lib.description = "not used by the CUDA emulator";
+  // The emulator's device pointers are host memory: no real cuBLAS may see them. Its own cuBLAS on the CPU
+  // (native/cuda_emu/cublas_emu.cpp) stands in, so the path a GPU takes is the one emulated;
+  // NCP_CUDA_EMU_CUBLAS=0 leaves the backend on its own GEMM kernels, as on a machine without cuBLAS.
+  const char* use = std::getenv("NCP_CUDA_EMU_CUBLAS");
+  if (use && std::string(use) == "0") {
+    lib.description = "cuBLAS turned off in the CUDA emulator (NCP_CUDA_EMU_CUBLAS=0)";
+    return lib;
+  }
+  lib.set_math_mode = &ncp_emu::cublas::set_math_mode;
+  lib.sgemm = &ncp_emu::cublas::sgemm;
+  lib.sgemm_strided_batched = &ncp_emu::cublas::sgemm_strided_batched;
+  lib.gemm_ex = &ncp_emu::cublas::gemm_strided_batched_ex;
+  start(lib, &ncp_emu::cublas::create, &ncp_emu::cublas::get_version, "emulated");
+  if (lib.ok) lib.description = "cublas emulated on the CPU (native/cuda_emu/cublas_emu.cpp)";
   return lib;
-#endif
+#else
   std::string tried;
   void* so = nullptr;
   std::string soname;
@@ -71,25 +109,9 @@ Library open_library() {
   lib.sgemm = reinterpret_cast<SgemmFn>(dlsym(so, "cublasSgemm_v2"));
   lib.sgemm_strided_batched = reinterpret_cast<SgemmStridedBatchedFn>(dlsym(so, "cublasSgemmStridedBatched"));
   lib.gemm_ex = reinterpret_cast<GemmStridedBatchedExFn>(dlsym(so, "cublasGemmStridedBatchedEx"));
-  if (!create || !get_version || !lib.set_math_mode || !lib.sgemm || !lib.sgemm_strided_batched) {
-    lib.description = soname + " lacks a cuBLAS v2 entry point we need";
-    return lib;  // the library stays open: unloading cuBLAS mid-process is not worth the risk
-  }
-  int st = create(&lib.handle);
-  if (st != 0) {
-    lib.description = soname + ": cublasCreate failed with status " + std::to_string(st);
-    return lib;
-  }
-  if ((st = lib.set_math_mode(lib.handle, kDefaultMath)) != 0) {
-    lib.description = soname + ": cublasSetMathMode failed with status " + std::to_string(st);
-    return lib;
-  }
-  int version = 0;
-  get_version(lib.handle, &version);
-  lib.description = "cublas " + std::to_string(version / 10000) + "." + std::to_string(version % 10000 / 100) + "." +
-                    std::to_string(version % 100) + " (" + soname + ")";
-  lib.ok = true;
+  start(lib, create, get_version, soname);
   return lib;
+#endif
 }
 
 Library& library() {

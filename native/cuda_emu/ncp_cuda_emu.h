@@ -51,6 +51,10 @@ void block_barrier();
 // Every live lane of the calling thread's warp deposits `bytes` from `in`; each then reads lane src_lane's.
 void warp_exchange(const void* in, void* out, size_t bytes, int src_lane);
 unsigned char* dynamic_shared();
+// Whether [p, p + bytes) lies inside one device allocation (the emulated cuBLAS checks its operands with it).
+bool device_range_ok(const void* p, size_t bytes);
+// Reports a fault the hardware would raise (with the block that raised it, inside a kernel) and aborts.
+[[noreturn]] void fatal(const char* what);
 }  // namespace ncp_emu
 
 // ---- device intrinsics

@@ -344,6 +344,12 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
 
 }  // namespace ncp_emu
 
+void ncp_emu::fatal(const char* what) {
+  if (g_run) die(what);  // inside a kernel: name the block
+  std::fprintf(stderr, "ncp CUDA emulator: %s\n", what);
+  std::abort();
+}
+
 void ncp_emu_wmma_violation() { ncp_emu::die("a WMMA call breaks the pointer alignment or leading-dimension rule"); }
 
 // ---- runtime
@@ -376,6 +382,8 @@ cudaError_t check_device_range(const void* p, size_t bytes) {
   return bytes == 0 || is_allocated_range(p, bytes) ? cudaSuccess : record(cudaErrorInvalidValue);
 }
 }  // namespace
+
+bool ncp_emu::device_range_ok(const void* p, size_t bytes) { return bytes == 0 || is_allocated_range(p, bytes); }
 
 cudaError_t cudaGetDeviceCount(int* count) { return *count = 1, cudaSuccess; }
 cudaError_t cudaGetDevice(int* device) { return *device = g_device, cudaSuccess; }

@@ -6,8 +6,18 @@
 #include "core/cuda_backend.h"
 #include "tests/harness.h"
 
+namespace {
+// One line naming the device, GEMM provider and attention mode a run used (the test scripts check it).
+void print_device(const ncp::cuda::Status& s) {
+  std::printf("    %s (sm_%d%d, %d SMs, driver %d, runtime %d), gemm: %s, attention: %s, library %s\n",
+              s.device.c_str(), s.cc_major, s.cc_minor, s.multiprocessors, s.driver_version, s.runtime_version,
+              s.gemm_provider.c_str(), s.attention.c_str(), s.library.c_str());
+}
+}  // namespace
+
 NCP_TEST("cuda status is consistent") {
   const auto& s = ncp::cuda::status();
+  if (s.usable) print_device(s);
   NCP_EXPECT(!s.usable || s.loadable, "usable without a loaded library");
   NCP_EXPECT(s.usable == (ncp::cuda::api() != nullptr), "api() must be set exactly when usable");
   NCP_EXPECT(s.usable || !s.reason.empty(), "an unusable backend must say why");
@@ -20,9 +30,7 @@ NCP_TEST("cuda parity with the CPU ops") {
     std::printf("skip: CUDA backend not usable: %s\n", s.reason.c_str());
     return;
   }
-  std::printf("    %s (sm_%d%d, %d SMs, driver %d, runtime %d), gemm: %s, attention: %s, library %s\n",
-              s.device.c_str(), s.cc_major, s.cc_minor, s.multiprocessors, s.driver_version, s.runtime_version,
-              s.gemm_provider.c_str(), s.attention.c_str(), s.library.c_str());
+  print_device(s);
   const auto results = ncp::cuda::parity_check();
   NCP_EXPECT(results.size() >= 18, "only " << results.size() << " ops checked");
   for (const auto& r : results) {
