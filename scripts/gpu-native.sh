@@ -19,9 +19,28 @@ cublas_dir=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidi
 [ -n "$cublas_dir" ] && export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "cublas dir: ${cublas_dir:-none found, own GEMM kernel}"
 jobs=$(nproc)
-cmake -S . -B "$build" -DNCP_ADDON=OFF -DNCP_CUDA=on -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_ARCHITECTURES="${NCP_CUDA_ARCH:-90}" >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "$jobs" --target ncp_cuda ncp_tests ncp_bench 2>&1 | grep -E "error|warning: |Built target" || true
+# Binaries built before the GPU was lent (scripts/gpu-prebuild.sh writes .gpu-carry/; the device run carries it)
+# save the build's minutes of device time. They are used only when they run here and were built from these sources.
+prebuilt=${NCP_GPU_PREBUILT:-.gpu-carry}
+use_prebuilt=0
+if [ -x "$prebuilt/ncp_tests" ] && [ -x "$prebuilt/ncp_bench" ] && [ -f "$prebuilt/libncp_cuda.so" ]; then
+  tree=$(find native CMakeLists.txt -type f | LC_ALL=C sort | xargs md5sum | md5sum | cut -c1-16)  # as gpu-prebuild.sh
+  if [ "$(cat "$prebuilt/TREE" 2>/dev/null)" != "$tree" ]; then
+    echo "prebuilt binaries in $prebuilt are from another tree ($(cat "$prebuilt/TREE" 2>/dev/null)); building"
+  elif ! "$prebuilt/ncp_tests" "no such case" >/dev/null 2>&1; then
+    echo "prebuilt binaries in $prebuilt do not run here; building"
+  else
+    use_prebuilt=1
+  fi
+fi
+if [ "$use_prebuilt" = 1 ]; then
+  mkdir -p "$build" && cp "$prebuilt/ncp_tests" "$prebuilt/ncp_bench" "$prebuilt/libncp_cuda.so" "$build/"
+  echo "using the prebuilt binaries of $prebuilt (tree $(cat "$prebuilt/TREE"))"
+else
+  cmake -S . -B "$build" -DNCP_ADDON=OFF -DNCP_CUDA=on -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES="${NCP_CUDA_ARCH:-90}" >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+  cmake --build "$build" -j "$jobs" --target ncp_cuda ncp_tests ncp_bench 2>&1 | grep -E "error|warning: |Built target" || true
+fi
 [ -x "$build/ncp_bench" ] || { echo "build failed"; exit 1; }
 rc=0
 if [ "$what" = tests ] || [ "$what" = all ]; then

@@ -5,7 +5,7 @@
 // per micro-batch derived from the run seed and the data position) and the timesteps and noise (the native
 // trainer's generator, saved in checkpoints). So an interrupted run resumed from its checkpoint continues exactly
 // as if it had not stopped.
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { access, mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CodedError } from './errors.js';
 import { writeResolvedConfig, type TrainConfig } from './config.js';
@@ -76,14 +76,26 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const started = performance.now();
   if (!cfg.model) throw new CodedError('NCP_ECONFIG', 'train: --model (a diffusers folder) is required');
   if (!cfg.data) throw new CodedError('NCP_ECONFIG', 'train: --data (parquet, JSONL or an encode cache) is required');
+  const model = cfg.model, dataPath = cfg.data;  // narrowed to string, for the closures below
   const device = resolveDevice(cfg.device);
 
+  const freshOutput = await access(cfg.output).then(() => false, () => true);
   await ensureWritableDir(cfg.output);
   await writeResolvedConfig(cfg.output, cfg);
+  // A run that cannot start (device, model, checkpoint or data refused) leaves behind no folder it created: only
+  // its resolved-config.json would be in it.
+  const beforeStart = async <T>(work: () => Promise<T> | T): Promise<T> => {
+    try {
+      return await work();
+    } catch (err) {
+      if (freshOutput) await rm(cfg.output, { recursive: true, force: true });
+      throw err;
+    }
+  };
 
   // ---- The native trainer (fresh LoRA, B = 0), then the checkpoint over it when resuming.
-  const trainer: Trainer = await createTrainer({
-    model: cfg.model,
+  const trainer: Trainer = await beforeStart(() => createTrainer({
+    model,
     variant: cfg.variant ?? undefined,
     seed: cfg.seed,
     gradientCheckpointing: cfg.gradientCheckpointing,
@@ -103,13 +115,14 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       warmupSteps: cfg.warmupSteps,
       totalSteps: cfg.maxSteps ?? 0,
     },
-  });
+  }));
   let step = 0;
   let start: DataPosition = { epoch: 0, index: 0 };
   let resumedFrom: number | null = null;
   if (cfg.resume) {
-    const at = await resolveResume(cfg.resume, cfg.output);
-    const ckpt = await readCheckpoint(at.dir);
+    const resume = cfg.resume;
+    const at = await beforeStart(() => resolveResume(resume, cfg.output));
+    const ckpt = await beforeStart(() => readCheckpoint(at.dir));
     const rng = ckpt.state.rng['train'];
     if (!rng) throw new CodedError('NCP_ERESUME', `checkpoint ${at.dir}: state.json has no 'train' generator state`);
     trainer.setLoraTensors(loraModulesFromWeights(ckpt.lora));
@@ -123,7 +136,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   }
 
   // ---- Data: images through the encoders, or an encode cache straight to the trainer.
-  const source = await openDataset(cfg.data, { absoluteWinners: cfg.absoluteWinners });
+  const source = await beforeStart(() => openDataset(dataPath, { absoluteWinners: cfg.absoluteWinners }));
   const loaderOptions = {
     seed: cfg.seed,
     start,
@@ -137,7 +150,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   if (source.kind === 'cache') {
     data = { kind: 'cache', loader: new PairLoader<PositionedEncodedPair>(source, loaderOptions) };
   } else {
-    encoder = await PairEncoder.load(cfg.model, { variant: cfg.variant ?? undefined });
+    encoder = await beforeStart(() => PairEncoder.load(model, { variant: cfg.variant ?? undefined }));
     const image = { resolution: cfg.resolution, centerCrop: cfg.centerCrop, randomFlip: cfg.randomFlip };
     data = { kind: 'images', loader: new PairLoader<PreparedPair>(source, { ...loaderOptions, image }) };
   }

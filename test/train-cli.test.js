@@ -3,7 +3,7 @@
 // training from an encode cache.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -106,10 +106,16 @@ test('--device: a malformed value names the flag; cuda without a usable backend,
   t.not(r.status, 0);
   // Without a GPU: the backend's reason (no driver, not built); with one GPU: no device 7.
   t.regex(r.stderr, /cuda:7 asked for, but (the CUDA backend is not usable: .+|\d+ CUDA device\(s\) are visible)/);
-  t.false(existsSync(join(tmp, 'dev2', 'lora.safetensors')));
+  t.false(existsSync(join(tmp, 'dev2')), 'a run that could not start leaves no output folder it created');
   r = run('--device', 'cpu', '--mixed-precision', 'bf16', '--max-steps', '1', '--output', join(tmp, 'dev3'));
   t.not(r.status, 0);
   t.regex(r.stderr, /mixed precision bf16 needs a CUDA device/);
+  // A folder that was there before is the user's: the failed start leaves it and what it held.
+  mkdirSync(join(tmp, 'dev5'));
+  writeFileSync(join(tmp, 'dev5', 'notes.txt'), 'mine');
+  r = run('--device', 'cuda:7', '--max-steps', '1', '--output', join(tmp, 'dev5'));
+  t.not(r.status, 0);
+  t.is(readFileSync(join(tmp, 'dev5', 'notes.txt'), 'utf8'), 'mine');
   r = run('--device', 'cpu', '--mixed-precision', 'fp16', '--max-steps', '1', '--output', join(tmp, 'dev4'));
   t.not(r.status, 0);
   t.regex(r.stderr, /mixed precision fp16 needs a CUDA device/);
