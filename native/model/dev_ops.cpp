@@ -143,6 +143,35 @@ DeviceScope::~DeviceScope() {
   g_device = previous_;
 }
 
+namespace {
+// NCP_CUDA_TF32 as the user set it: 1 on, 0 off, -1 unset (then the model's precision decides).
+int tf32_override() {
+  static const int v = [] {
+    const char* e = std::getenv("NCP_CUDA_TF32");
+    return e && std::string(e) == "1" ? 1 : e && std::string(e) == "0" ? 0 : -1;
+  }();
+  return v;
+}
+// The innermost scope's choice (1/0), or -1 outside scopes, where the backend keeps NCP_CUDA_TF32's setting.
+// Scopes live inside a CUDA DeviceScope, whose lock serialises them.
+int g_tf32_scoped = -1;
+bool tf32_in_effect(int scoped) { return scoped < 0 ? tf32_override() == 1 : scoped == 1; }
+}  // namespace
+
+Tf32Scope::Tf32Scope(bool mixed_precision) {
+  if (!on_cuda()) return;
+  const int forced = tf32_override();
+  const int want = forced >= 0 ? forced : mixed_precision ? 1 : 0;
+  ok(table().set_tf32(want), "set_tf32");  // a no-op in the backend when it is already so
+  previous_ = g_tf32_scoped, g_tf32_scoped = want, active_ = true;
+}
+
+Tf32Scope::~Tf32Scope() {
+  if (!active_) return;
+  table().set_tf32(tf32_in_effect(previous_) ? 1 : 0);
+  g_tf32_scoped = previous_;
+}
+
 int parse_device(const std::string& s) {
   if (s == "cpu") return -1;
   if (s == "cuda") return 0;

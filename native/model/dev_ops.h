@@ -38,6 +38,23 @@ class DeviceScope {
   int previous_;
 };
 
+// Whether the float32 GEMMs on a CUDA device (attention products, LoRA, and every GEMM of a float32 model) run on
+// TF32 tensor cores, for the duration of a U-Net call: under mixed precision yes (PyTorch's autocast runs those
+// products in bf16/fp16, coarser still), with float32 weights no (the GPU then matches the CPU to float32
+// rounding). NCP_CUDA_TF32=1 or 0 overrides both. Scopes nest; outside any, the backend keeps NCP_CUDA_TF32's
+// setting (off when unset). No effect on the CPU.
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool mixed_precision);
+  ~Tf32Scope();
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool active_ = false;
+  int previous_ = -1;
+};
+
 // Parses "cpu", "cuda" (device 0) or "cuda:N"; NCP_EINVAL naming the value otherwise.
 int parse_device(const std::string& s);
 std::string device_name(int device);

@@ -3,6 +3,7 @@
 // "skip:" line with the reason and passes (CI has no GPU; `npm run test:gpu` runs these where there is one).
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -184,6 +185,40 @@ NCP_TEST("cuda: fp16 mixed precision with loss scaling trains (tiny-sd15, DPO, n
   std::vector<float> after;
   for (const auto& x : gpu->lora().adapters()) after.insert(after.end(), x->B.begin(), x->B.end());
   NCP_EXPECT(after != before, "the LoRA did not move");
+}
+
+// Mixed precision runs the remaining float GEMMs (attention, LoRA) on TF32, as autocast runs them in bf16/fp16;
+// float32 weights keep full float32 GEMMs. The scopes nest and restore; NCP_CUDA_TF32=0/1 overrides them.
+NCP_TEST("cuda: mixed precision turns TF32 on for the float GEMMs during U-Net calls, float32 does not") {
+  if (!gpu_or_skip()) return;
+  const char* forced = std::getenv("NCP_CUDA_TF32");
+  if (forced && (std::string(forced) == "0" || std::string(forced) == "1")) {
+    std::printf("skip: NCP_CUDA_TF32=%s overrides the precision scopes this case checks\n", forced);
+    return;
+  }
+  dev::DeviceScope device(0);
+  const auto provider = [] { return std::string(cuda::api()->gemm_provider()); };
+  if (provider().rfind("cublas", 0) != 0) {
+    std::printf("skip: GEMMs on the backend's own kernel (%s), which has no TF32 mode\n", provider().c_str());
+    return;
+  }
+  const auto tf32 = [&] { return provider().find(" tf32") != std::string::npos; };
+  NCP_EXPECT(!tf32(), "TF32 on outside any U-Net call: " << provider());
+  {
+    dev::Tf32Scope mixed(true);
+    NCP_EXPECT(tf32(), "a mixed-precision scope left TF32 off: " << provider());
+    {
+      dev::Tf32Scope full(false);
+      NCP_EXPECT(!tf32(), "a float32 scope inside a mixed one left TF32 on");
+    }
+    NCP_EXPECT(tf32(), "the inner scope did not restore TF32");
+  }
+  NCP_EXPECT(!tf32(), "TF32 still on after the scopes: " << provider());
+  for (DType matrices : {DType::F32, DType::BF16, DType::F16}) {
+    auto m = model::load_unet(test::golden_path("tiny-sd15"));
+    m->to_device(0, matrices);
+    NCP_EXPECT(m->unet->mixed_precision() == (matrices != DType::F32), dtype_name(matrices) << " weights");
+  }
 }
 
 NCP_TEST("cuda: running out of device memory is NCP_ENOMEM naming the size asked for and what is free") {
