@@ -86,11 +86,15 @@ int gemm(void* handle, int op_a, int op_b, int m, int n, int k, float alpha, con
     if (products) {
       const int64_t a0 = b * stride_a, b0 = b * stride_b;
       for (int i = 0; i < m; ++i)
-        for (int p = 0; p < k; ++p)
-          a_rows_k[size_t(i) * k + p] = load(A, a_type, a0 + (op_a == kOpN ? i + int64_t(p) * lda : p + int64_t(i) * lda), tf32);
+        for (int p = 0; p < k; ++p) {
+          const int64_t at = op_a == kOpN ? i + int64_t(p) * lda : p + int64_t(i) * lda;
+          a_rows_k[size_t(i) * k + p] = load(A, a_type, a0 + at, tf32);
+        }
       for (int j = 0; j < n; ++j)
-        for (int p = 0; p < k; ++p)
-          b_cols_k[size_t(j) * k + p] = load(B, b_type, b0 + (op_b == kOpN ? p + int64_t(j) * ldb : j + int64_t(p) * ldb), tf32);
+        for (int p = 0; p < k; ++p) {
+          const int64_t at = op_b == kOpN ? p + int64_t(j) * ldb : j + int64_t(p) * ldb;
+          b_cols_k[size_t(j) * k + p] = load(B, b_type, b0 + at, tf32);
+        }
     }
     for (int j = 0; j < n; ++j)
       for (int i = 0; i < m; ++i) {
