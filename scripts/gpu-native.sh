@@ -24,7 +24,7 @@ jobs=$(nproc)
 prebuilt=${NCP_GPU_PREBUILT:-.gpu-carry}
 use_prebuilt=0
 if [ -x "$prebuilt/ncp_tests" ] && [ -x "$prebuilt/ncp_bench" ] && [ -f "$prebuilt/libncp_cuda.so" ]; then
-  tree=$(find native CMakeLists.txt -type f | LC_ALL=C sort | xargs md5sum | md5sum | cut -c1-16)  # as gpu-prebuild.sh
+  tree=$(bash scripts/source-stamp.sh)
   if [ "$(cat "$prebuilt/TREE" 2>/dev/null)" != "$tree" ]; then
     echo "prebuilt binaries in $prebuilt are from another tree ($(cat "$prebuilt/TREE" 2>/dev/null)); building"
   elif ! "$prebuilt/ncp_tests" "no such case" >/dev/null 2>&1; then

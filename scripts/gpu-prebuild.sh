@@ -13,7 +13,6 @@ cmake --build "$build" -j "$(nproc)" --target ncp_cuda ncp_tests ncp_bench
 rm -rf .gpu-carry.tmp && mkdir .gpu-carry.tmp
 cp "$build/Release/libncp_cuda.so" "$build/ncp_tests" "$build/ncp_bench" .gpu-carry.tmp/
 strip --strip-unneeded .gpu-carry.tmp/ncp_tests .gpu-carry.tmp/ncp_bench .gpu-carry.tmp/libncp_cuda.so
-# The sources' content hash (no git needed where it is checked).
-find native CMakeLists.txt -type f | LC_ALL=C sort | xargs md5sum | md5sum | cut -c1-16 >.gpu-carry.tmp/TREE
+bash scripts/source-stamp.sh >.gpu-carry.tmp/TREE
 rm -rf .gpu-carry && mv .gpu-carry.tmp .gpu-carry
 du -sh .gpu-carry && cat .gpu-carry/TREE
