@@ -7,8 +7,8 @@
 #include <cstdint>
 
 // The micro-kernels read only the driver's packed panels and write full tiles of C (edge tiles go through the
-// driver's own buffer), so AddressSanitizer is turned off inside them: instrumented, their register accumulators
-// become stack arrays with redzones and the sanitized test build ran its training cases several times slower.
+// driver's own buffer), so AddressSanitizer is turned off inside them: instrumented, they were the sanitized test
+// build's hottest code (37% of a training case's time; 20 steps of it went from 13.6 s to 11.2 s without).
 // The driver and the packing, which index the caller's memory, stay instrumented; the gemm tests check every
 // tile against a naive product on odd sizes.
 #define NCP_MICROKERNEL_NO_ASAN __attribute__((no_sanitize("address")))
