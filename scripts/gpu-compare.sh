@@ -3,9 +3,12 @@
 # brings back what matters (each step writes its own log as it goes; every benchmark has its own time limit):
 #   1. build + every native cuda test (op parity, golden forward and gradients, training steps, fp16, blocked and
 #      fused attention);
-#   2. the SDXL 1024² NCP-DPO step that issue 7's targets name, in bf16: plain, with the fused attention kernels,
-#      with selective recompute, with gradient checkpointing, and one profiled step (time per op kind); then PyTorch's bf16 step on the same GPU
-#      (bench/pytorch/gpu_step_bench.py: the plain-PyTorch port of diffusers' U-Net);
+#   2. the attention op alone at SDXL's and SD1.5's shapes under each attention mode, against PyTorch's SDPA (a few
+#      seconds: which fused forward is faster, and by how much against flash attention); the SDXL 1024² NCP-DPO
+#      step that issue 7's targets name, in bf16: plain, with the fused attention kernels (mma.sync and WMMA
+#      forwards), with selective recompute, with gradient checkpointing, and one profiled step (time per op kind);
+#      then PyTorch's bf16 step on the same GPU (bench/pytorch/gpu_step_bench.py: the plain-PyTorch port of
+#      diffusers' U-Net);
 #   3. fp16 weights; 4. float32 and TF32 (ours and PyTorch's); 5. SD1.5 at 512².
 #   scripts/gpu-compare.sh [log-dir]        (NCP_GPU_BENCH_LIMIT=seconds per benchmark, default 120)
 set -uo pipefail
@@ -22,9 +25,20 @@ export PYTHONUNBUFFERED=1
 torch_bench() { timeout "$limit" python3 bench/pytorch/gpu_step_bench.py --steps 3 --device cuda "$@"; }
 export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoRA) on TF32, as PyTorch's autocast
 {
-  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention, + recompute, + checkpointing"
+  echo "== attention alone, batch 2: SDXL 1024² (4096 tokens x 10 heads, 1024 x 20; head dim 64), SD1.5 512² (4096 x 8"
+  echo "   heads of 40): ours under each mode (materialized, fused = mma.sync kernels, fused-wmma), then PyTorch's SDPA bf16"
+  for shape in "--tokens 4096 --heads 10 --head-dim 64" "--tokens 1024 --heads 20 --head-dim 64" \
+               "--tokens 4096 --heads 8 --head-dim 40"; do
+    $b attention --batch 2 $shape --device cuda --reps 10
+    timeout "$limit" python3 bench/pytorch/attention_bench.py --batch 2 $shape --reps 10
+  done
+} 2>&1 | tee "$log/2-attention.txt"
+{
+  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync, then WMMA kernels),"
+  echo "   + recompute, + checkpointing"
   $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16
+  NCP_CUDA_ATTENTION=fused-wmma $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16 --recompute feedforward,qkv
   $b $sdxl_step --weights bf16 --recompute feedforward
   $b $sdxl_step --weights bf16 --recompute feedforward,qkv

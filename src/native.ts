@@ -22,7 +22,7 @@ export interface CudaStatus {
   driverVersion: number;
   runtimeVersion: number;
   gemm: string;
-  /** CUDA attention kernels: "materialized (float)", or fused when NCP_CUDA_ATTENTION=fused. */
+  /** CUDA attention kernels: "materialized (float)", or "fused ..." / "fused-wmma ..." as NCP_CUDA_ATTENTION chose. */
   attention: string;
   reason: string;
 }

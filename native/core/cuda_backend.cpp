@@ -97,6 +97,22 @@ struct Probe {
   const ncp_cuda_api* table = nullptr;
 };
 
+}  // namespace
+
+std::string attention_mode_name(int mode) {
+  switch (mode) {
+    case NCP_CUDA_ATTENTION_FUSED:
+      return "fused (bf16 tensor cores: mma.sync kernels; WMMA backward past head dim 128) for >= 128 keys, else "
+             "materialized";
+    case NCP_CUDA_ATTENTION_FUSED_WMMA:
+      return "fused-wmma (bf16 tensor cores: WMMA forward and backward) for >= 128 keys, else materialized";
+    default:
+      return "materialized (float)";
+  }
+}
+
+namespace {
+
 Probe probe() {
   Probe p;
   Status& s = p.status;
@@ -138,12 +154,16 @@ Probe probe() {
   // NCP_CUDA_TF32=1: TF32 tensor cores for the float GEMMs (10-bit mantissa inputs, float accumulation), as
   // PyTorch's allow_tf32. Off by default so that the GPU matches the CPU to float32 rounding.
   if (const char* tf32 = std::getenv("NCP_CUDA_TF32"); tf32 && std::string(tf32) == "1") t->set_tf32(1);
-  // NCP_CUDA_ATTENTION=fused: flash-style attention kernels (cuda/flash_attention.h) for self-attention shapes;
-  // bf16 products, so off by default like TF32.
-  const char* attention = std::getenv("NCP_CUDA_ATTENTION");
-  const bool fused = attention && std::string(attention) == "fused";
-  t->set_fused_attention(fused ? 1 : 0);
-  s.attention = fused ? "fused (bf16 tensor cores) for >= 128 keys, else materialized" : "materialized (float)";
+  // NCP_CUDA_ATTENTION=fused: flash-style attention kernels (cuda/flash_attention.h) for self-attention shapes,
+  // the register-level (mma.sync) ones; fused-wmma: the WMMA ones. bf16 products, so off by default like TF32.
+  const std::string attention = std::getenv("NCP_CUDA_ATTENTION") ? std::getenv("NCP_CUDA_ATTENTION") : "";
+  s.attention_mode = attention == "fused"        ? NCP_CUDA_ATTENTION_FUSED
+                     : attention == "fused-wmma" ? NCP_CUDA_ATTENTION_FUSED_WMMA
+                                                 : NCP_CUDA_ATTENTION_MATERIALIZED;
+  t->set_fused_attention(s.attention_mode);
+  s.attention = attention_mode_name(s.attention_mode);
+  if (!attention.empty() && attention != "materialized" && s.attention_mode == NCP_CUDA_ATTENTION_MATERIALIZED)
+    s.attention += " (NCP_CUDA_ATTENTION=" + attention + " not recognised: fused, fused-wmma or materialized)";
   s.gemm_provider = t->gemm_provider();
   s.usable = true;
   p.table = t;

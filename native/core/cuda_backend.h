@@ -22,11 +22,15 @@ struct Status {
   uint64_t total_memory = 0;
   int driver_version = 0, runtime_version = 0;  // 1000 major + 10 minor; driver 0 = no driver
   std::string gemm_provider;
-  // "fused (bf16 tensor cores) ..." when NCP_CUDA_ATTENTION=fused turned the flash-style kernels on, else
-  // "materialized (float)".
+  // The attention kernels NCP_CUDA_ATTENTION chose (NCP_CUDA_ATTENTION_* of cuda/api.h) and their description:
+  // "fused (bf16 tensor cores, ...) ..." for the flash-style kernels, else "materialized (float)".
+  int attention_mode = 0;
   std::string attention;
   std::string reason;  // why not usable: library not found (with the paths tried), no driver, no device
 };
+
+// What status().attention says of an attention mode.
+std::string attention_mode_name(int mode);
 
 // Probes once, on first call (thread-safe); later calls return the same result. The search order for the
 // library: $NCP_CUDA_LIB (a file, or a directory holding libncp_cuda.so), then the directory of the module

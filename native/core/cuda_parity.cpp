@@ -286,10 +286,15 @@ void norm_cases(Recorder& r) {
     Vec x = random_vec(n, 400);
     for (auto& e : x) e += 3.f;  // an offset mean: one-pass variance would lose digits here
     const Vec gamma = random_vec(C, 401, 0.5, 1.5), beta = random_vec(C, 402), dy = random_vec(n, 403);
-    // The plain op, then the fused GroupNorm+SiLU (whose backward recomputes the normalised values).
+    // The plain op, then the fused GroupNorm+SiLU (whose backward recomputes the normalised values); each group in
+    // one block, then split into chunks of 16 values (NCP_CUDA_NORM_CHUNK: a group of 3 x 35 values becomes 6
+    // chunks, most of them across a channel boundary), as the large groups of SD's resolutions are.
+    for (const bool split : {false, true})
     for (const bool silu : {false, true})
       for (const bool affine : {true, false}) {
-        const std::string op = silu ? "group_norm_silu" : "group_norm", tag = affine ? "" : "plain.";
+        const EnvVar chunk("NCP_CUDA_NORM_CHUNK", split ? "16" : nullptr);
+        const std::string op = silu ? "group_norm_silu" : "group_norm",
+                          tag = std::string(split ? "chunks." : "") + (affine ? "" : "plain.");
         const float* g = affine ? gamma.data() : nullptr;
         const float* bt = affine ? beta.data() : nullptr;
         const float* gpu_gamma = nullptr;
@@ -606,11 +611,13 @@ void mixed_cases(Recorder& r, int32_t dtype) {
   }
 }
 
-// Switches the fused attention kernels on for the cases below and back to the mode the host chose after them.
+// Switches a fused attention mode on for the cases below and back to the mode the host chose after them.
 struct FusedAttentionOn {
   const ncp_cuda_api* t;
-  explicit FusedAttentionOn(const ncp_cuda_api* table) : t(table) { check(t, t->set_fused_attention(1), "fused on"); }
-  ~FusedAttentionOn() { t->set_fused_attention(status().attention.rfind("fused", 0) == 0 ? 1 : 0); }
+  FusedAttentionOn(const ncp_cuda_api* table, int mode) : t(table) {
+    check(t, t->set_fused_attention(mode), "set_fused_attention");
+  }
+  ~FusedAttentionOn() { t->set_fused_attention(status().attention_mode); }
 };
 
 // The fused (flash-style) attention kernels. They round q, k, v and dout to bf16 for their tensor-core products,
@@ -621,10 +628,12 @@ struct FusedAttentionOn {
 // level), causal with more keys than queries (key tiles no query row sees), a head dim of 256 (the largest; the
 // smaller backward tiles on Hopper), a head dim that is not a multiple of 4 (the scalar loads), and one with fewer
 // keys than kFusedMinKeys (77: cross-attention's text tokens), which must keep the float path and its float bound
-// in the same mode.
-void fused_attention_cases(Recorder& r) {
+// in the same mode. Both modes: `fused` (the register-level mma.sync kernels; head dims 160 and 256 take the WMMA
+// backward) and `fused-wmma`.
+void fused_attention_cases(Recorder& r, int mode) {
   const ncp_cuda_api* t = r.api();
-  const FusedAttentionOn on(t);
+  const FusedAttentionOn on(t, mode);
+  const std::string name = mode == NCP_CUDA_ATTENTION_FUSED_WMMA ? "fused-wmma" : "fused";
   uint64_t seed = 900;
   for (const cpu::AttentionShape s :
        {cpu::AttentionShape{2, 67, 150, 3, 40, false}, cpu::AttentionShape{1, 150, 150, 2, 64, true},
@@ -633,7 +642,7 @@ void fused_attention_cases(Recorder& r) {
         cpu::AttentionShape{2, 67, 77, 3, 40, false}}) {
     const ncp_cuda_attention_shape gs{s.B, s.Lq, s.Lk, s.H, s.Dh, s.causal ? 1 : 0};
     const bool fused = s.Lk >= 128;
-    const std::string op = fused ? "attention (fused, bf16)" : "attention (fused mode, 77 keys: float)";
+    const std::string op = fused ? "attention (" + name + ", bf16)" : "attention (" + name + " mode, 77 keys: float)";
     const std::string tag = "Lq " + std::to_string(s.Lq) + " Lk " + std::to_string(s.Lk) + " Dh " +
                             std::to_string(s.Dh) + (s.causal ? " causal " : " ");
     const int64_t nq = s.B * s.Lq * s.H * s.Dh, nk = s.B * s.Lk * s.H * s.Dh;
@@ -693,7 +702,8 @@ std::vector<ParityResult> parity_check() {
   activation_cases(all);
   layout_cases(all);
   training_cases(all);
-  fused_attention_cases(all);
+  fused_attention_cases(all, NCP_CUDA_ATTENTION_FUSED);
+  fused_attention_cases(all, NCP_CUDA_ATTENTION_FUSED_WMMA);
   check(t, t->synchronize(), "synchronize");
   std::vector<ParityResult> results = all.results;
   if (std::strncmp(t->gemm_provider(), "cublas", 6) == 0) {

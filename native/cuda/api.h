@@ -58,6 +58,11 @@ typedef struct ncp_cuda_conv2d_shape {
   int64_t N, Cin, H, W, Cout, k, stride, pad;
 } ncp_cuda_conv2d_shape;
 
+/* set_fused_attention's modes */
+#define NCP_CUDA_ATTENTION_MATERIALIZED 0
+#define NCP_CUDA_ATTENTION_FUSED 1
+#define NCP_CUDA_ATTENTION_FUSED_WMMA 2
+
 typedef struct ncp_cuda_attention_shape {
   int64_t B, Lq, Lk, H, Dh;
   int32_t causal;
@@ -195,10 +200,12 @@ typedef struct ncp_cuda_api {
                                  const ncp_cuda_conv2d_shape* s);
 
   /* ---- fused attention (cuda/flash_attention.h) ---- */
-  /* On: attention_forward without saved_probs and attention_backward_recompute run the fused flash-style kernels
-   * (bf16 tensor-core products, float softmax statistics and outputs, no [heads, Lq, Lk] buffer) for shapes with
-   * at least 128 keys and a head dim of at most 256. Off (the default): the materialised float path. */
-  int (*set_fused_attention)(int32_t on);
+  /* Fused modes: attention_forward without saved_probs and attention_backward_recompute run the fused flash-style
+   * kernels (bf16 tensor-core products, float softmax statistics and outputs, no [heads, Lq, Lk] buffer) for shapes
+   * with at least 128 keys and a head dim of at most 256. NCP_CUDA_ATTENTION_FUSED: the register-level (mma.sync)
+   * kernels (the backward's up to head dim 128, WMMA's beyond); _FUSED_WMMA: the WMMA kernels for both passes.
+   * _MATERIALIZED (the default): the float path. */
+  int (*set_fused_attention)(int32_t mode);
 
   /* ---- the bf16 tape (mixed precision): dst = src rounded to nearest-even bf16 (n values), and back ---- */
   int (*round_to_bf16)(void* dst, const float* src, int64_t n);

@@ -66,7 +66,7 @@ int attention_backward(float* dq, float* dk, float* dv, const float* dout, const
 int attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout, const float* q,
                                  const float* k, const float* v, const ncp_cuda_attention_shape* s);
 // flash_attention.cu
-int set_fused_attention(int32_t on);
+int set_fused_attention(int32_t mode);
 
 // elementwise.cu
 int upsample_nearest2x_forward(float* y, const float* x, int64_t N, int64_t C, int64_t H, int64_t W);

@@ -1,19 +1,20 @@
-// Launch code of the fused attention kernels (flash_attention.h; the kernels are in flash_attention_kernels.cuh):
-// tile sizes from the device's shared memory, the scratch for the log-sum-exp and delta rows, and the order of
-// the passes.
+// Launch code of the fused attention kernels (flash_attention.h; the kernels are in flash_mma_kernels.cuh and
+// flash_attention_kernels.cuh): tile sizes from the device's shared memory, the scratch for the log-sum-exp and
+// delta rows, and the order of the passes.
 #include <cmath>
 
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
 #include "cuda/flash_attention.h"
 #include "cuda/flash_attention_kernels.cuh"
+#include "cuda/flash_mma_kernels.cuh"
 
 namespace ncp::cuda {
 namespace {
 
 using namespace flash;
 
-bool g_fused = false;
+int g_mode = NCP_CUDA_ATTENTION_MATERIALIZED;
 
 // The current device's shared memory per block with opt-in (cached per device).
 int max_shared_bytes() {
@@ -58,6 +59,85 @@ int launch(const char* op, Kernel kernel, int& limit_set, dim3 grid, size_t smem
 }
 int g_forward_smem_set = 0, g_backward_smem_set = 0;
 
+// The register-level forward (flash_mma_kernels.cuh) is compiled for these padded head dims; a head dim takes the
+// smallest that holds it (the zero columns cost arithmetic, not accuracy). 0 when none does.
+constexpr int kMmaHeadDims[] = {32, 48, 64, 80, 96, 128, 160, 256};
+int mma_head_dim(int64_t Dh) {
+  for (const int dp : kMmaHeadDims)
+    if (Dh <= dp) return MmaSmem(dp).total <= size_t(max_shared_bytes()) ? dp : 0;
+  return 0;
+}
+
+// The backward's register-level kernel takes head dims up to kMmaBackwardMaxHeadDim (larger ones keep WMMA's).
+constexpr int kMmaBackwardHeadDims[] = {32, 48, 64, 80, 96, 128};
+int mma_backward_head_dim(int64_t Dh) {
+  for (const int dp : kMmaBackwardHeadDims)
+    if (Dh <= dp) return MmaBackwardSmem(dp).total <= size_t(max_shared_bytes()) ? dp : 0;
+  return 0;
+}
+
+// Launches one instantiation, first raising its dynamic shared-memory limit (per kernel, once) when it needs more
+// than the default 48 KB.
+template <class Kernel, class Args>
+int launch_mma(const char* op, Kernel kernel, int& limit_set, dim3 grid, size_t smem, const Args& args) {
+  if (int(smem) > limit_set) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return cuda_fail(e, op);
+    limit_set = int(smem);
+  }
+  NCP_LAUNCH(kernel, grid, kMmaThreads, smem)(args);
+  return check_launch(op);
+}
+
+template <int DP>
+int launch_mma_forward(const MmaForwardArgs& a, int B_H) {
+  static int limit_set = 0;
+  const dim3 grid(unsigned((a.Lq + kMmaBlockRows - 1) / kMmaBlockRows), unsigned(B_H));
+  return launch_mma("fused attention forward (mma)", flash_mma_forward_kernel<DP>, limit_set, grid,
+                    MmaSmem(DP).total, a);
+}
+
+template <int DP>
+int launch_mma_backward(const MmaBackwardArgs& a, int B_H) {
+  static int limit_set = 0;
+  const dim3 grid(unsigned((a.Lk + kMmaBlockKeys - 1) / kMmaBlockKeys), unsigned(B_H));
+  return launch_mma("fused attention backward (mma)", flash_mma_backward_kernel<DP>, limit_set, grid,
+                    MmaBackwardSmem(DP).total, a);
+}
+
+int mma_backward(const MmaBackwardArgs& a, int B_H, int dp) {
+  switch (dp) {
+    case 32: return launch_mma_backward<32>(a, B_H);
+    case 48: return launch_mma_backward<48>(a, B_H);
+    case 64: return launch_mma_backward<64>(a, B_H);
+    case 80: return launch_mma_backward<80>(a, B_H);
+    case 96: return launch_mma_backward<96>(a, B_H);
+    case 128: return launch_mma_backward<128>(a, B_H);
+  }
+  return fail(NCP_CUDA_EINVAL, "fused attention backward (mma): no kernel for padded head dim %d", dp);
+}
+
+int mma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                const ncp_cuda_attention_shape* s, int dp) {
+  MmaForwardArgs a{};
+  a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
+  a.Lq = int(s->Lq), a.Lk = int(s->Lk), a.H = int(s->H), a.Dh = int(s->Dh);
+  a.scale = float(1.0 / std::sqrt(double(s->Dh)));
+  a.causal = s->causal != 0;
+  const int B_H = int(s->B * s->H);
+  switch (dp) {
+    case 32: return launch_mma_forward<32>(a, B_H);
+    case 48: return launch_mma_forward<48>(a, B_H);
+    case 64: return launch_mma_forward<64>(a, B_H);
+    case 80: return launch_mma_forward<80>(a, B_H);
+    case 96: return launch_mma_forward<96>(a, B_H);
+    case 128: return launch_mma_forward<128>(a, B_H);
+    case 160: return launch_mma_forward<160>(a, B_H);
+    case 256: return launch_mma_forward<256>(a, B_H);
+  }
+  return fail(NCP_CUDA_EINVAL, "fused attention forward (mma): no kernel for padded head dim %d", dp);
+}
+
 // The shape is one the kernels take: enough keys, a head dim of at most 256, a grid and int indices in range,
 // and tiles of the pass(es) asked for that fit the device's shared memory.
 bool shape_supported(const ncp_cuda_attention_shape* s, bool backward) {
@@ -76,13 +156,16 @@ FlashArgs make_args(const ncp_cuda_attention_shape* s) {
 
 }  // namespace
 
-int set_fused_attention(int32_t on) {
-  g_fused = on != 0;
+int set_fused_attention(int32_t mode) {
+  NCP_REQUIRE(mode == NCP_CUDA_ATTENTION_MATERIALIZED || mode == NCP_CUDA_ATTENTION_FUSED ||
+                  mode == NCP_CUDA_ATTENTION_FUSED_WMMA,
+              "set_fused_attention: unknown mode %d", int(mode));
+  g_mode = mode;
   return NCP_CUDA_OK;
 }
 
 bool fused_attention_applies(const ncp_cuda_attention_shape* s, bool backward) {
-  return g_fused && shape_supported(s, backward);
+  return g_mode != NCP_CUDA_ATTENTION_MATERIALIZED && shape_supported(s, backward);
 }
 
 int fused_attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
@@ -91,6 +174,8 @@ int fused_attention_forward(float* out, float* lse, const float* q, const float*
   NCP_REQUIRE(shape_supported(s, false), "fused attention: shape not supported (Lk %lld, Dh %lld)",
               (long long)s->Lk, (long long)s->Dh);
   if (s->B == 0 || s->Lq == 0) return NCP_CUDA_OK;
+  if (g_mode == NCP_CUDA_ATTENTION_FUSED)
+    if (const int dp = mma_head_dim(s->Dh); dp > 0) return mma_forward(out, lse, q, k, v, s, dp);
   FlashArgs a = make_args(s);
   a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
   a.tile = forward_tile(s->Dh);
@@ -119,6 +204,15 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   NCP_LAUNCH(flash_delta_kernel, unsigned((rows + warps_per_block - 1) / warps_per_block), kThreads, 0)(
       delta, dout, out, rows, int(s->Lq), int(s->H), int(s->Dh));
   NCP_TRY(check_launch("fused attention backward (delta)"));
+  if (g_mode == NCP_CUDA_ATTENTION_FUSED)
+    if (const int dp = mma_backward_head_dim(s->Dh); dp > 0) {
+      MmaBackwardArgs m{};
+      m.q = q, m.k = k, m.v = v, m.dout = dout, m.lse = lse, m.delta = delta, m.dq = dq, m.dk = dk, m.dv = dv;
+      m.Lq = int(s->Lq), m.Lk = int(s->Lk), m.H = int(s->H), m.Dh = int(s->Dh);
+      m.scale = float(1.0 / std::sqrt(double(s->Dh)));
+      m.causal = s->causal != 0;
+      return mma_backward(m, int(s->B * s->H), dp);
+    }
   FlashArgs a = make_args(s);
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse_in = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   a.tile = backward_tile(s->Dh);

@@ -20,10 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
-// The block's dynamic shared memory; the CPU emulations define their own.
-#ifndef NCP_DYNAMIC_SHARED
-#define NCP_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
-#endif
+#include "cuda/flash_mma_kernels.cuh"  // the block's dynamic shared memory (NCP_DYNAMIC_SHARED), load_tile_bf16
 
 namespace ncp::cuda::flash {
 
@@ -115,29 +112,13 @@ __device__ void mma_tiles(float* C, int ldc, const bf16* A, int lda, const bf16*
   }
 }
 
-// dst[r, d] = bf16(src row (row0 + r), column d) for r < rows, d < dp; zero past `valid` rows and past dh columns.
-// src points at this head's column 0 of row 0; rows are `stride` floats apart. When dh and stride are multiples
-// of 4 (every SD head dim), four columns per thread through one 16-byte load: src is then 16-byte aligned (device
-// allocations are, and head h starts h*dh floats in), and a group of four is all inside dh or all past it.
+// dst[r, d] = bf16(src row (row0 + r), column d) for r < rows, d < dp; zero past `valid` rows and past dh columns
+// (src: this head's column 0 of row 0, rows `stride` floats apart): the register-level kernels' tile load, on the
+// same bits.
 __device__ inline void load_rows_bf16(bf16* dst, int ld, const float* src, int64_t stride, int row0, int valid, int rows,
                                       int dh, int dp) {
-  if (dh % 4 == 0 && stride % 4 == 0) {
-    const int groups = dp / 4;
-    for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
-      const int r = idx / groups, d = (idx % groups) * 4;
-      float4 x = {0.f, 0.f, 0.f, 0.f};
-      if (row0 + r < valid && d < dh) x = *reinterpret_cast<const float4*>(src + int64_t(row0 + r) * stride + d);
-      bf16* o = dst + r * ld + d;
-      o[0] = __float2bfloat16_rn(x.x), o[1] = __float2bfloat16_rn(x.y);
-      o[2] = __float2bfloat16_rn(x.z), o[3] = __float2bfloat16_rn(x.w);
-    }
-    return;
-  }
-  for (int idx = threadIdx.x; idx < rows * dp; idx += blockDim.x) {
-    const int r = idx / dp, d = idx % dp;
-    const float x = row0 + r < valid && d < dh ? src[int64_t(row0 + r) * stride + d] : 0.f;
-    dst[r * ld + d] = __float2bfloat16_rn(x);
-  }
+  static_assert(sizeof(bf16) == sizeof(uint16_t), "a bf16 tile is a tile of 16-bit patterns");
+  load_tile_bf16(reinterpret_cast<uint16_t*>(dst), ld, src, stride, row0, valid, rows, dh, dp);
 }
 
 __device__ inline float warp_max(float v) {

@@ -14,5 +14,6 @@ struct __half {
 };
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {ncp::f32_to_bf16(f)}; }
 inline float __bfloat162float(__nv_bfloat16 b) { return ncp::bf16_to_f32(b.bits); }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 inline __half __float2half_rn(float f) { return {ncp::f32_to_f16(f)}; }
 inline float __half2float(__half h) { return ncp::f16_to_f32(h.bits); }

@@ -50,6 +50,9 @@ namespace ncp_emu {
 void block_barrier();
 // Every live lane of the calling thread's warp deposits `bytes` from `in`; each then reads lane src_lane's.
 void warp_exchange(const void* in, void* out, size_t bytes, int src_lane);
+// Every lane of the calling thread's (full) warp deposits `bytes` from `in`; each then reads all 32 deposits into
+// all[lane * bytes]: what a warp-wide matrix instruction (mma.sync) needs to see of the other lanes' registers.
+void warp_gather(const void* in, void* all, size_t bytes);
 unsigned char* dynamic_shared();
 // Whether [p, p + bytes) lies inside one device allocation (the emulated cuBLAS checks its operands with it).
 bool device_range_ok(const void* p, size_t bytes);

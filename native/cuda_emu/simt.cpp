@@ -40,6 +40,7 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;  // kernels keep small frames; room for sanitizer builds
 constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxDynamicShared = 227 * 1024;  // an sm_90 block's opt-in limit
+constexpr size_t kExchangeBytes = 32;              // a lane's deposit at a shuffle or a warp gather
 
 #if defined(__x86_64__) && !defined(NCP_EMU_UCONTEXT)
 // A saved context is a stack pointer, the callee-saved registers on the stack. Every fiber runs with the launching
@@ -140,7 +141,7 @@ struct BlockRun {
   void* context = nullptr;
   // Warp shuffles: one slot per thread, in two banks used alternately, so one barrier per shuffle suffices (a
   // lane can only write a bank again after every lane has passed the next shuffle's barrier, so after its read).
-  unsigned char exchange[2][kMaxThreads][16];
+  unsigned char exchange[2][kMaxThreads][kExchangeBytes];
   std::vector<unsigned char> exchange_bank;
 };
 
@@ -292,7 +293,7 @@ void block_barrier() {
 
 void warp_exchange(const void* in, void* out, size_t bytes, int src_lane) {
   BlockRun* r = g_run;
-  if (!r || bytes > sizeof r->exchange[0][0]) die("warp shuffle outside a kernel, or of a type over 16 bytes");
+  if (!r || bytes > 16) die("warp shuffle outside a kernel, or of a type over 16 bytes");
   const int me = r->current, src = (me & ~31) | src_lane;
   if (src >= r->threads || (*r->fibers)[size_t(src)].done)
     die("warp shuffle reads a lane that does not exist or has exited");
@@ -300,6 +301,22 @@ void warp_exchange(const void* in, void* out, size_t bytes, int src_lane) {
   std::memcpy(r->exchange[bank][me], in, bytes);
   wait_at_warp_barrier(*r);  // every lane has written
   std::memcpy(out, r->exchange[bank][src], bytes);
+  bank ^= 1;
+}
+
+void warp_gather(const void* in, void* all, size_t bytes) {
+  BlockRun* r = g_run;
+  if (!r || bytes > kExchangeBytes) die("warp gather outside a kernel, or of more than 32 bytes a lane");
+  const int me = r->current, base = me & ~31;
+  if (base + 32 > r->threads) die("a warp-wide matrix instruction in a warp of fewer than 32 threads");
+  // Checked on arrival: a lane that has passed this gather's barrier may exit before the others have read.
+  for (int lane = 0; lane < 32; ++lane)
+    if ((*r->fibers)[size_t(base + lane)].done) die("a warp-wide matrix instruction with an exited lane");
+  unsigned char& bank = r->exchange_bank[size_t(me)];
+  std::memcpy(r->exchange[bank][me], in, bytes);
+  wait_at_warp_barrier(*r);  // every lane has written
+  for (int lane = 0; lane < 32; ++lane)
+    std::memcpy(static_cast<unsigned char*>(all) + size_t(lane) * bytes, r->exchange[bank][base + lane], bytes);
   bank ^= 1;
 }
 

@@ -5,18 +5,23 @@
 //   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
 //             [--gradient-checkpointing on] [--recompute feedforward,qkv] [--weights f32|bf16|fp16] [--tape f32|bf16]
 //   --profile on: also print the time per op kind (each op synchronised: slower than the plain figures)
+//   ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 --device cuda [--reps 10]
+//             [--modes materialized,fused,fused-wmma]: the attention op alone under each CUDA attention mode
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
 // forward-equivalents a step does: see below), MFU against --peak-tflops when given, and peak device memory.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "core/cuda_backend.h"
 #include "core/error.h"
 #include "model/dev_ops.h"
 #include "model/unet_bench.h"
+#include "tools/attention_bench.h"
 #include "train/step_bench.h"
 
 namespace {
@@ -27,15 +32,51 @@ std::string arg(int argc, char** argv, const char* name, const char* fallback) {
   return fallback;
 }
 
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at <= s.size()) {
+    const size_t comma = std::min(s.find(',', at), s.size());
+    if (comma > at) out.push_back(s.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return out;
+}
+
+int attention_main(int argc, char** argv) {
+  ncp::tools::AttentionBenchOptions o;
+  o.batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
+  o.queries = std::atoll(arg(argc, argv, "--tokens", "4096").c_str());
+  o.keys = std::atoll(arg(argc, argv, "--keys", std::to_string(o.queries).c_str()).c_str());
+  o.heads = std::atoll(arg(argc, argv, "--heads", "10").c_str());
+  o.head_dim = std::atoll(arg(argc, argv, "--head-dim", "64").c_str());
+  o.reps = std::atoi(arg(argc, argv, "--reps", "10").c_str());
+  o.device = ncp::dev::parse_device(arg(argc, argv, "--device", "cuda"));
+  o.modes = split_commas(arg(argc, argv, "--modes", "materialized,fused,fused-wmma"));
+  ncp::dev::require_device(o.device);
+  for (const auto& r : ncp::tools::bench_attention(o))
+    std::printf("{\"bench\":\"attention\",\"device\":\"%s\",\"mode\":\"%s\",\"batch\":%lld,\"queries\":%lld,"
+                "\"keys\":%lld,\"heads\":%lld,\"head_dim\":%lld,\"forward_ms\":%.3f,\"forward_tflops\":%.1f,"
+                "\"backward_ms\":%.3f,\"backward_tflops\":%.1f}\n",
+                ncp::cuda::status().device.c_str(), r.mode.c_str(), (long long)o.batch, (long long)o.queries,
+                (long long)o.keys, (long long)o.heads, (long long)o.head_dim, r.forward_s * 1e3,
+                r.forward_gflop / 1e3 / r.forward_s, r.backward_s * 1e3, r.backward_gflop / 1e3 / r.backward_s);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || (std::strcmp(argv[1], "unet") != 0 && std::strcmp(argv[1], "step") != 0)) {
+  if (argc < 2 || (std::strcmp(argv[1], "unet") != 0 && std::strcmp(argv[1], "step") != 0 &&
+                   std::strcmp(argv[1], "attention") != 0)) {
     std::fprintf(stderr, "usage: ncp_bench unet|step --config sd15|sdxl --latent N [--batch N | --pairs N "
-                         "--objective dpo --space ncp --tape f32|bf16] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n");
+                         "--objective dpo --space ncp --tape f32|bf16] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n"
+                         "       ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 "
+                         "[--device cuda[:N]] [--reps 10] [--modes materialized,fused,fused-wmma]\n");
     return 2;
   }
   try {
+    if (std::strcmp(argv[1], "attention") == 0) return attention_main(argc, argv);
     const std::string what = argv[1], preset = arg(argc, argv, "--config", "sd15");
     const int64_t latent = std::atoll(arg(argc, argv, "--latent", "64").c_str());
     const int reps = std::atoi(arg(argc, argv, "--reps", "3").c_str());

@@ -1,0 +1,84 @@
+#include "tools/attention_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+#include "core/cuda_backend.h"
+#include "core/error.h"
+#include "model/dev_ops.h"
+
+namespace ncp::tools {
+namespace {
+
+int mode_code(const std::string& mode) {
+  if (mode == "materialized") return NCP_CUDA_ATTENTION_MATERIALIZED;
+  if (mode == "fused") return NCP_CUDA_ATTENTION_FUSED;
+  if (mode == "fused-wmma") return NCP_CUDA_ATTENTION_FUSED_WMMA;
+  throw Error("NCP_EINVAL", "attention bench: unknown mode '" + mode + "' (materialized, fused, fused-wmma)");
+}
+
+// Device buffer of n floats, filled with a fixed pattern in [-1, 1) (the values do not change the time, but
+// uninitialised memory could hold NaNs, which some paths take more slowly).
+struct DeviceVec {
+  float* p = nullptr;
+  explicit DeviceVec(int64_t n) : p(dev::alloc(n)) {
+    std::vector<float> host(static_cast<size_t>(n));
+    uint32_t x = 12345u;
+    for (float& v : host) x = x * 1664525u + 1013904223u, v = float(x >> 8) / float(1 << 23) - 1.f;
+    dev::upload(p, host.data(), n);
+  }
+  ~DeviceVec() { dev::free(p); }
+  DeviceVec(const DeviceVec&) = delete;
+  DeviceVec& operator=(const DeviceVec&) = delete;
+};
+
+// Median seconds of `reps` calls of f, each waited for, after one untimed call (warm-up: scratch arenas, the
+// kernels' shared-memory attributes).
+template <class F>
+double median_seconds(int reps, F f) {
+  using clock = std::chrono::steady_clock;
+  f();
+  dev::synchronize();
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = clock::now();
+    f();
+    dev::synchronize();
+    times.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o) {
+  if (o.device < 0) throw Error("NCP_EINVAL", "attention bench: runs on a CUDA device (--device cuda[:N])");
+  if (o.batch <= 0 || o.queries <= 0 || o.keys <= 0 || o.heads <= 0 || o.head_dim <= 0 || o.reps <= 0)
+    throw Error("NCP_EINVAL", "attention bench: batch, tokens, keys, heads, head dim and reps must be positive");
+  const dev::DeviceScope scope(o.device);
+  const ncp_cuda_api* t = cuda::api();
+  const cpu::AttentionShape s{o.batch, o.queries, o.keys, o.heads, o.head_dim, false};
+  const int64_t nq = s.B * s.Lq * s.H * s.Dh, nk = s.B * s.Lk * s.H * s.Dh;
+  const DeviceVec q(nq), k(nk), v(nk), dout(nq), out(nq), dq(nq), dk(nk), dv(nk);
+  std::vector<AttentionBenchResult> results;
+  for (const std::string& mode : o.modes) {
+    if (t->set_fused_attention(mode_code(mode)) != NCP_CUDA_OK)
+      throw Error("NCP_ECUDA", std::string("attention bench: set_fused_attention: ") + t->last_error());
+    AttentionBenchResult r;
+    r.mode = mode;
+    r.forward_gflop = 4.0 * double(s.B * s.H) * double(s.Lq) * double(s.Lk) * double(s.Dh) / 1e9;
+    r.backward_gflop = 2.5 * r.forward_gflop;
+    r.forward_s = median_seconds(o.reps, [&] { dev::attention_forward(out.p, nullptr, q.p, k.p, v.p, s); });
+    r.backward_s = median_seconds(o.reps, [&] {
+      dev::attention_backward_recompute(dq.p, dk.p, dv.p, nullptr, dout.p, q.p, k.p, v.p, s);
+    });
+    results.push_back(r);
+  }
+  t->set_fused_attention(cuda::status().attention_mode);  // back to what NCP_CUDA_ATTENTION chose
+  return results;
+}
+
+}  // namespace ncp::tools
