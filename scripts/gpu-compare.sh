@@ -30,8 +30,9 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
   for shape in "--tokens 4096 --heads 10 --head-dim 64" "--tokens 1024 --heads 20 --head-dim 64" \
                "--tokens 4096 --heads 8 --head-dim 40"; do
     $b attention --batch 2 $shape --device cuda --reps 10
-    timeout "$limit" python3 bench/pytorch/attention_bench.py --batch 2 $shape --reps 10
   done
+  timeout "$limit" python3 bench/pytorch/attention_bench.py --batch 2 --shape 4096x10x64 --shape 1024x20x64 \
+    --shape 4096x8x40 --reps 10
 } 2>&1 | tee "$log/2-attention.txt"
 {
   echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync, then WMMA kernels),"

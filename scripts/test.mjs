@@ -68,6 +68,23 @@ for (const [title, cases, env, provider] of emulatorRuns) {
   }
 }
 
+// The GPU benchmark tool's attention bench runs its three attention modes on the emulator and prints a line each
+// (on a GPU these lines are the figures; here they only show that the bench runs and names what it measured).
+{
+  const run = step('ncp_bench attention on the emulator', join(root, 'build-test', 'ncp_bench'),
+    ['attention', '--batch', '1', '--tokens', '130', '--heads', '2', '--head-dim', '40', '--reps', '1'],
+    { capture: true, allowFail: true, env: emulatorEnv });
+  const parse = (l) => { try { return JSON.parse(l); } catch { return {}; } };
+  const lines = (run.stdout ?? '').split('\n').filter((l) => l.startsWith('{')).map(parse);
+  const modes = lines.map((l) => l.mode).join(',');
+  const timed = lines.every((l) => l.forward_ms > 0 && l.backward_ms > 0 && /emulator/.test(l.device));
+  if (run.status === 0 && modes === 'materialized,fused,fused-wmma' && timed) passed += 1;
+  else {
+    console.error(`ncp test: ncp_bench attention printed modes '${modes}' (status ${run.status})`);
+    failed += 1;
+  }
+}
+
 const ava = step('ava', bin('ava'), ['--tap'], { capture: true, allowFail: true });
 const count = (label) => Number((new RegExp(`^# ${label} (\\d+)$`, 'm').exec(ava.stdout ?? '') ?? [])[1] ?? 0);
 passed += count('pass');

@@ -105,6 +105,7 @@ __device__ inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t
 
 // Four 8x8 bf16 matrices from shared memory: lanes 8j .. 8j+7 give the addresses of matrix j's rows (16 bytes each,
 // 16-byte aligned); register j gets matrix j's (row g, cols 2t, 2t+1), or with transpose its (rows 2t, 2t+1, col g).
+// The "memory" clobber keeps the compiler from moving shared-memory stores across the read it cannot see.
 template <bool kTranspose>
 __device__ inline void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
 #if defined(__CUDA_ARCH__)
@@ -112,11 +113,13 @@ __device__ inline void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
   if constexpr (kTranspose)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
+                 : "r"(address)
+                 : "memory");
   else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
+                 : "r"(address)
+                 : "memory");
 #elif !defined(__CUDACC__)
   if (reinterpret_cast<uintptr_t>(row) % 16 != 0) ncp_emu::fatal("ldmatrix: a row address that is not 16-byte aligned");
   const uint16_t* rows[32];
