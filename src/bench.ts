@@ -2,7 +2,8 @@
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from './native.js';
-import { benchConv2d, benchGemm, benchStep, benchUNet, info } from './index.js';
+import { benchAttention, benchConv2d, benchGemm, benchStep, benchUNet, info } from './index.js';
+import type { AttentionBenchOptions, AttentionBenchResult } from './native.js';
 
 export interface BenchRow {
   name: string;
@@ -174,4 +175,35 @@ export async function benchLoad(
         `median ${r.forwardMedianSeconds.toFixed(2)} s (${(r.forwardGflop / r.forwardMedianSeconds).toFixed(0)} GFLOP/s)`,
     );
   return lines.join('\n');
+}
+
+export interface AttentionBenchReport {
+  machine: string;
+  device: string;
+  batch: number;
+  tokens: number;
+  keys: number;
+  heads: number;
+  headDim: number;
+  modes: AttentionBenchResult[];
+}
+
+/** `bench attention`: the attention op alone under each CUDA attention mode (see `benchAttention`). */
+export async function benchAttentionReport(o: Required<Omit<AttentionBenchOptions, 'modes'>> & Pick<AttentionBenchOptions, 'modes'>): Promise<AttentionBenchReport> {
+  const modes = await benchAttention(o);
+  return { machine: machineName(o.device), device: o.device, batch: o.batch, tokens: o.tokens, keys: o.keys, heads: o.heads, headDim: o.headDim, modes };
+}
+
+export function formatAttentionBench(r: AttentionBenchReport): string {
+  const tflops = (gflop: number, s: number) => (gflop / 1e3 / s).toFixed(1);
+  return [
+    `machine: ${r.machine}`,
+    `attention: batch ${r.batch}, ${r.tokens} queries x ${r.keys} keys, ${r.heads} heads of ${r.headDim}` +
+      ' (TFLOP/s: 4 B H Lq Lk Dh per forward, 2.5x per backward; recomputation not counted)',
+    ...r.modes.map(
+      (m) =>
+        `${m.mode.padEnd(12)} forward ${(m.forwardSeconds * 1e3).toFixed(3)} ms (${tflops(m.forwardGflop, m.forwardSeconds)} TFLOP/s), ` +
+        `backward ${(m.backwardSeconds * 1e3).toFixed(3)} ms (${tflops(m.backwardGflop, m.backwardSeconds)} TFLOP/s)`,
+    ),
+  ].join('\n');
 }

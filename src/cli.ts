@@ -5,7 +5,7 @@ import { trainCommand } from './cli-train.js';
 import { hideBin } from 'yargs/helpers';
 import { join } from 'node:path';
 import { ClipTokenizer, forwardComponents, forwardFile, gradFile, info, setThreads } from './index.js';
-import { benchLoad, benchOps, benchStepReport, benchUNetReport, formatBench, formatStepBench, formatUNetBench } from './bench.js';
+import { benchAttentionReport, benchLoad, benchOps, benchStepReport, benchUNetReport, formatAttentionBench, formatBench, formatStepBench, formatUNetBench } from './bench.js';
 import { encodeDataset, formatEncodeProgress, formatEncodeReport } from './encode.js';
 import { CodedError } from './errors.js';
 import { ProgressBar } from './progress.js';
@@ -259,10 +259,13 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command(
       'bench <what>',
-      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `step` (one optimiser step: LoRA r4, the objective below), `load` (reading such weights from a safetensors file)',
+      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `step` (one optimiser step: LoRA r4, the objective below), `load` (reading such weights from a safetensors file), `attention` (the attention op alone on a CUDA device, under each attention mode)',
       (y) =>
         y
-          .positional('what', { choices: ['ops', 'unet', 'step', 'load'] as const, describe: 'what to measure' })
+          .positional('what', { choices: ['ops', 'unet', 'step', 'load', 'attention'] as const, describe: 'what to measure' })
+          .option('tokens', { type: 'number', default: 4096, describe: 'attention: query tokens (and keys)' })
+          .option('heads', { type: 'number', default: 10, describe: 'attention: heads' })
+          .option('head-dim', { type: 'number', default: 64, describe: 'attention: head dimension' })
           .option('pairs', { type: 'number', default: 1, describe: 'step: preference pairs per step' })
           .option('objective', { choices: ['sft', 'dpo', 'cpo'] as const, default: 'dpo' as const, describe: 'step: objective' })
           .option('space', { choices: ['latent', 'ncp'] as const, default: 'ncp' as const, describe: 'step: error space' })
@@ -276,12 +279,18 @@ export async function main(argv: string[]): Promise<void> {
           .option('config', { choices: ['sd15', 'sdxl'] as const, default: 'sd15' as const, describe: 'unet: architecture' })
           .option('latent', { type: 'number', default: 32, describe: 'unet: latent side (image side / 8)' })
           .option('batch', { type: 'number', default: 2, describe: 'unet: batch size' })
-          .option('device', { type: 'string', default: 'cpu', describe: 'unet, step: cpu, cuda or cuda:N' }),
+          .option('device', { type: 'string', describe: 'unet, step: cpu (default), cuda or cuda:N; attention: cuda (default) or cuda:N' }),
       async (args) => {
-        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs]] as const)
+        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs], ['tokens', args.tokens], ['heads', args.heads], ['head-dim', args['head-dim']]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
+        if (args.what === 'attention') {
+          const report = await benchAttentionReport({ batch: args.batch, tokens: args.tokens, keys: args.tokens, heads: args.heads, headDim: args['head-dim'], reps: args.reps ?? 10, device: args.device ?? 'cuda' });
+          process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatAttentionBench(report)) + '\n');
+          return;
+        }
+        const device = args.device ?? 'cpu';
         if (args.what === 'step') {
-          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device: args.device, weightsFile: args['weights-file'], gradientCheckpointing: args['gradient-checkpointing'], recompute: parseRecompute(args.recompute) });
+          const report = await benchStepReport({ preset: args.config, latent: args.latent, pairs: args.pairs, objective: args.objective, space: args.space, reps: args.reps ?? 3, device, weightsFile: args['weights-file'], gradientCheckpointing: args['gradient-checkpointing'], recompute: parseRecompute(args.recompute) });
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatStepBench(report)) + '\n');
           return;
         }
@@ -291,7 +300,7 @@ export async function main(argv: string[]): Promise<void> {
           return;
         }
         if (args.what === 'unet') {
-          const report = await benchUNetReport(args.config, args.latent, args.batch, args.reps ?? 3, args.device);
+          const report = await benchUNetReport(args.config, args.latent, args.batch, args.reps ?? 3, device);
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatUNetBench(report)) + '\n');
           return;
         }

@@ -1,10 +1,11 @@
 // The typed public API of ncp-native. Numerics run in the native core; every long call returns a Promise and
 // runs off the event loop.
 import { addonPath, native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
+import type { AttentionBenchOptions, AttentionBenchResult } from './native.js';
 import { unetLoraForwardFile } from './unet-lora.js';
 import type { NativeTextEncoder, NativeVae, TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
 
-export type { UNetBenchResult } from './native.js';
+export type { UNetBenchResult, AttentionBenchOptions, AttentionBenchResult } from './native.js';
 export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
 export type UNet = NativeUNet;
 export type { TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
@@ -73,6 +74,15 @@ export function benchConv2d(shape: Conv2dBenchShape, backward = false, reps = 5)
  */
 export async function benchUNet(preset: 'sd15' | 'sdxl', latent = 32, batch = 2, reps = 3, device = 'cpu') {
   return native().benchUNet(preset, latent, batch, reps, device);
+}
+
+/**
+ * Median seconds of the attention op alone (forward, and the recomputing backward) under each CUDA attention mode
+ * (materialized, fused, fused-wmma) on one shape. Rejects with NCP_EINVAL on a device other than CUDA, NCP_ENOCUDA
+ * when the backend is not usable.
+ */
+export async function benchAttention(options: AttentionBenchOptions = {}): Promise<AttentionBenchResult[]> {
+  return native().benchAttention(options);
 }
 
 /**

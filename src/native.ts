@@ -140,6 +140,28 @@ export interface NativeVae {
   config(): VaeConfigSummary;
 }
 
+/** One attention mode's times in `benchAttention` (forward without saved probabilities; recomputing backward). */
+export interface AttentionBenchResult {
+  mode: 'materialized' | 'fused' | 'fused-wmma';
+  forwardSeconds: number;
+  backwardSeconds: number;
+  /** 4 B H Lq Lk Dh; the backward's is 2.5 times that (FlashAttention's convention, recomputation not counted). */
+  forwardGflop: number;
+  backwardGflop: number;
+}
+
+/** The shape and settings of `benchAttention`; every field has a default (SDXL's 4096-token level at 1024²). */
+export interface AttentionBenchOptions {
+  batch?: number;
+  tokens?: number;
+  keys?: number;
+  heads?: number;
+  headDim?: number;
+  reps?: number;
+  device?: string;
+  modes?: Array<AttentionBenchResult['mode']>;
+}
+
 export interface UNetBenchResult {
   medianSeconds: number;
   bestSeconds: number;
@@ -304,6 +326,7 @@ export interface NativeBinding {
   benchConv2d(shape: Conv2dBenchShape, backward: boolean, reps: number): Promise<number>;
   benchUNet(preset: string, latent: number, batch: number, reps: number, device?: string): Promise<UNetBenchResult>;
   benchUNetLoad(preset: string, dtype: string, path: string, latent: number, batch: number, reps: number): Promise<UNetLoadBenchResult>;
+  benchAttention(options: AttentionBenchOptions): Promise<AttentionBenchResult[]>;
   toFloat32(bytes: Uint8Array, dtype: string): Float32Array;
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;

@@ -46,3 +46,12 @@ test('unknown commands and flags exit 2 with a message', (t) => {
   t.is(threads.status, 2);
   t.regex(threads.stderr, /--threads must be a positive integer/);
 });
+
+test('bench attention on the CPU exits with the reason; its shape flags are checked', (t) => {
+  const cpu = run('bench', 'attention', '--device', 'cpu', '--tokens', '8', '--heads', '1', '--head-dim', '8');
+  t.not(cpu.status, 0);
+  t.regex(cpu.stderr, /runs on a CUDA device/);
+  const bad = run('bench', 'attention', '--head-dim', '0');
+  t.is(bad.status, 2);
+  t.regex(bad.stderr, /--head-dim must be a positive integer/);
+});

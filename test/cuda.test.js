@@ -42,3 +42,17 @@ test('loadUNet, createTrainer and benchStep name a device they cannot use', asyn
     t.regex(err.message, cuda.usable ? /cuda:99 asked for, but \d+ CUDA device\(s\) are visible/ : /cuda:99 asked for, but the CUDA backend is not usable/);
   }
 });
+
+// The attention bench measures the CUDA attention modes: on the CPU it says so, and a mode it does not know is
+// named before any device work (so this runs on any machine).
+test('benchAttention refuses the CPU and unknown modes, naming them', async (t) => {
+  const { benchAttention } = await import('../dist/index.js');
+  const cpu = await t.throwsAsync(() => benchAttention({ device: 'cpu', tokens: 8, heads: 1, headDim: 8 }));
+  t.is(cpu.code, 'NCP_EINVAL');
+  t.regex(cpu.message, /runs on a CUDA device/);
+  const mode = await t.throwsAsync(() => benchAttention({ modes: ['flash'], tokens: 8 }));
+  t.is(mode.code, 'NCP_EINVAL');
+  t.regex(mode.message, /unknown mode 'flash' \(materialized, fused, fused-wmma\)/);
+  const far = await t.throwsAsync(() => benchAttention({ device: 'cuda:99', tokens: 8, heads: 1, headDim: 8 }));
+  t.regex(far.message, cuda.usable ? /cuda:99 asked for, but \d+ CUDA device\(s\) are visible/ : /cuda:99 asked for, but the CUDA backend is not usable/);
+});

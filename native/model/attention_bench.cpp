@@ -1,4 +1,4 @@
-#include "tools/attention_bench.h"
+#include "model/attention_bench.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,15 +9,16 @@
 #include "core/error.h"
 #include "model/dev_ops.h"
 
-namespace ncp::tools {
-namespace {
+namespace ncp::model {
 
-int mode_code(const std::string& mode) {
+int attention_mode_code(const std::string& mode) {
   if (mode == "materialized") return NCP_CUDA_ATTENTION_MATERIALIZED;
   if (mode == "fused") return NCP_CUDA_ATTENTION_FUSED;
   if (mode == "fused-wmma") return NCP_CUDA_ATTENTION_FUSED_WMMA;
   throw Error("NCP_EINVAL", "attention bench: unknown mode '" + mode + "' (materialized, fused, fused-wmma)");
 }
+
+namespace {
 
 // Device buffer of n floats, filled with a fixed pattern in [-1, 1) (the values do not change the time, but
 // uninitialised memory could hold NaNs, which some paths take more slowly).
@@ -55,9 +56,11 @@ double median_seconds(int reps, F f) {
 }  // namespace
 
 std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o) {
-  if (o.device < 0) throw Error("NCP_EINVAL", "attention bench: runs on a CUDA device (--device cuda[:N])");
   if (o.batch <= 0 || o.queries <= 0 || o.keys <= 0 || o.heads <= 0 || o.head_dim <= 0 || o.reps <= 0)
     throw Error("NCP_EINVAL", "attention bench: batch, tokens, keys, heads, head dim and reps must be positive");
+  if (o.modes.empty()) throw Error("NCP_EINVAL", "attention bench: no attention mode to run");
+  for (const std::string& mode : o.modes) attention_mode_code(mode);  // every name checked before any work
+  if (o.device < 0) throw Error("NCP_EINVAL", "attention bench: runs on a CUDA device (--device cuda[:N]), not the CPU");
   const dev::DeviceScope scope(o.device);
   const ncp_cuda_api* t = cuda::api();
   const cpu::AttentionShape s{o.batch, o.queries, o.keys, o.heads, o.head_dim, false};
@@ -65,7 +68,7 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
   const DeviceVec q(nq), k(nk), v(nk), dout(nq), out(nq), dq(nq), dk(nk), dv(nk);
   std::vector<AttentionBenchResult> results;
   for (const std::string& mode : o.modes) {
-    if (t->set_fused_attention(mode_code(mode)) != NCP_CUDA_OK)
+    if (t->set_fused_attention(attention_mode_code(mode)) != NCP_CUDA_OK)
       throw Error("NCP_ECUDA", std::string("attention bench: set_fused_attention: ") + t->last_error());
     AttentionBenchResult r;
     r.mode = mode;
@@ -81,4 +84,4 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
   return results;
 }
 
-}  // namespace ncp::tools
+}  // namespace ncp::model

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace ncp::tools {
+namespace ncp::model {
 
 struct AttentionBenchOptions {
   int64_t batch = 2, queries = 4096, keys = 4096, heads = 10, head_dim = 64;
@@ -23,7 +23,10 @@ struct AttentionBenchResult {
   double backward_gflop = 0;  // 2.5 x forward (FlashAttention's convention; recomputation not counted)
 };
 
-// Throws ncp::Error when the device cannot run, or a mode name is unknown.
+// NCP_CUDA_ATTENTION_* (cuda/api.h) of a mode name; NCP_EINVAL naming the modes there are otherwise.
+int attention_mode_code(const std::string& mode);
+
+// Throws ncp::Error when a mode name is unknown (checked first), or the device cannot run.
 std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o);
 
-}  // namespace ncp::tools
+}  // namespace ncp::model

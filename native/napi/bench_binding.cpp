@@ -1,6 +1,7 @@
 // benchGemm(M, N, K, reps) and benchConv2d({ n, cin, h, w, cout, k, stride, pad }, backward, reps): median GFLOP/s,
 // measured off the event loop. `npm run bench` prints them as a table.
 #include "cpu/bench.h"
+#include "model/attention_bench.h"
 #include "model/unet_bench.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
@@ -126,6 +127,54 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
       });
 }
 
+// benchAttention({ batch, tokens, keys, heads, headDim, reps, device, modes }): the attention op alone under each
+// CUDA attention mode (model/attention_bench.h); a device other than CUDA is refused there.
+Napi::Value BenchAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject())
+    throw_error(env, "NCP_EINVAL", "benchAttention({ batch, tokens, heads, headDim, reps, device }): an object is required");
+  const Napi::Object o = info[0].As<Napi::Object>();
+  model::AttentionBenchOptions a;
+  a.batch = int64_t(number_attr(env, o, "batch", 2));
+  a.queries = int64_t(number_attr(env, o, "tokens", 4096));
+  a.keys = int64_t(number_attr(env, o, "keys", double(a.queries)));
+  a.heads = int64_t(number_attr(env, o, "heads", 10));
+  a.head_dim = int64_t(number_attr(env, o, "headDim", 64));
+  a.reps = int(number_attr(env, o, "reps", 10));
+  const Napi::Value modes = o.Get("modes");
+  if (modes.IsArray()) {
+    const Napi::Array list = modes.As<Napi::Array>();
+    a.modes.clear();
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      if (!list.Get(i).IsString()) throw_error(env, "NCP_EINVAL", "benchAttention: 'modes' must be an array of strings");
+      a.modes.push_back(list.Get(i).As<Napi::String>().Utf8Value());
+    }
+  } else if (!modes.IsUndefined()) {
+    throw_error(env, "NCP_EINVAL", "benchAttention: 'modes' must be an array of strings");
+  }
+  try {
+    for (const std::string& mode : a.modes) model::attention_mode_code(mode);  // before the device: any machine
+  } catch (const Error& e) {
+    throw_error(env, e.code(), e.what());
+  }
+  a.device = device_arg(env, string_attr(env, o, "device", "cuda"), "benchAttention");
+  return PromiseWorker<std::vector<model::AttentionBenchResult>>::Start(
+      env, [=] { return model::bench_attention(a); },
+      [](Napi::Env e, std::vector<model::AttentionBenchResult>& rs) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(e, rs.size());
+        for (size_t i = 0; i < rs.size(); ++i) {
+          Napi::Object r = Napi::Object::New(e);
+          r.Set("mode", rs[i].mode);
+          r.Set("forwardSeconds", rs[i].forward_s);
+          r.Set("backwardSeconds", rs[i].backward_s);
+          r.Set("forwardGflop", rs[i].forward_gflop);
+          r.Set("backwardGflop", rs[i].backward_gflop);
+          out.Set(uint32_t(i), r);
+        }
+        return out;
+      });
+}
+
 }  // namespace
 
 void register_bench(Napi::Env env, Napi::Object exports) {
@@ -134,6 +183,7 @@ void register_bench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchUNet", Napi::Function::New(env, BenchUNet, "benchUNet"));
   exports.Set("benchUNetLoad", Napi::Function::New(env, BenchUNetLoad, "benchUNetLoad"));
   exports.Set("benchStep", Napi::Function::New(env, BenchStep, "benchStep"));
+  exports.Set("benchAttention", Napi::Function::New(env, BenchAttention, "benchAttention"));
 }
 
 }  // namespace ncp::napi

@@ -21,7 +21,7 @@
 #include "core/error.h"
 #include "model/dev_ops.h"
 #include "model/unet_bench.h"
-#include "tools/attention_bench.h"
+#include "model/attention_bench.h"
 #include "train/step_bench.h"
 
 namespace {
@@ -44,7 +44,7 @@ std::vector<std::string> split_commas(const std::string& s) {
 }
 
 int attention_main(int argc, char** argv) {
-  ncp::tools::AttentionBenchOptions o;
+  ncp::model::AttentionBenchOptions o;
   o.batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
   o.queries = std::atoll(arg(argc, argv, "--tokens", "4096").c_str());
   o.keys = std::atoll(arg(argc, argv, "--keys", std::to_string(o.queries).c_str()).c_str());
@@ -54,7 +54,7 @@ int attention_main(int argc, char** argv) {
   o.device = ncp::dev::parse_device(arg(argc, argv, "--device", "cuda"));
   o.modes = split_commas(arg(argc, argv, "--modes", "materialized,fused,fused-wmma"));
   ncp::dev::require_device(o.device);
-  for (const auto& r : ncp::tools::bench_attention(o))
+  for (const auto& r : ncp::model::bench_attention(o))
     std::printf("{\"bench\":\"attention\",\"device\":\"%s\",\"mode\":\"%s\",\"batch\":%lld,\"queries\":%lld,"
                 "\"keys\":%lld,\"heads\":%lld,\"head_dim\":%lld,\"forward_ms\":%.3f,\"forward_tflops\":%.1f,"
                 "\"backward_ms\":%.3f,\"backward_tflops\":%.1f}\n",
