@@ -117,10 +117,31 @@ int mma_backward(const MmaBackwardArgs& a, int B_H, int dp) {
   return fail(NCP_CUDA_EINVAL, "fused attention backward (mma): no kernel for padded head dim %d", dp);
 }
 
-int mma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                const ncp_cuda_attention_shape* s, int dp) {
+// bf16 copies of the float inputs, made once per op in scratch slot 0 for the register-level kernels: they read
+// every key tile once per query tile (and every query tile once per key tile), so converting inside them would
+// redo the work and read twice the bytes, Lq / 64 times over.
+struct Bf16Inputs {
+  const uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
+};
+int bf16_inputs(Bf16Inputs* c, const float* q, const float* k, const float* v, const float* dout,
+                const ncp_cuda_attention_shape* s) {
+  const auto padded = [](int64_t n) { return (n + 7) / 8 * 8; };  // every copy starts 16-byte aligned
+  const int64_t nq = s->B * s->Lq * s->H * s->Dh, nk = s->B * s->Lk * s->H * s->Dh;
+  uint16_t* buf = nullptr;
+  const int64_t total = padded(nq) * (dout ? 2 : 1) + 2 * padded(nk);
+  NCP_TRY(scratch(0, size_t(total) * sizeof(uint16_t), reinterpret_cast<void**>(&buf)));
+  uint16_t *bq = buf, *bk = bq + padded(nq), *bv = bk + padded(nk), *bdout = bv + padded(nk);
+  NCP_TRY(round_to_bf16(bq, q, nq));
+  NCP_TRY(round_to_bf16(bk, k, nk));
+  NCP_TRY(round_to_bf16(bv, v, nk));
+  if (dout) NCP_TRY(round_to_bf16(bdout, dout, nq));
+  c->q = bq, c->k = bk, c->v = bv, c->dout = dout ? bdout : nullptr;
+  return NCP_CUDA_OK;
+}
+
+int mma_forward(float* out, float* lse, const Bf16Inputs& c, const ncp_cuda_attention_shape* s, int dp) {
   MmaForwardArgs a{};
-  a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
+  a.q = c.q, a.k = c.k, a.v = c.v, a.out = out, a.lse = lse;
   a.Lq = int(s->Lq), a.Lk = int(s->Lk), a.H = int(s->H), a.Dh = int(s->Dh);
   a.scale = float(1.0 / std::sqrt(double(s->Dh)));
   a.causal = s->causal != 0;
@@ -154,6 +175,17 @@ FlashArgs make_args(const ncp_cuda_attention_shape* s) {
   return a;
 }
 
+// The WMMA forward (fused-wmma, and head dims the register-level kernel does not take).
+int wmma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                 const ncp_cuda_attention_shape* s) {
+  FlashArgs a = make_args(s);
+  a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
+  a.tile = forward_tile(s->Dh);
+  const dim3 grid(unsigned((s->Lq + a.tile.bm - 1) / a.tile.bm), unsigned(s->B * s->H));
+  return launch("fused attention forward", flash_forward_kernel, g_forward_smem_set, grid, ForwardSmem(a.tile).total,
+                a);
+}
+
 }  // namespace
 
 int set_fused_attention(int32_t mode) {
@@ -175,17 +207,17 @@ int fused_attention_forward(float* out, float* lse, const float* q, const float*
               (long long)s->Lk, (long long)s->Dh);
   if (s->B == 0 || s->Lq == 0) return NCP_CUDA_OK;
   if (g_mode == NCP_CUDA_ATTENTION_FUSED)
-    if (const int dp = mma_head_dim(s->Dh); dp > 0) return mma_forward(out, lse, q, k, v, s, dp);
-  FlashArgs a = make_args(s);
-  a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
-  a.tile = forward_tile(s->Dh);
-  const dim3 grid(unsigned((s->Lq + a.tile.bm - 1) / a.tile.bm), unsigned(s->B * s->H));
-  return launch("fused attention forward", flash_forward_kernel, g_forward_smem_set, grid, ForwardSmem(a.tile).total,
-                a);
+    if (const int dp = mma_head_dim(s->Dh); dp > 0) {
+      Bf16Inputs c;
+      NCP_TRY(bf16_inputs(&c, q, k, v, nullptr, s));
+      return mma_forward(out, lse, c, s, dp);
+    }
+  return wmma_forward(out, lse, q, k, v, s);
 }
 
 // Forward again (for out and the log-sum-exp), the per-row delta, then the key-tile backward. Scratch slot 1
-// holds lse and delta ([B, H, Lq] each) and, when the caller wants no output, the output.
+// holds lse and delta ([B, H, Lq] each) and, when the caller wants no output, the output; slot 0 the bf16 copies
+// of q, k, v (and dout) that the register-level kernels read, made once for both passes.
 int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* out, const float* dout,
                                        const float* q, const float* k, const float* v,
                                        const ncp_cuda_attention_shape* s) {
@@ -198,21 +230,25 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   NCP_TRY(scratch(1, size_t(2 * rows + (out ? 0 : n_out)) * sizeof(float), reinterpret_cast<void**>(&buf)));
   float *lse = buf, *delta = buf + rows;
   if (!out) out = buf + 2 * rows;
-  NCP_TRY(fused_attention_forward(out, lse, q, k, v, s));
-  if (!dq && !dk && !dv) return NCP_CUDA_OK;
+  const bool grads = dq || dk || dv;
+  const int fwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED ? mma_head_dim(s->Dh) : 0;
+  const int bwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED && grads ? mma_backward_head_dim(s->Dh) : 0;
+  Bf16Inputs c;
+  if (fwd_dp > 0) NCP_TRY(bf16_inputs(&c, q, k, v, bwd_dp > 0 ? dout : nullptr, s));
+  NCP_TRY(fwd_dp > 0 ? mma_forward(out, lse, c, s, fwd_dp) : wmma_forward(out, lse, q, k, v, s));
+  if (!grads) return NCP_CUDA_OK;
   const int64_t warps_per_block = kThreads / 32;
   NCP_LAUNCH(flash_delta_kernel, unsigned((rows + warps_per_block - 1) / warps_per_block), kThreads, 0)(
       delta, dout, out, rows, int(s->Lq), int(s->H), int(s->Dh));
   NCP_TRY(check_launch("fused attention backward (delta)"));
-  if (g_mode == NCP_CUDA_ATTENTION_FUSED)
-    if (const int dp = mma_backward_head_dim(s->Dh); dp > 0) {
-      MmaBackwardArgs m{};
-      m.q = q, m.k = k, m.v = v, m.dout = dout, m.lse = lse, m.delta = delta, m.dq = dq, m.dk = dk, m.dv = dv;
-      m.Lq = int(s->Lq), m.Lk = int(s->Lk), m.H = int(s->H), m.Dh = int(s->Dh);
-      m.scale = float(1.0 / std::sqrt(double(s->Dh)));
-      m.causal = s->causal != 0;
-      return mma_backward(m, int(s->B * s->H), dp);
-    }
+  if (bwd_dp > 0) {
+    MmaBackwardArgs m{};
+    m.q = c.q, m.k = c.k, m.v = c.v, m.dout = c.dout, m.lse = lse, m.delta = delta, m.dq = dq, m.dk = dk, m.dv = dv;
+    m.Lq = int(s->Lq), m.Lk = int(s->Lk), m.H = int(s->H), m.Dh = int(s->Dh);
+    m.scale = float(1.0 / std::sqrt(double(s->Dh)));
+    m.causal = s->causal != 0;
+    return mma_backward(m, int(s->B * s->H), bwd_dp);
+  }
   FlashArgs a = make_args(s);
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse_in = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   a.tile = backward_tile(s->Dh);

@@ -162,6 +162,35 @@ __device__ inline void load_tile_bf16(uint16_t* dst, int ld, const float* src, i
   }
 }
 
+// The same from a bf16 source (bit patterns, as the launch code's one conversion of q, k, v and dout writes them):
+// eight columns per thread through one 16-byte load and store when dh and the row stride are multiples of 8 (src
+// is then 16-byte aligned: the conversion's scratch is, and head h starts h*dh values in).
+__device__ inline void load_tile_bf16(uint16_t* dst, int ld, const uint16_t* src, int64_t stride, int row0, int valid,
+                                      int rows, int dh, int dp) {
+  if (dh % 8 == 0 && stride % 8 == 0) {
+    const int groups = dp / 8;
+    for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
+      const int r = idx / groups, d = (idx % groups) * 8;
+      uint32_t x[4] = {0u, 0u, 0u, 0u};
+#if defined(__CUDA_ARCH__)
+      if (row0 + r < valid && d < dh) {
+        const uint4 v = *reinterpret_cast<const uint4*>(src + int64_t(row0 + r) * stride + d);
+        x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+      }
+      *reinterpret_cast<uint4*>(dst + r * ld + d) = make_uint4(x[0], x[1], x[2], x[3]);  // ld, d: multiples of 8
+#else
+      if (row0 + r < valid && d < dh) std::memcpy(x, src + int64_t(row0 + r) * stride + d, sizeof x);
+      std::memcpy(dst + r * ld + d, x, sizeof x);
+#endif
+    }
+    return;
+  }
+  for (int idx = threadIdx.x; idx < rows * dp; idx += blockDim.x) {
+    const int r = idx / dp, d = idx % dp;
+    dst[r * ld + d] = row0 + r < valid && d < dh ? src[int64_t(row0 + r) * stride + d] : uint16_t(0);
+  }
+}
+
 __device__ inline float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -172,7 +201,7 @@ __device__ inline float quad_sum(float v) {
 }
 
 struct MmaForwardArgs {
-  const float *q, *k, *v;
+  const uint16_t *q, *k, *v;  // bf16 bit patterns (flash_attention.cu converts the float tensors once per op)
   float *out, *lse;
   int Lq, Lk, H, Dh;
   float scale;  // of the scores, 1/sqrt(Dh)
@@ -193,9 +222,9 @@ __global__ void __launch_bounds__(kMmaThreads) flash_mma_forward_kernel(MmaForwa
   const int ld = L.ld;
   const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H, q0 = blockIdx.x * kMmaBlockRows;
   const int64_t HD = int64_t(a.H) * a.Dh;
-  const float* qb = a.q + int64_t(b) * a.Lq * HD + int64_t(h) * a.Dh;
-  const float* kb = a.k + int64_t(b) * a.Lk * HD + int64_t(h) * a.Dh;
-  const float* vb = a.v + int64_t(b) * a.Lk * HD + int64_t(h) * a.Dh;
+  const uint16_t* qb = a.q + int64_t(b) * a.Lq * HD + int64_t(h) * a.Dh;
+  const uint16_t* kb = a.k + int64_t(b) * a.Lk * HD + int64_t(h) * a.Dh;
+  const uint16_t* vb = a.v + int64_t(b) * a.Lk * HD + int64_t(h) * a.Dh;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
   const int row[2] = {q0 + r0 + g, q0 + r0 + g + 8};  // the query rows of this lane's accumulator halves
   const float scale_log2 = a.scale * 1.4426950408889634f;
@@ -317,8 +346,8 @@ struct MmaBackwardSmem {
 constexpr int kMmaBackwardMaxHeadDim = 128;
 
 struct MmaBackwardArgs {
-  const float *q, *k, *v, *dout, *lse, *delta;  // lse (natural log) and delta [B, H, Lq] from the forward and
-                                                // flash_delta_kernel
+  const uint16_t *q, *k, *v, *dout;  // bf16 bit patterns, as the forward's
+  const float *lse, *delta;          // [B, H, Lq]: the forward's (natural log) and flash_delta_kernel's
   float *dq, *dk, *dv;                           // += the gradients; any may be NULL
   int Lq, Lk, H, Dh;
   float scale;

@@ -266,13 +266,21 @@ NCP_TEST("fused attention kernels, emulated, match the CPU") {
 
 namespace {
 
+// bf16 bit patterns of float values, as cuda/flash_attention.cu's one conversion per op writes them.
+std::vector<uint16_t> bf16_bits(const Vec& v) {
+  std::vector<uint16_t> b(v.size());
+  for (size_t i = 0; i < v.size(); ++i) b[i] = ncp::f32_to_bf16(v[i]);
+  return b;
+}
+
 // The register-level forward (cuda/flash_mma_kernels.cuh) as cuda/flash_attention.cu launches it for head dim DP.
 template <int DP>
 void run_mma_forward(const ncp::cpu::AttentionShape& s, const Vec& q, const Vec& k, const Vec& v, Vec& out,
                      Vec& lse) {
   using namespace ncp::cuda::flash;
+  const std::vector<uint16_t> q16 = bf16_bits(q), k16 = bf16_bits(k), v16 = bf16_bits(v);
   MmaForwardArgs a{};
-  a.q = q.data(), a.k = k.data(), a.v = v.data(), a.out = out.data(), a.lse = lse.data();
+  a.q = q16.data(), a.k = k16.data(), a.v = v16.data(), a.out = out.data(), a.lse = lse.data();
   a.Lq = int(s.Lq), a.Lk = int(s.Lk), a.H = int(s.H), a.Dh = int(s.Dh);
   a.scale = float(1.0 / std::sqrt(double(s.Dh)));
   a.causal = s.causal;
@@ -291,8 +299,10 @@ void run_mma_backward(const ncp::cpu::AttentionShape& s, const Vec& q, const Vec
   emu::launch({unsigned((rows * 32 + kMmaThreads - 1) / kMmaThreads), 1, 1}, kMmaThreads, [&] {
     flash_delta_kernel(delta.data(), dout.data(), out.data(), rows, int(s.Lq), int(s.H), int(s.Dh));
   });
+  const std::vector<uint16_t> q16 = bf16_bits(q), k16 = bf16_bits(k), v16 = bf16_bits(v), dout16 = bf16_bits(dout);
   MmaBackwardArgs a{};
-  a.q = q.data(), a.k = k.data(), a.v = v.data(), a.dout = dout.data(), a.lse = lse.data(), a.delta = delta.data();
+  a.q = q16.data(), a.k = k16.data(), a.v = v16.data(), a.dout = dout16.data(), a.lse = lse.data();
+  a.delta = delta.data();
   a.dq = dq.data(), a.dk = dk.data(), a.dv = dv.data();
   a.Lq = int(s.Lq), a.Lk = int(s.Lk), a.H = int(s.H), a.Dh = int(s.Dh);
   a.scale = float(1.0 / std::sqrt(double(s.Dh)));
