@@ -5,8 +5,9 @@
 //
 // Why: most of the backend's logic (tiling, bounds, barriers, the dispatch from the model, the mixed-precision
 // paths) can then be checked against the CPU on any machine, in CI, before a GPU is ever lent. What it cannot
-// check is the hardware: timing, real tensor-core fragments, memory limits, races the emulation's schedule does
-// not provoke. simt.cpp has the execution model.
+// check is the hardware: timing, the tensor cores' own arithmetic and WMMA's fragment layout (undocumented; the
+// documented one of mma.sync and ldmatrix is emulated, flash_mma_kernels.cuh), memory limits, races the
+// emulation's schedule does not provoke. simt.cpp has the execution model.
 #pragma once
 #include <algorithm>
 #include <cmath>
