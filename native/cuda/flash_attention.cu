@@ -45,16 +45,16 @@ Tile backward_tile(int64_t Dh) {
   return Tile{0, 0, dp};
 }
 
-// Raises the kernel's dynamic shared-memory limit when a launch needs more than it was last given (the call is
-// not free, and every attention op launches).
-template <class Kernel>
-int launch(const char* op, Kernel kernel, int& limit_set, dim3 grid, size_t smem, const FlashArgs& args) {
+// Launches kernel(args), first raising its dynamic shared-memory limit when the launch needs more than it was last
+// given (the call is not free, and every attention op launches; limit_set is per kernel, as the attribute).
+template <class Kernel, class Args>
+int launch(const char* op, Kernel kernel, int& limit_set, dim3 grid, int threads, size_t smem, const Args& args) {
   if (int(smem) > limit_set) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return cuda_fail(e, op);
     limit_set = int(smem);
   }
-  NCP_LAUNCH(kernel, grid, kFlashThreads, smem)(args);
+  NCP_LAUNCH(kernel, grid, threads, smem)(args);
   return check_launch(op);
 }
 int g_forward_smem_set = 0, g_backward_smem_set = 0;
@@ -76,33 +76,20 @@ int mma_backward_head_dim(int64_t Dh) {
   return 0;
 }
 
-// Launches one instantiation, first raising its dynamic shared-memory limit (per kernel, once) when it needs more
-// than the default 48 KB.
-template <class Kernel, class Args>
-int launch_mma(const char* op, Kernel kernel, int& limit_set, dim3 grid, size_t smem, const Args& args) {
-  if (int(smem) > limit_set) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return cuda_fail(e, op);
-    limit_set = int(smem);
-  }
-  NCP_LAUNCH(kernel, grid, kMmaThreads, smem)(args);
-  return check_launch(op);
-}
-
 template <int DP>
 int launch_mma_forward(const MmaForwardArgs& a, int B_H) {
   static int limit_set = 0;
   const dim3 grid(unsigned((a.Lq + kMmaBlockRows - 1) / kMmaBlockRows), unsigned(B_H));
-  return launch_mma("fused attention forward (mma)", flash_mma_forward_kernel<DP>, limit_set, grid,
-                    MmaSmem(DP).total, a);
+  return launch("fused attention forward (mma)", flash_mma_forward_kernel<DP>, limit_set, grid, kMmaThreads,
+                MmaSmem(DP).total, a);
 }
 
 template <int DP>
 int launch_mma_backward(const MmaBackwardArgs& a, int B_H) {
   static int limit_set = 0;
   const dim3 grid(unsigned((a.Lk + kMmaBlockKeys - 1) / kMmaBlockKeys), unsigned(B_H));
-  return launch_mma("fused attention backward (mma)", flash_mma_backward_kernel<DP>, limit_set, grid,
-                    MmaBackwardSmem(DP).total, a);
+  return launch("fused attention backward (mma)", flash_mma_backward_kernel<DP>, limit_set, grid, kMmaThreads,
+                MmaBackwardSmem(DP).total, a);
 }
 
 int mma_backward(const MmaBackwardArgs& a, int B_H, int dp) {
@@ -182,8 +169,8 @@ int wmma_forward(float* out, float* lse, const float* q, const float* k, const f
   a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
   a.tile = forward_tile(s->Dh);
   const dim3 grid(unsigned((s->Lq + a.tile.bm - 1) / a.tile.bm), unsigned(s->B * s->H));
-  return launch("fused attention forward", flash_forward_kernel, g_forward_smem_set, grid, ForwardSmem(a.tile).total,
-                a);
+  return launch("fused attention forward", flash_forward_kernel, g_forward_smem_set, grid, kFlashThreads,
+                ForwardSmem(a.tile).total, a);
 }
 
 }  // namespace
@@ -253,7 +240,7 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse_in = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   a.tile = backward_tile(s->Dh);
   const dim3 grid(unsigned((s->Lk + a.tile.bn - 1) / a.tile.bn), unsigned(s->B * s->H));
-  return launch("fused attention backward", flash_backward_kernel, g_backward_smem_set, grid,
+  return launch("fused attention backward", flash_backward_kernel, g_backward_smem_set, grid, kFlashThreads,
                 BackwardSmem(a.tile).total, a);
 }
 
