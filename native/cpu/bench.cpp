@@ -19,22 +19,6 @@ std::vector<float> random_vector(int64_t n, uint64_t seed) {
   return v;
 }
 
-// Median seconds of fn over reps runs, after one untimed warm-up (first-touch page faults, pool start-up).
-template <class Fn>
-double median_seconds(int reps, const Fn& fn) {
-  check(reps > 0, "NCP_EINVAL", "bench: reps must be positive, got " + std::to_string(reps));
-  fn();
-  std::vector<double> seconds;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(seconds.begin(), seconds.end());
-  const size_t mid = seconds.size() / 2;
-  return seconds.size() % 2 ? seconds[mid] : 0.5 * (seconds[mid - 1] + seconds[mid]);
-}
-
 }  // namespace
 
 double bench_gemm_gflops(int64_t M, int64_t N, int64_t K, int reps) {

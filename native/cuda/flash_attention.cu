@@ -2,6 +2,7 @@
 // flash_attention_kernels.cuh): tile sizes from the device's shared memory, the scratch for the log-sum-exp and
 // delta rows, and the order of the passes.
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
@@ -59,49 +60,63 @@ int launch(const char* op, Kernel kernel, int& limit_set, dim3 grid, int threads
 }
 int g_forward_smem_set = 0, g_backward_smem_set = 0;
 
-// The register-level forward (flash_mma_kernels.cuh) is compiled for these padded head dims; a head dim takes the
-// smallest that holds it (the zero columns cost arithmetic, not accuracy). 0 when none does.
-constexpr int kMmaHeadDims[] = {32, 48, 64, 80, 96, 128, 160, 256};
-int mma_head_dim(int64_t Dh) {
-  for (const int dp : kMmaHeadDims)
-    if (Dh <= dp) return MmaSmem(dp).total <= size_t(max_shared_bytes()) ? dp : 0;
-  return 0;
-}
-
-// The backward's register-level kernel takes head dims up to kMmaBackwardMaxHeadDim (larger ones keep WMMA's).
-constexpr int kMmaBackwardHeadDims[] = {32, 48, 64, 80, 96, 128};
-int mma_backward_head_dim(int64_t Dh) {
-  for (const int dp : kMmaBackwardHeadDims)
-    if (Dh <= dp) return MmaBackwardSmem(dp).total <= size_t(max_shared_bytes()) ? dp : 0;
-  return 0;
-}
-
-template <int DP>
-int launch_mma_forward(const MmaForwardArgs& a, int B_H) {
-  static int limit_set = 0;
-  const dim3 grid(unsigned((a.Lq + kMmaBlockRows - 1) / kMmaBlockRows), unsigned(B_H));
-  return launch("fused attention forward (mma)", flash_mma_forward_kernel<DP>, limit_set, grid, kMmaThreads,
-                MmaSmem(DP).total, a);
-}
-
-template <int DP>
-int launch_mma_backward(const MmaBackwardArgs& a, int B_H) {
-  static int limit_set = 0;
-  const dim3 grid(unsigned((a.Lk + kMmaBlockKeys - 1) / kMmaBlockKeys), unsigned(B_H));
-  return launch("fused attention backward (mma)", flash_mma_backward_kernel<DP>, limit_set, grid, kMmaThreads,
-                MmaBackwardSmem(DP).total, a);
-}
-
-int mma_backward(const MmaBackwardArgs& a, int B_H, int dp) {
-  switch (dp) {
-    case 32: return launch_mma_backward<32>(a, B_H);
-    case 48: return launch_mma_backward<48>(a, B_H);
-    case 64: return launch_mma_backward<64>(a, B_H);
-    case 80: return launch_mma_backward<80>(a, B_H);
-    case 96: return launch_mma_backward<96>(a, B_H);
-    case 128: return launch_mma_backward<128>(a, B_H);
+// The padded head dims a register-level kernel is compiled for, smallest first. pick() is the one a head dim takes:
+// the smallest that holds it (the zero columns cost arithmetic, not accuracy), 0 when none does or its shared
+// memory (Smem) does not fit the device. dispatch() calls f(std::integral_constant<int, DP>) for the picked DP. One
+// list per pass keeps the choice and the instantiations in step.
+template <class Smem, int... Dims>
+struct HeadDims {
+  static int pick(int64_t Dh) {
+    for (const int dp : {Dims...})
+      if (Dh <= dp) return Smem(dp).total <= size_t(max_shared_bytes()) ? dp : 0;
+    return 0;
   }
-  return fail(NCP_CUDA_EINVAL, "fused attention backward (mma): no kernel for padded head dim %d", dp);
+  template <class F>
+  static int dispatch(const char* op, int dp, F f) {
+    int status = -1;
+    (void)((dp == Dims && (status = f(std::integral_constant<int, Dims>{}), true)) || ...);
+    return status >= 0 ? status : fail(NCP_CUDA_EINVAL, "%s: no kernel for padded head dim %d", op, dp);
+  }
+};
+// The backward's accumulators spill past kMmaBackwardMaxHeadDim: larger head dims keep WMMA's backward.
+using MmaForwardDims = HeadDims<MmaSmem, 32, 48, 64, 80, 96, 128, 160, 256>;
+using MmaBackwardDims = HeadDims<MmaBackwardSmem, 32, 48, 64, 80, 96, 128>;
+
+// The shape fields every kernel's arguments share.
+template <class Args>
+Args with_shape(const ncp_cuda_attention_shape* s) {
+  Args a{};
+  a.Lq = int(s->Lq), a.Lk = int(s->Lk), a.H = int(s->H), a.Dh = int(s->Dh);
+  a.scale = float(1.0 / std::sqrt(double(s->Dh)));
+  a.causal = s->causal != 0;
+  return a;
+}
+
+int mma_forward(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                const ncp_cuda_attention_shape* s, int dp) {
+  MmaForwardArgs a = with_shape<MmaForwardArgs>(s);
+  a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
+  const dim3 grid(unsigned((a.Lq + kMmaBlockRows - 1) / kMmaBlockRows), unsigned(s->B * s->H));
+  const char* op = "fused attention forward (mma)";
+  return MmaForwardDims::dispatch(op, dp, [&](auto d) {
+    constexpr int DP = decltype(d)::value;
+    static int limit_set = 0;  // one per instantiation, as the attribute is per kernel
+    return launch(op, flash_mma_forward_kernel<DP>, limit_set, grid, kMmaThreads, MmaSmem(DP).total, a);
+  });
+}
+
+int mma_backward(float* dq, float* dk, float* dv, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                 const uint16_t* dout, const float* lse, const float* delta, const ncp_cuda_attention_shape* s,
+                 int dp) {
+  MmaBackwardArgs a = with_shape<MmaBackwardArgs>(s);
+  a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
+  const dim3 grid(unsigned((a.Lk + kMmaBlockKeys - 1) / kMmaBlockKeys), unsigned(s->B * s->H));
+  const char* op = "fused attention backward (mma)";
+  return MmaBackwardDims::dispatch(op, dp, [&](auto d) {
+    constexpr int DP = decltype(d)::value;
+    static int limit_set = 0;
+    return launch(op, flash_mma_backward_kernel<DP>, limit_set, grid, kMmaThreads, MmaBackwardSmem(DP).total, a);
+  });
 }
 
 // bf16 copies of the float inputs, made once per op in scratch slot 0 for the register-level kernels: they read
@@ -126,26 +141,6 @@ int bf16_inputs(Bf16Inputs* c, const float* q, const float* k, const float* v, c
   return NCP_CUDA_OK;
 }
 
-int mma_forward(float* out, float* lse, const Bf16Inputs& c, const ncp_cuda_attention_shape* s, int dp) {
-  MmaForwardArgs a{};
-  a.q = c.q, a.k = c.k, a.v = c.v, a.out = out, a.lse = lse;
-  a.Lq = int(s->Lq), a.Lk = int(s->Lk), a.H = int(s->H), a.Dh = int(s->Dh);
-  a.scale = float(1.0 / std::sqrt(double(s->Dh)));
-  a.causal = s->causal != 0;
-  const int B_H = int(s->B * s->H);
-  switch (dp) {
-    case 32: return launch_mma_forward<32>(a, B_H);
-    case 48: return launch_mma_forward<48>(a, B_H);
-    case 64: return launch_mma_forward<64>(a, B_H);
-    case 80: return launch_mma_forward<80>(a, B_H);
-    case 96: return launch_mma_forward<96>(a, B_H);
-    case 128: return launch_mma_forward<128>(a, B_H);
-    case 160: return launch_mma_forward<160>(a, B_H);
-    case 256: return launch_mma_forward<256>(a, B_H);
-  }
-  return fail(NCP_CUDA_EINVAL, "fused attention forward (mma): no kernel for padded head dim %d", dp);
-}
-
 // The shape is one the kernels take: enough keys, a head dim of at most 256, a grid and int indices in range,
 // and tiles of the pass(es) asked for that fit the device's shared memory.
 bool shape_supported(const ncp_cuda_attention_shape* s, bool backward) {
@@ -154,18 +149,11 @@ bool shape_supported(const ncp_cuda_attention_shape* s, bool backward) {
   return forward_tile(s->Dh).bm > 0 && (!backward || backward_tile(s->Dh).bm > 0);
 }
 
-FlashArgs make_args(const ncp_cuda_attention_shape* s) {
-  FlashArgs a{};
-  a.Lq = int(s->Lq), a.Lk = int(s->Lk), a.H = int(s->H), a.Dh = int(s->Dh);
-  a.scale = float(1.0 / std::sqrt(double(s->Dh)));
-  a.causal = s->causal != 0;
-  return a;
-}
 
 // The WMMA forward (fused-wmma, and head dims the register-level kernel does not take).
 int wmma_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                  const ncp_cuda_attention_shape* s) {
-  FlashArgs a = make_args(s);
+  FlashArgs a = with_shape<FlashArgs>(s);
   a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
   a.tile = forward_tile(s->Dh);
   const dim3 grid(unsigned((s->Lq + a.tile.bm - 1) / a.tile.bm), unsigned(s->B * s->H));
@@ -194,10 +182,10 @@ int fused_attention_forward(float* out, float* lse, const float* q, const float*
               (long long)s->Lk, (long long)s->Dh);
   if (s->B == 0 || s->Lq == 0) return NCP_CUDA_OK;
   if (g_mode == NCP_CUDA_ATTENTION_FUSED)
-    if (const int dp = mma_head_dim(s->Dh); dp > 0) {
+    if (const int dp = MmaForwardDims::pick(s->Dh); dp > 0) {
       Bf16Inputs c;
       NCP_TRY(bf16_inputs(&c, q, k, v, nullptr, s));
-      return mma_forward(out, lse, c, s, dp);
+      return mma_forward(out, lse, c.q, c.k, c.v, s, dp);
     }
   return wmma_forward(out, lse, q, k, v, s);
 }
@@ -218,25 +206,18 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   float *lse = buf, *delta = buf + rows;
   if (!out) out = buf + 2 * rows;
   const bool grads = dq || dk || dv;
-  const int fwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED ? mma_head_dim(s->Dh) : 0;
-  const int bwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED && grads ? mma_backward_head_dim(s->Dh) : 0;
+  const int fwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED ? MmaForwardDims::pick(s->Dh) : 0;
+  const int bwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED && grads ? MmaBackwardDims::pick(s->Dh) : 0;
   Bf16Inputs c;
   if (fwd_dp > 0) NCP_TRY(bf16_inputs(&c, q, k, v, bwd_dp > 0 ? dout : nullptr, s));
-  NCP_TRY(fwd_dp > 0 ? mma_forward(out, lse, c, s, fwd_dp) : wmma_forward(out, lse, q, k, v, s));
+  NCP_TRY(fwd_dp > 0 ? mma_forward(out, lse, c.q, c.k, c.v, s, fwd_dp) : wmma_forward(out, lse, q, k, v, s));
   if (!grads) return NCP_CUDA_OK;
   const int64_t warps_per_block = kThreads / 32;
   NCP_LAUNCH(flash_delta_kernel, unsigned((rows + warps_per_block - 1) / warps_per_block), kThreads, 0)(
       delta, dout, out, rows, int(s->Lq), int(s->H), int(s->Dh));
   NCP_TRY(check_launch("fused attention backward (delta)"));
-  if (bwd_dp > 0) {
-    MmaBackwardArgs m{};
-    m.q = c.q, m.k = c.k, m.v = c.v, m.dout = c.dout, m.lse = lse, m.delta = delta, m.dq = dq, m.dk = dk, m.dv = dv;
-    m.Lq = int(s->Lq), m.Lk = int(s->Lk), m.H = int(s->H), m.Dh = int(s->Dh);
-    m.scale = float(1.0 / std::sqrt(double(s->Dh)));
-    m.causal = s->causal != 0;
-    return mma_backward(m, int(s->B * s->H), bwd_dp);
-  }
-  FlashArgs a = make_args(s);
+  if (bwd_dp > 0) return mma_backward(dq, dk, dv, c.q, c.k, c.v, c.dout, lse, delta, s, bwd_dp);
+  FlashArgs a = with_shape<FlashArgs>(s);
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse_in = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   a.tile = backward_tile(s->Dh);
   const dim3 grid(unsigned((s->Lk + a.tile.bn - 1) / a.tile.bn), unsigned(s->B * s->H));

@@ -1,15 +1,15 @@
 #include "model/attention_bench.h"
 
-#include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <vector>
 
 #include "core/cuda_backend.h"
 #include "core/error.h"
+#include "cpu/bench.h"
 #include "model/dev_ops.h"
 
 namespace ncp::model {
+namespace {
 
 int attention_mode_code(const std::string& mode) {
   if (mode == "materialized") return NCP_CUDA_ATTENTION_MATERIALIZED;
@@ -17,8 +17,6 @@ int attention_mode_code(const std::string& mode) {
   if (mode == "fused-wmma") return NCP_CUDA_ATTENTION_FUSED_WMMA;
   throw Error("NCP_EINVAL", "attention bench: unknown mode '" + mode + "' (materialized, fused, fused-wmma)");
 }
-
-namespace {
 
 // Device buffer of n floats, filled with a fixed pattern in [-1, 1) (the values do not change the time, but
 // uninitialised memory could hold NaNs, which some paths take more slowly).
@@ -35,24 +33,6 @@ struct DeviceVec {
   DeviceVec& operator=(const DeviceVec&) = delete;
 };
 
-// Median seconds of `reps` calls of f, each waited for, after one untimed call (warm-up: scratch arenas, the
-// kernels' shared-memory attributes).
-template <class F>
-double median_seconds(int reps, F f) {
-  using clock = std::chrono::steady_clock;
-  f();
-  dev::synchronize();
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = clock::now();
-    f();
-    dev::synchronize();
-    times.push_back(std::chrono::duration<double>(clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 }  // namespace
 
 std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o) {
@@ -60,8 +40,9 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
     throw Error("NCP_EINVAL", "attention bench: batch, tokens, keys, heads, head dim and reps must be positive");
   if (o.modes.empty()) throw Error("NCP_EINVAL", "attention bench: no attention mode to run");
   for (const std::string& mode : o.modes) attention_mode_code(mode);  // every name checked before any work
-  if (o.device < 0) throw Error("NCP_EINVAL", "attention bench: runs on a CUDA device (--device cuda[:N]), not the CPU");
-  const dev::DeviceScope scope(o.device);
+  if (o.device < 0)
+    throw Error("NCP_EINVAL", "attention bench: runs on a CUDA device (--device cuda[:N]), not the CPU");
+  const dev::DeviceScope scope(o.device);  // NCP_ENOCUDA / NCP_EINVAL when the device cannot run
   const ncp_cuda_api* t = cuda::api();
   const cpu::AttentionShape s{o.batch, o.queries, o.keys, o.heads, o.head_dim, false};
   const int64_t nq = s.B * s.Lq * s.H * s.Dh, nk = s.B * s.Lk * s.H * s.Dh;
@@ -74,9 +55,14 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
     r.mode = mode;
     r.forward_gflop = 4.0 * double(s.B * s.H) * double(s.Lq) * double(s.Lk) * double(s.Dh) / 1e9;
     r.backward_gflop = 2.5 * r.forward_gflop;
-    r.forward_s = median_seconds(o.reps, [&] { dev::attention_forward(out.p, nullptr, q.p, k.p, v.p, s); });
-    r.backward_s = median_seconds(o.reps, [&] {
+    // Each timed call waits for the device; the warm-up call sizes the scratch arenas and the kernels' limits.
+    r.forward_s = cpu::median_seconds(o.reps, [&] {
+      dev::attention_forward(out.p, nullptr, q.p, k.p, v.p, s);
+      dev::synchronize();
+    });
+    r.backward_s = cpu::median_seconds(o.reps, [&] {
       dev::attention_backward_recompute(dq.p, dk.p, dv.p, nullptr, dout.p, q.p, k.p, v.p, s);
+      dev::synchronize();
     });
     results.push_back(r);
   }

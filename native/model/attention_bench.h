@@ -23,10 +23,8 @@ struct AttentionBenchResult {
   double backward_gflop = 0;  // 2.5 x forward (FlashAttention's convention; recomputation not counted)
 };
 
-// NCP_CUDA_ATTENTION_* (cuda/api.h) of a mode name; NCP_EINVAL naming the modes there are otherwise.
-int attention_mode_code(const std::string& mode);
-
-// Throws ncp::Error when a mode name is unknown (checked first), or the device cannot run.
+// Throws ncp::Error when an option is out of range or a mode name unknown (checked first, on any machine), or the
+// device cannot run.
 std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o);
 
 }  // namespace ncp::model

@@ -3,6 +3,7 @@
 #include "cpu/bench.h"
 #include "model/attention_bench.h"
 #include "model/unet_bench.h"
+#include "model/dev_ops.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
 #include "napi/tensor_args.h"
@@ -132,7 +133,8 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
 Napi::Value BenchAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject())
-    throw_error(env, "NCP_EINVAL", "benchAttention({ batch, tokens, heads, headDim, reps, device }): an object is required");
+    throw_error(env, "NCP_EINVAL",
+                "benchAttention({ batch, tokens, heads, headDim, reps, device }): an object is required");
   const Napi::Object o = info[0].As<Napi::Object>();
   model::AttentionBenchOptions a;
   a.batch = int64_t(number_attr(env, o, "batch", 2));
@@ -146,18 +148,18 @@ Napi::Value BenchAttention(const Napi::CallbackInfo& info) {
     const Napi::Array list = modes.As<Napi::Array>();
     a.modes.clear();
     for (uint32_t i = 0; i < list.Length(); ++i) {
-      if (!list.Get(i).IsString()) throw_error(env, "NCP_EINVAL", "benchAttention: 'modes' must be an array of strings");
+      if (!list.Get(i).IsString())
+        throw_error(env, "NCP_EINVAL", "benchAttention: 'modes' must be an array of strings");
       a.modes.push_back(list.Get(i).As<Napi::String>().Utf8Value());
     }
   } else if (!modes.IsUndefined()) {
     throw_error(env, "NCP_EINVAL", "benchAttention: 'modes' must be an array of strings");
   }
   try {
-    for (const std::string& mode : a.modes) model::attention_mode_code(mode);  // before the device: any machine
+    a.device = dev::parse_device(string_attr(env, o, "device", "cuda"));  // bench_attention checks it can run
   } catch (const Error& e) {
-    throw_error(env, e.code(), e.what());
+    throw_error(env, e.code(), std::string("benchAttention: ") + e.what());
   }
-  a.device = device_arg(env, string_attr(env, o, "device", "cuda"), "benchAttention");
   return PromiseWorker<std::vector<model::AttentionBenchResult>>::Start(
       env, [=] { return model::bench_attention(a); },
       [](Napi::Env e, std::vector<model::AttentionBenchResult>& rs) -> Napi::Value {
