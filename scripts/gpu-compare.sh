@@ -44,9 +44,9 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
   $b $sdxl_step --weights bf16 --recompute feedforward
   $b $sdxl_step --weights bf16 --recompute feedforward,qkv
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16 --gradient-checkpointing on
-  echo "== the fused bf16 step again, one repetition, every op synchronised and timed (where the time goes next)"
+  echo "== the fused bf16 step again, one repetition, device time per op kind from events (nothing synchronised), host time, launches, idle"
   NCP_CUDA_ATTENTION=fused $b step --config sdxl --latent 128 --pairs 1 --objective dpo --space ncp --device cuda \
-    --reps 1 --weights bf16 --profile on
+    --reps 1 --weights bf16 --profile gpu
   echo "== forward, batch 2, bf16 weights: plain and fused attention"
   $b $sdxl_fwd --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_fwd --weights bf16

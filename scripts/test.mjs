@@ -55,7 +55,7 @@ const emulatorEnv = {
   NCP_CUDA_LIB: join(root, 'build-test', 'libncp_cuda_emu.so'),
 };
 const emulatorRuns = [
-  ['CUDA backend on the CPU emulator (libncp_cuda_emu, emulated cuBLAS)', ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward', 'cuda: mixed precision turns'], {}, /gemm: cublas emulated on the CPU/],
+  ['CUDA backend on the CPU emulator (libncp_cuda_emu, emulated cuBLAS)', ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward', 'cuda: mixed precision turns', 'cuda: the gpu profile'], {}, /gemm: cublas emulated on the CPU/],
   ['the same, fp32 forward on the backend\'s own GEMM kernels', ['cuda status', 'cuda: U-Net forward on the GPU'], { NCP_CUDA_EMU_CUBLAS: '0' }, /gemm: ncp-tiled/],
 ];
 for (const [title, cases, env, provider] of emulatorRuns) {

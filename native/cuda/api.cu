@@ -24,6 +24,11 @@ ncp_cuda_api make_table() {
   t.memcpy_d2d = memcpy_d2d;
   t.mem_zero = mem_zero;
   t.synchronize = synchronize;
+  t.event_record = event_record;
+  t.event_query = event_query;
+  t.event_elapsed = event_elapsed;
+  t.event_release = event_release;
+  t.launch_count = launch_count;
   t.gemm = gemm;
   t.linear_forward = linear_forward;
   t.linear_backward = linear_backward;

@@ -210,6 +210,17 @@ typedef struct ncp_cuda_api {
   /* ---- the bf16 tape (mixed precision): dst = src rounded to nearest-even bf16 (n values), and back ---- */
   int (*round_to_bf16)(void* dst, const float* src, int64_t n);
   int (*widen_bf16)(float* dst, const void* src, int64_t n);
+
+  /* ---- profiling without synchronising (ncp_bench --profile gpu): device timestamps on the op stream ---- */
+  /* Records a timing event on the op stream; *id is its handle until event_release (the library pools them). */
+  int (*event_record)(int64_t* id);
+  /* *done = 1 when everything queued before the event has run, else 0; never waits. */
+  int (*event_query)(int64_t id, int32_t* done);
+  /* Milliseconds of device time between two recorded events; waits for `end`. */
+  int (*event_elapsed)(int64_t start, int64_t end, float* ms);
+  int (*event_release)(int64_t id);
+  /* Kernel and library launches made so far (each is counted where it is checked, in check_launch). */
+  int64_t (*launch_count)(void);
 } ncp_cuda_api;
 
 /* The one exported symbol. */

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "cuda/common.cuh"
 #include "cuda/entries.h"
@@ -17,6 +18,14 @@ struct Arena {
   size_t size = 0;
 };
 Arena g_arenas[4];
+
+// Profiling events: every event made so far (handles index it) and the handles free for reuse. Events are kept
+// for the life of the process; a profile needs a few thousand at most.
+std::vector<cudaEvent_t> g_events;
+std::vector<int64_t> g_free_events;
+int64_t g_launches = 0;
+
+bool valid_event(int64_t id) { return id >= 0 && id < int64_t(g_events.size()); }
 
 int status_of(cudaError_t e) {
   switch (e) {
@@ -61,6 +70,7 @@ int cuda_fail(cudaError_t e, const char* what) {
 }
 
 int check_launch(const char* op) {
+  ++g_launches;
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? NCP_CUDA_OK : cuda_fail(e, op);
 }
@@ -187,5 +197,56 @@ int synchronize() {
   const cudaError_t e = cudaDeviceSynchronize();
   return e == cudaSuccess ? NCP_CUDA_OK : cuda_fail(e, "synchronize");
 }
+
+int event_record(int64_t* id) {
+  NCP_REQUIRE(id, "event_record: null handle pointer");
+  int64_t h = -1;
+  if (!g_free_events.empty()) {
+    h = g_free_events.back();
+    g_free_events.pop_back();
+  } else {
+    cudaEvent_t e = nullptr;
+    const cudaError_t err = cudaEventCreate(&e);
+    if (err != cudaSuccess) return cuda_fail(err, "event_record (cudaEventCreate)");
+    h = int64_t(g_events.size());
+    g_events.push_back(e);
+  }
+  const cudaError_t err = cudaEventRecord(g_events[size_t(h)], 0);
+  if (err != cudaSuccess) {
+    g_free_events.push_back(h);
+    return cuda_fail(err, "event_record (cudaEventRecord)");
+  }
+  *id = h;
+  return NCP_CUDA_OK;
+}
+
+int event_query(int64_t id, int32_t* done) {
+  NCP_REQUIRE(valid_event(id) && done, "event_query: unknown event %lld or null result", (long long)id);
+  const cudaError_t e = cudaEventQuery(g_events[size_t(id)]);
+  if (e == cudaErrorNotReady) {
+    cudaGetLastError();  // "not ready" is an answer, not an error: keep it out of the next check_launch
+    *done = 0;
+    return NCP_CUDA_OK;
+  }
+  if (e != cudaSuccess) return cuda_fail(e, "event_query");
+  *done = 1;
+  return NCP_CUDA_OK;
+}
+
+int event_elapsed(int64_t start, int64_t end, float* ms) {
+  NCP_REQUIRE(valid_event(start) && valid_event(end) && ms, "event_elapsed: unknown event %lld or %lld",
+              (long long)start, (long long)end);
+  cudaError_t e = cudaEventSynchronize(g_events[size_t(end)]);
+  if (e == cudaSuccess) e = cudaEventElapsedTime(ms, g_events[size_t(start)], g_events[size_t(end)]);
+  return e == cudaSuccess ? NCP_CUDA_OK : cuda_fail(e, "event_elapsed");
+}
+
+int event_release(int64_t id) {
+  NCP_REQUIRE(valid_event(id), "event_release: unknown event %lld", (long long)id);
+  g_free_events.push_back(id);
+  return NCP_CUDA_OK;
+}
+
+int64_t launch_count() { return g_launches; }
 
 }  // namespace ncp::cuda

@@ -18,6 +18,11 @@ int memcpy_d2h(void* dst, const void* src, size_t bytes);
 int memcpy_d2d(void* dst, const void* src, size_t bytes);
 int mem_zero(void* ptr, size_t bytes);
 int synchronize();
+int event_record(int64_t* id);
+int event_query(int64_t id, int32_t* done);
+int event_elapsed(int64_t start, int64_t end, float* ms);
+int event_release(int64_t id);
+int64_t launch_count();
 
 // gemm.cu
 const char* gemm_provider();

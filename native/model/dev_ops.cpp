@@ -5,6 +5,7 @@
 #include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -63,62 +64,178 @@ void cpu_transpose(float* y, const float* x, int64_t N, int64_t rows, int64_t co
   });
 }
 
-// Per-op wall time (dev::set_profiling): each timed op waits for the device before and after itself, so the
-// figures are exact per op but the run is slower than an unprofiled one. For finding where time goes, not for
-// reporting speed.
+// Per-op profile (dev::set_profiling).
+// - Sync: each timed op waits for the device before and after itself: exact wall time per op, in a run that is
+//   slower than an unprofiled one (the device idles while the host issues every op).
+// - Gpu: nothing waits. Each op records a device event before and after itself; the report gives the device time
+//   between the two (the op's kernels, plus any time the device sat waiting for the op's launches), the host time
+//   spent issuing the op and its launch count. Wall time minus the ops' device spans is the device's idle time
+//   between ops (host work outside ops). On the CPU both modes time the op on the host.
+struct OpStats {
+  double seconds = 0, host_seconds = 0;
+  int64_t calls = 0, launches = 0;
+};
+struct PendingSpan {
+  const char* name;
+  int64_t start, end;  // device events
+};
+constexpr size_t kMaxPendingSpans = 2048;  // past this many unresolved spans, wait for the oldest
+
 struct Profile {
   std::mutex mu;
-  bool on = false;
-  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> (seconds, calls)
+  ProfileMode mode = ProfileMode::Off;
+  std::map<std::string, OpStats> ops;
+  std::deque<PendingSpan> pending;
+  bool device_spans = false;  // some op since the start ran on the device with events around it
+  std::chrono::steady_clock::time_point started, last_op_end;
 };
 Profile& profile() {
   static Profile* p = new Profile();
   return *p;
 }
 
+// Moves resolved spans (all of them when `wait`) into the per-op totals. Caller holds the lock.
+void fold_spans(Profile& p, bool wait) {
+  const ncp_cuda_api* t = cuda::api();
+  while (!p.pending.empty()) {
+    const PendingSpan s = p.pending.front();
+    if (!wait && p.pending.size() <= kMaxPendingSpans) {
+      int32_t done = 0;
+      ok(t->event_query(s.end, &done), "profile (event_query)");
+      if (!done) return;
+    }
+    float ms = 0;
+    ok(t->event_elapsed(s.start, s.end, &ms), "profile (event_elapsed)");
+    ok(t->event_release(s.start), "profile (event_release)");
+    ok(t->event_release(s.end), "profile (event_release)");
+    p.ops[s.name].seconds += ms * 1e-3;
+    p.pending.pop_front();
+  }
+}
+
 class OpTimer {
  public:
-  explicit OpTimer(const char* name) : name_(profile().on ? name : nullptr) {
-    if (!name_) return;
-    if (g_device >= 0) cuda::api()->synchronize();
+  explicit OpTimer(const char* name) {
+    Profile& p = profile();
+    if (p.mode == ProfileMode::Off) return;
+    name_ = name;
+    if (g_device >= 0) {
+      const ncp_cuda_api* t = cuda::api();
+      if (p.mode == ProfileMode::Sync) ok(t->synchronize(), "profile (synchronize)");
+      else {
+        ok(t->event_record(&start_event_), "profile (event_record)");
+        launches0_ = t->launch_count();
+      }
+    }
     t0_ = std::chrono::steady_clock::now();
   }
   ~OpTimer() {
     if (!name_) return;
-    if (g_device >= 0) cuda::api()->synchronize();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-    std::lock_guard<std::mutex> lock(profile().mu);
-    auto& e = profile().ops[name_];
-    e.first += s, e.second += 1;
+    Profile& p = profile();
+    const ncp_cuda_api* t = g_device >= 0 ? cuda::api() : nullptr;
+    const bool events = start_event_ >= 0;
+    int64_t end_event = -1;
+    if (t && events) {
+      // Errors here cannot throw (destructor): an op that failed has thrown already; a failed record drops the span.
+      if (t->event_record(&end_event) != NCP_CUDA_OK) end_event = -1;
+    } else if (t) {
+      t->synchronize();
+    }
+    const auto now = std::chrono::steady_clock::now();
+    const double host = std::chrono::duration<double>(now - t0_).count();
+    std::lock_guard<std::mutex> lock(p.mu);
+    OpStats& e = p.ops[name_];
+    e.calls += 1, e.host_seconds += host, p.last_op_end = now;
+    if (!events) {
+      e.seconds += host;
+      return;
+    }
+    e.launches += t->launch_count() - launches0_;
+    if (end_event < 0) {
+      t->event_release(start_event_);
+      return;
+    }
+    p.pending.push_back({name_, start_event_, end_event});
+    p.device_spans = true;
+    try {
+      fold_spans(p, false);
+    } catch (...) {  // reported by the next op's own check
+    }
   }
 
  private:
-  const char* name_;
+  const char* name_ = nullptr;
+  int64_t start_event_ = -1, launches0_ = 0;
   std::chrono::steady_clock::time_point t0_;
 };
 
+void clear_profile(Profile& p) {
+  if (!p.pending.empty()) fold_spans(p, true);
+  p.ops.clear();
+  p.device_spans = false;
+  p.started = p.last_op_end = std::chrono::steady_clock::now();
+}
+
 }  // namespace
 
-void set_profiling(bool on) {
+ProfileMode parse_profile_mode(const std::string& s) {
+  if (s == "off") return ProfileMode::Off;
+  if (s == "on" || s == "sync") return ProfileMode::Sync;
+  if (s == "gpu") return ProfileMode::Gpu;
+  throw Error("NCP_EINVAL", "profile mode must be off, on (= sync) or gpu, not '" + s + "'");
+}
+
+void set_profiling(ProfileMode mode) {
   std::lock_guard<std::mutex> lock(profile().mu);
-  profile().on = on;
-  profile().ops.clear();
+  clear_profile(profile());
+  profile().mode = mode;
+}
+
+void restart_profile() {
+  std::lock_guard<std::mutex> lock(profile().mu);
+  if (profile().mode != ProfileMode::Off) clear_profile(profile());
 }
 
 std::string profile_report() {
-  std::lock_guard<std::mutex> lock(profile().mu);
-  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(profile().ops.begin(), profile().ops.end());
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-  double total = 0;
-  for (const auto& r : rows) total += r.second.first;
-  std::string out;
-  char line[160];
-  for (const auto& [name, v] : rows) {
-    std::snprintf(line, sizeof line, "%-28s %9.4f s %5.1f%% %8lld calls\n", name.c_str(), v.first,
-                  total > 0 ? 100 * v.first / total : 0.0, (long long)v.second);
+  Profile& p = profile();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (!p.pending.empty()) fold_spans(p, true);
+  std::vector<std::pair<std::string, OpStats>> rows(p.ops.begin(), p.ops.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  double total = 0, host_total = 0;
+  int64_t launches = 0;
+  for (const auto& r : rows) total += r.second.seconds, host_total += r.second.host_seconds, launches += r.second.launches;
+  const bool events = p.device_spans;
+  std::string out = events ? "per-op device time (nothing synchronised: device events around each op; host s = time "
+                             "spent issuing the op):\n"
+                           : "per-op time (every op synchronised):\n";
+  char line[200];
+  if (events) {
+    std::snprintf(line, sizeof line, "%-32s %9s %6s %9s %8s %9s\n", "op", "device s", "%", "host s", "calls",
+                  "launches");
     out += line;
   }
-  std::snprintf(line, sizeof line, "%-28s %9.4f s\n", "total in ops", total);
+  for (const auto& [name, v] : rows) {
+    if (events)
+      std::snprintf(line, sizeof line, "%-32s %9.4f %5.1f%% %9.4f %8lld %9lld\n", name.c_str(), v.seconds,
+                    total > 0 ? 100 * v.seconds / total : 0.0, v.host_seconds, (long long)v.calls,
+                    (long long)v.launches);
+    else
+      std::snprintf(line, sizeof line, "%-28s %9.4f s %5.1f%% %8lld calls\n", name.c_str(), v.seconds,
+                    total > 0 ? 100 * v.seconds / total : 0.0, (long long)v.calls);
+    out += line;
+  }
+  if (!events) {
+    std::snprintf(line, sizeof line, "%-28s %9.4f s\n", "total in ops", total);
+    return out + line;
+  }
+  const double wall = std::chrono::duration<double>(p.last_op_end - p.started).count();
+  std::snprintf(line, sizeof line, "%-32s %9.4f %6s %9.4f %8s %9lld\n", "total in ops", total, "", host_total, "",
+                (long long)launches);
+  out += line;
+  std::snprintf(line, sizeof line,
+                "wall time from the profile's start to the last op: %.4f s; device idle between ops: %.4f s (%.1f%%)\n",
+                wall, std::max(0.0, wall - total), wall > 0 ? 100 * std::max(0.0, wall - total) / wall : 0.0);
   return out + line;
 }
 

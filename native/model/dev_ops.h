@@ -73,9 +73,15 @@ void synchronize();
 // reset, on all devices together.
 int64_t device_bytes_peak();
 void reset_device_peak();
-// Per-op wall-time profile of every dev:: op from now on (clears what was recorded); the report lists ops by
-// total time. Each profiled op waits for the device, so profile runs are slower than normal ones.
-void set_profiling(bool on);
+// Per-op profile of every dev:: op from now on (clears what was recorded); the report lists ops by total time.
+// Sync: each profiled op waits for the device before and after itself (exact per op, slower runs). Gpu: nothing
+// waits; device events around each op give its device time, beside the host time spent issuing it, its launch
+// count, and the device's idle time between ops (model/dev_ops.cpp, Profile).
+enum class ProfileMode { Off, Sync, Gpu };
+ProfileMode parse_profile_mode(const std::string& s);  // off | on (= sync) | sync | gpu
+void set_profiling(ProfileMode mode);
+// Clears what was recorded and keeps profiling (benchmarks call it after their warm-up); no-op when off.
+void restart_profile();
 std::string profile_report();
 
 // ---- ops (see cpu/ops.h for shapes and semantics; backward functions ADD into their outputs) ----

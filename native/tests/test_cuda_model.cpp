@@ -235,6 +235,50 @@ NCP_TEST("cuda: running out of device memory is NCP_ENOMEM naming the size asked
   }
 }
 
+// ncp_bench --profile gpu: device events around each op, nothing synchronised. The report must count every call
+// and launch of the ops run, restart cleanly, and account the wall time as op spans plus idle time.
+NCP_TEST("cuda: the gpu profile counts each op's calls and launches from device events") {
+  if (!gpu_or_skip()) return;
+  dev::DeviceScope device(0);
+  const int64_t n = 4096;
+  float* a = dev::alloc(n);
+  float* b = dev::alloc(n);
+  dev::zero(a, n);
+  dev::set_profiling(dev::ProfileMode::Gpu);
+  dev::add_forward(b, a, a, n);  // before the restart: must not be counted
+  dev::restart_profile();
+  for (int i = 0; i < 3; ++i) dev::add_forward(b, a, a, n);
+  dev::activation_forward(cpu::Activation::SiLU, a, b, n);
+  const std::string report = dev::profile_report();
+  dev::set_profiling(dev::ProfileMode::Off);
+  dev::free(a);
+  dev::free(b);
+  std::printf("%s", report.c_str());
+  const auto row = [&](const std::string& op) {
+    const size_t at = report.find("\n" + op + " ");
+    return at == std::string::npos ? std::string() : report.substr(at + 1, report.find('\n', at + 1) - at - 1);
+  };
+  // Columns: op, device s, %, host s, calls, launches.
+  const auto fields = [](const std::string& line) {
+    std::vector<std::string> out;
+    size_t at = 0;
+    while ((at = line.find_first_not_of(' ', at)) != std::string::npos) {
+      const size_t end = std::min(line.find(' ', at), line.size());
+      out.push_back(line.substr(at, end - at));
+      at = end;
+    }
+    return out;
+  };
+  NCP_EXPECT(report.find("device events") != std::string::npos, "not an event profile:\n" << report);
+  const auto add = fields(row("add_forward")), act = fields(row("activation_forward"));
+  NCP_EXPECT(add.size() == 6 && add[4] == "3" && add[5] == "3", "add_forward row: " << row("add_forward"));
+  NCP_EXPECT(act.size() == 6 && act[4] == "1" && act[5] == "1", "activation_forward row: " << row("activation_forward"));
+  NCP_EXPECT(add.size() == 6 && std::atof(add[1].c_str()) > 0 && std::atof(add[3].c_str()) > 0,
+             "device or host time not positive: " << row("add_forward"));
+  NCP_EXPECT(row("zero").empty(), "an op before the profile started was counted");
+  NCP_EXPECT(report.find("device idle between ops") != std::string::npos, "no idle-time line");
+}
+
 NCP_TEST("cuda: asking for a device that cannot run names why") {
   if (cuda::status().usable) {
     try {

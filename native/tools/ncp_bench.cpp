@@ -4,7 +4,9 @@
 //   ncp_bench unet --config sd15|sdxl --latent 64 --batch 2 [--device cuda] [--reps 5] [--peak-tflops 989]
 //   ncp_bench step --config sd15|sdxl --latent 64 --pairs 1 --objective dpo --space ncp [--device cuda] [--reps 3]
 //             [--gradient-checkpointing on] [--recompute feedforward,qkv] [--weights f32|bf16|fp16] [--tape f32|bf16]
-//   --profile on: also print the time per op kind (each op synchronised: slower than the plain figures)
+//   --profile on|gpu: also print the time per op kind over the timed runs. on: each op synchronised (slower than the
+//             plain figures); gpu: device events around each op, nothing synchronised (device time, host time and
+//             launches per op kind, and how long the device sat idle between ops)
 //   ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 --device cuda [--reps 10]
 //             [--modes materialized,fused,fused-wmma]: the attention op alone under each CUDA attention mode
 //
@@ -87,8 +89,9 @@ int main(int argc, char** argv) {
     const bool bf16 = weights == "bf16";
     const ncp::DType matrices = bf16 ? ncp::DType::BF16 : weights == "fp16" ? ncp::DType::F16 : ncp::DType::F32;
     ncp::dev::require_device(device);
-    const bool profiling = arg(argc, argv, "--profile", "off") == "on";
-    if (profiling) ncp::dev::set_profiling(true);
+    const ncp::dev::ProfileMode profile_mode = ncp::dev::parse_profile_mode(arg(argc, argv, "--profile", "off"));
+    const bool profiling = profile_mode != ncp::dev::ProfileMode::Off;
+    if (profiling) ncp::dev::set_profiling(profile_mode);
     const std::string dev_name = device < 0 ? "cpu" : ncp::cuda::status().device;
     // Which attention kernels a CUDA run used (NCP_CUDA_ATTENTION), so logs say what was measured.
     const std::string attention = device < 0 ? "cpu" : ncp::cuda::status().attention;
@@ -129,8 +132,7 @@ int main(int argc, char** argv) {
                   r.device_peak_bytes / (1 << 30), r.peak_rss_bytes / (1 << 30), r.activation_peak_bytes / (1 << 30),
                   r.activation_held_bytes / (1 << 30), (long long)r.lora_parameters);
     }
-    if (profiling) std::printf("per-op time (every op synchronised; warm-up and timed runs together):\n%s",
-                               ncp::dev::profile_report().c_str());
+    if (profiling) std::printf("timed runs only (the warm-up is not counted); %s", ncp::dev::profile_report().c_str());
   } catch (const ncp::Error& e) {
     std::fprintf(stderr, "ncp_bench: %s: %s\n", e.code().c_str(), e.what());
     return 1;

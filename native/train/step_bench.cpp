@@ -82,6 +82,7 @@ StepBenchResult bench_step(const StepBenchOptions& o) {
   StepBenchResult r;
   r.lora_parameters = trainer.lora().num_params();
   trainer.step({d});  // warm-up: size every buffer once
+  dev::restart_profile();
   model::activation_cache::reset_peak(device);
   struct rusage before {};
   getrusage(RUSAGE_SELF, &before);
