@@ -26,7 +26,8 @@ torch_bench() { timeout "$limit" python3 bench/pytorch/gpu_step_bench.py --steps
 export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoRA) on TF32, as PyTorch's autocast
 {
   echo "== attention alone, batch 2: SDXL 1024² (4096 tokens x 10 heads, 1024 x 20; head dim 64), SD1.5 512² (4096 x 8"
-  echo "   heads of 40): ours under each mode (materialized, fused = mma.sync kernels, fused-wmma), then PyTorch's SDPA bf16"
+  echo "   heads of 40): ours under each mode (materialized; fused = mma.sync kernels; fused-async, fused-async8 = the"
+  echo "   same with a double-buffered cp.async forward, 4 or 8 warps; fused-wmma), then PyTorch's SDPA bf16"
   for shape in "--tokens 4096 --heads 10 --head-dim 64" "--tokens 1024 --heads 20 --head-dim 64" \
                "--tokens 4096 --heads 8 --head-dim 40"; do
     $b attention --batch 2 $shape --device cuda --reps 10
@@ -35,10 +36,13 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
     --shape 4096x8x40 --reps 10
 } 2>&1 | tee "$log/2-attention.txt"
 {
-  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync, then WMMA kernels),"
+  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync; its double-buffered"
+  echo "   forwards, 4 and 8 warps; WMMA kernels),"
   echo "   + recompute, + checkpointing"
   $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16
+  NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16
+  NCP_CUDA_ATTENTION=fused-async8 $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-wmma $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16 --recompute feedforward,qkv
   $b $sdxl_step --weights bf16 --recompute feedforward

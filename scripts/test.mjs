@@ -55,7 +55,7 @@ const emulatorEnv = {
   NCP_CUDA_LIB: join(root, 'build-test', 'libncp_cuda_emu.so'),
 };
 const emulatorRuns = [
-  ['CUDA backend on the CPU emulator (libncp_cuda_emu, emulated cuBLAS)', ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward', 'cuda: mixed precision turns', 'cuda: the gpu profile'], {}, /gemm: cublas emulated on the CPU/],
+  ['CUDA backend on the CPU emulator (libncp_cuda_emu, emulated cuBLAS)', ['cuda status', 'cuda parity', 'cuda errors', 'cuda: U-Net forward', 'cuda: mixed precision turns', 'cuda: the gpu profile', 'cuda: the double-buffered attention'], {}, /gemm: cublas emulated on the CPU/],
   ['the same, fp32 forward on the backend\'s own GEMM kernels', ['cuda status', 'cuda: U-Net forward on the GPU'], { NCP_CUDA_EMU_CUBLAS: '0' }, /gemm: ncp-tiled/],
 ];
 for (const [title, cases, env, provider] of emulatorRuns) {
@@ -78,7 +78,7 @@ for (const [title, cases, env, provider] of emulatorRuns) {
   const lines = (run.stdout ?? '').split('\n').filter((l) => l.startsWith('{')).map(parse);
   const modes = lines.map((l) => l.mode).join(',');
   const timed = lines.every((l) => l.forward_ms > 0 && l.backward_ms > 0 && /emulator/.test(l.device));
-  if (run.status === 0 && modes === 'materialized,fused,fused-wmma' && timed) passed += 1;
+  if (run.status === 0 && modes === 'materialized,fused,fused-async,fused-async8,fused-wmma' && timed) passed += 1;
   else {
     console.error(`ncp test: ncp_bench attention printed modes '${modes}' (status ${run.status})`);
     failed += 1;

@@ -5,7 +5,7 @@ import type { AttentionBenchOptions, AttentionBenchResult } from './native.js';
 import { unetLoraForwardFile } from './unet-lora.js';
 import type { NativeTextEncoder, NativeVae, TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
 
-export type { UNetBenchResult, AttentionBenchOptions, AttentionBenchResult } from './native.js';
+export type { UNetBenchResult, AttentionBenchOptions, AttentionBenchResult, AttentionMode } from './native.js';
 export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
 export type UNet = NativeUNet;
 export type { TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
@@ -78,7 +78,7 @@ export async function benchUNet(preset: 'sd15' | 'sdxl', latent = 32, batch = 2,
 
 /**
  * Median seconds of the attention op alone (forward, and the recomputing backward) under each CUDA attention mode
- * (materialized, fused, fused-wmma) on one shape. Rejects with NCP_EINVAL on a device other than CUDA, NCP_ENOCUDA
+ * (materialized, fused, fused-async, fused-async8, fused-wmma) on one shape. Rejects with NCP_EINVAL on a device other than CUDA, NCP_ENOCUDA
  * when the backend is not usable.
  */
 export async function benchAttention(options: AttentionBenchOptions = {}): Promise<AttentionBenchResult[]> {

@@ -22,7 +22,7 @@ export interface CudaStatus {
   driverVersion: number;
   runtimeVersion: number;
   gemm: string;
-  /** CUDA attention kernels: "materialized (float)", or "fused ..." / "fused-wmma ..." as NCP_CUDA_ATTENTION chose. */
+  /** CUDA attention kernels: "materialized (float)", or "fused ..." / "fused-async ..." / "fused-wmma ..." as NCP_CUDA_ATTENTION chose. */
   attention: string;
   reason: string;
 }
@@ -140,9 +140,16 @@ export interface NativeVae {
   config(): VaeConfigSummary;
 }
 
+/**
+ * CUDA attention kernels (NCP_CUDA_ATTENTION): materialized (float), fused (register-level mma.sync flash
+ * kernels), fused-async / fused-async8 (the same, with a double-buffered cp.async forward, 4 or 8 warps a block),
+ * fused-wmma (the WMMA flash kernels).
+ */
+export type AttentionMode = 'materialized' | 'fused' | 'fused-async' | 'fused-async8' | 'fused-wmma';
+
 /** One attention mode's times in `benchAttention` (forward without saved probabilities; recomputing backward). */
 export interface AttentionBenchResult {
-  mode: 'materialized' | 'fused' | 'fused-wmma';
+  mode: AttentionMode;
   forwardSeconds: number;
   backwardSeconds: number;
   /** 4 B H Lq Lk Dh; the backward's is 2.5 times that (FlashAttention's convention, recomputation not counted). */

@@ -52,7 +52,7 @@ test('benchAttention refuses the CPU and unknown modes, naming them', async (t) 
   t.regex(cpu.message, /runs on a CUDA device/);
   const mode = await t.throwsAsync(() => benchAttention({ modes: ['flash'], tokens: 8 }));
   t.is(mode.code, 'NCP_EINVAL');
-  t.regex(mode.message, /unknown mode 'flash' \(materialized, fused, fused-wmma\)/);
+  t.regex(mode.message, /unknown mode 'flash' \(materialized, fused, fused-async, fused-async8, fused-wmma\)/);
   const far = await t.throwsAsync(() => benchAttention({ device: 'cuda:99', tokens: 8, heads: 1, headDim: 8 }));
   t.regex(far.message, cuda.usable ? /cuda:99 asked for, but \d+ CUDA device\(s\) are visible/ : /cuda:99 asked for, but the CUDA backend is not usable/);
 });

@@ -99,11 +99,27 @@ struct Probe {
 
 }  // namespace
 
+int attention_mode_code(const std::string& name) {
+  if (name == "materialized") return NCP_CUDA_ATTENTION_MATERIALIZED;
+  if (name == "fused") return NCP_CUDA_ATTENTION_FUSED;
+  if (name == "fused-async") return NCP_CUDA_ATTENTION_FUSED_ASYNC;
+  if (name == "fused-async8") return NCP_CUDA_ATTENTION_FUSED_ASYNC8;
+  if (name == "fused-wmma") return NCP_CUDA_ATTENTION_FUSED_WMMA;
+  return -1;
+}
+
 std::string attention_mode_name(int mode) {
   switch (mode) {
     case NCP_CUDA_ATTENTION_FUSED:
       return "fused (bf16 tensor cores: mma.sync kernels; WMMA backward past head dim 128) for >= 128 keys, else "
              "materialized";
+    case NCP_CUDA_ATTENTION_FUSED_ASYNC:
+    case NCP_CUDA_ATTENTION_FUSED_ASYNC8:
+      return std::string(mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ? "fused-async" : "fused-async8") +
+             " (bf16 tensor cores: mma.sync kernels, the forward's k and v tiles by cp.async, double-buffered, " +
+             (mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ? "4" : "8") +
+             " warps a block, for head dims that are multiples of 8; WMMA backward past head dim 128) for >= 128 "
+             "keys, else materialized";
     case NCP_CUDA_ATTENTION_FUSED_WMMA:
       return "fused-wmma (bf16 tensor cores: WMMA forward and backward) for >= 128 keys, else materialized";
     default:
@@ -155,15 +171,15 @@ Probe probe() {
   // PyTorch's allow_tf32. Off by default so that the GPU matches the CPU to float32 rounding.
   if (const char* tf32 = std::getenv("NCP_CUDA_TF32"); tf32 && std::string(tf32) == "1") t->set_tf32(1);
   // NCP_CUDA_ATTENTION=fused: flash-style attention kernels (cuda/flash_attention.h) for self-attention shapes,
-  // the register-level (mma.sync) ones; fused-wmma: the WMMA ones. bf16 products, so off by default like TF32.
+  // the register-level (mma.sync) ones; fused-async / fused-async8: the same with a double-buffered forward;
+  // fused-wmma: the WMMA ones. bf16 products, so off by default like TF32.
   const std::string attention = std::getenv("NCP_CUDA_ATTENTION") ? std::getenv("NCP_CUDA_ATTENTION") : "";
-  s.attention_mode = attention == "fused"        ? NCP_CUDA_ATTENTION_FUSED
-                     : attention == "fused-wmma" ? NCP_CUDA_ATTENTION_FUSED_WMMA
-                                                 : NCP_CUDA_ATTENTION_MATERIALIZED;
+  const int code = attention_mode_code(attention);
+  s.attention_mode = code >= 0 ? code : NCP_CUDA_ATTENTION_MATERIALIZED;
   t->set_fused_attention(s.attention_mode);
   s.attention = attention_mode_name(s.attention_mode);
-  if (!attention.empty() && attention != "materialized" && s.attention_mode == NCP_CUDA_ATTENTION_MATERIALIZED)
-    s.attention += " (NCP_CUDA_ATTENTION=" + attention + " not recognised: fused, fused-wmma or materialized)";
+  if (!attention.empty() && code < 0)
+    s.attention += " (NCP_CUDA_ATTENTION=" + attention + " not recognised: " + kAttentionModeNames + ")";
   s.gemm_provider = t->gemm_provider();
   s.usable = true;
   p.table = t;

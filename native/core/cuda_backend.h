@@ -31,6 +31,9 @@ struct Status {
 
 // What status().attention says of an attention mode.
 std::string attention_mode_name(int mode);
+// NCP_CUDA_ATTENTION_* for a mode's name (kAttentionModeNames), -1 for any other name.
+int attention_mode_code(const std::string& name);
+inline constexpr const char* kAttentionModeNames = "materialized, fused, fused-async, fused-async8, fused-wmma";
 
 // Probes once, on first call (thread-safe); later calls return the same result. The search order for the
 // library: $NCP_CUDA_LIB (a file, or a directory holding libncp_cuda.so), then the directory of the module

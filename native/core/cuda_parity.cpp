@@ -628,12 +628,16 @@ struct FusedAttentionOn {
 // level), causal with more keys than queries (key tiles no query row sees), a head dim of 256 (the largest; the
 // smaller backward tiles on Hopper), a head dim that is not a multiple of 4 (the scalar loads), and one with fewer
 // keys than kFusedMinKeys (77: cross-attention's text tokens), which must keep the float path and its float bound
-// in the same mode. Both modes: `fused` (the register-level mma.sync kernels; head dims 160 and 256 take the WMMA
-// backward) and `fused-wmma`.
+// in the same mode. Every fused mode: `fused` (the register-level mma.sync kernels; head dims 160 and 256 take the
+// WMMA backward), `fused-async` and `fused-async8` (the double-buffered forwards where the head dim is a multiple
+// of 8: 40, 64, 160 here; 256 and 18 keep the plain one) and `fused-wmma`.
 void fused_attention_cases(Recorder& r, int mode) {
   const ncp_cuda_api* t = r.api();
   const FusedAttentionOn on(t, mode);
-  const std::string name = mode == NCP_CUDA_ATTENTION_FUSED_WMMA ? "fused-wmma" : "fused";
+  const std::string name = mode == NCP_CUDA_ATTENTION_FUSED_WMMA     ? "fused-wmma"
+                           : mode == NCP_CUDA_ATTENTION_FUSED_ASYNC  ? "fused-async"
+                           : mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8 ? "fused-async8"
+                                                                     : "fused";
   uint64_t seed = 900;
   for (const cpu::AttentionShape s :
        {cpu::AttentionShape{2, 67, 150, 3, 40, false}, cpu::AttentionShape{1, 150, 150, 2, 64, true},
@@ -704,6 +708,8 @@ std::vector<ParityResult> parity_check() {
   training_cases(all);
   fused_attention_cases(all, NCP_CUDA_ATTENTION_FUSED);
   fused_attention_cases(all, NCP_CUDA_ATTENTION_FUSED_WMMA);
+  fused_attention_cases(all, NCP_CUDA_ATTENTION_FUSED_ASYNC);
+  fused_attention_cases(all, NCP_CUDA_ATTENTION_FUSED_ASYNC8);
   check(t, t->synchronize(), "synchronize");
   std::vector<ParityResult> results = all.results;
   if (std::strncmp(t->gemm_provider(), "cublas", 6) == 0) {

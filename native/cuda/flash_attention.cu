@@ -81,6 +81,16 @@ struct HeadDims {
 // The backward's accumulators spill past kMmaBackwardMaxHeadDim: larger head dims keep WMMA's backward.
 using MmaForwardDims = HeadDims<MmaSmem, 32, 48, 64, 80, 96, 128, 160, 256>;
 using MmaBackwardDims = HeadDims<MmaBackwardSmem, 32, 48, 64, 80, 96, 128>;
+// The double-buffered forwards, for the head dims of SD (40 -> 48, 64, 80, 160) and 128 only: each instantiation
+// costs compile time, and other head dims take the plain kernel.
+using MmaAsync4Dims = HeadDims<MmaForwardSmem<4, 2>, 48, 64, 80, 128, 160>;
+using MmaAsync8Dims = HeadDims<MmaForwardSmem<8, 2>, 48, 64, 80, 128, 160>;
+using MmaAsyncBackwardDims = HeadDims<MmaBackwardAsyncSmem, 48, 64, 80, 128>;
+
+bool mma_mode(int mode) {
+  return mode == NCP_CUDA_ATTENTION_FUSED || mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ||
+         mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8;
+}
 
 // The shape fields every kernel's arguments share.
 template <class Args>
@@ -92,10 +102,30 @@ Args with_shape(const ncp_cuda_attention_shape* s) {
   return a;
 }
 
+// The double-buffered forward with kWarps warps (16 query rows each) for a head dim in Dims.
+template <int kWarps, class Dims>
+int mma_forward_async(const MmaForwardArgs& a, const ncp_cuda_attention_shape* s, int dp, const char* op) {
+  constexpr int rows = 16 * kWarps;
+  const dim3 grid(unsigned((a.Lq + rows - 1) / rows), unsigned(s->B * s->H));
+  return Dims::dispatch(op, dp, [&](auto d) {
+    constexpr int DP = decltype(d)::value;
+    static int limit_set = 0;  // one per instantiation, as the attribute is per kernel
+    return launch(op, flash_mma_forward_kernel<DP, kWarps, true>, limit_set, grid, 32 * kWarps,
+                  MmaForwardSmem<kWarps, 2>(DP).total, a);
+  });
+}
+
 int mma_forward(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                 const ncp_cuda_attention_shape* s, int dp) {
   MmaForwardArgs a = with_shape<MmaForwardArgs>(s);
   a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse;
+  // The double-buffered kernels copy 16-byte row segments: the head dim (and so H * Dh) a multiple of 8, and a
+  // padded head dim they are compiled for that is the one the plain kernel would use.
+  const bool aligned = s->Dh % 8 == 0;
+  if (g_mode == NCP_CUDA_ATTENTION_FUSED_ASYNC && aligned && MmaAsync4Dims::pick(s->Dh) == dp)
+    return mma_forward_async<4, MmaAsync4Dims>(a, s, dp, "fused attention forward (mma, cp.async, 4 warps)");
+  if (g_mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8 && aligned && MmaAsync8Dims::pick(s->Dh) == dp)
+    return mma_forward_async<8, MmaAsync8Dims>(a, s, dp, "fused attention forward (mma, cp.async, 8 warps)");
   const dim3 grid(unsigned((a.Lq + kMmaBlockRows - 1) / kMmaBlockRows), unsigned(s->B * s->H));
   const char* op = "fused attention forward (mma)";
   return MmaForwardDims::dispatch(op, dp, [&](auto d) {
@@ -111,6 +141,16 @@ int mma_backward(float* dq, float* dk, float* dv, const uint16_t* q, const uint1
   MmaBackwardArgs a = with_shape<MmaBackwardArgs>(s);
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   const dim3 grid(unsigned((a.Lk + kMmaBlockKeys - 1) / kMmaBlockKeys), unsigned(s->B * s->H));
+  if ((g_mode == NCP_CUDA_ATTENTION_FUSED_ASYNC || g_mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8) && s->Dh % 8 == 0 &&
+      MmaAsyncBackwardDims::pick(s->Dh) == dp) {
+    const char* op = "fused attention backward (mma, cp.async)";
+    return MmaAsyncBackwardDims::dispatch(op, dp, [&](auto d) {
+      constexpr int DP = decltype(d)::value;
+      static int limit_set = 0;
+      return launch(op, flash_mma_backward_kernel<DP, true>, limit_set, grid, kMmaThreads,
+                    MmaBackwardAsyncSmem(DP).total, a);
+    });
+  }
   const char* op = "fused attention backward (mma)";
   return MmaBackwardDims::dispatch(op, dp, [&](auto d) {
     constexpr int DP = decltype(d)::value;
@@ -164,8 +204,7 @@ int wmma_forward(float* out, float* lse, const float* q, const float* k, const f
 }  // namespace
 
 int set_fused_attention(int32_t mode) {
-  NCP_REQUIRE(mode == NCP_CUDA_ATTENTION_MATERIALIZED || mode == NCP_CUDA_ATTENTION_FUSED ||
-                  mode == NCP_CUDA_ATTENTION_FUSED_WMMA,
+  NCP_REQUIRE(mode == NCP_CUDA_ATTENTION_MATERIALIZED || mode == NCP_CUDA_ATTENTION_FUSED_WMMA || mma_mode(mode),
               "set_fused_attention: unknown mode %d", int(mode));
   g_mode = mode;
   return NCP_CUDA_OK;
@@ -181,7 +220,7 @@ int fused_attention_forward(float* out, float* lse, const float* q, const float*
   NCP_REQUIRE(shape_supported(s, false), "fused attention: shape not supported (Lk %lld, Dh %lld)",
               (long long)s->Lk, (long long)s->Dh);
   if (s->B == 0 || s->Lq == 0) return NCP_CUDA_OK;
-  if (g_mode == NCP_CUDA_ATTENTION_FUSED)
+  if (mma_mode(g_mode))
     if (const int dp = MmaForwardDims::pick(s->Dh); dp > 0) {
       Bf16Inputs c;
       NCP_TRY(bf16_inputs(&c, q, k, v, nullptr, s));
@@ -206,8 +245,8 @@ int fused_attention_backward_recompute(float* dq, float* dk, float* dv, float* o
   float *lse = buf, *delta = buf + rows;
   if (!out) out = buf + 2 * rows;
   const bool grads = dq || dk || dv;
-  const int fwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED ? MmaForwardDims::pick(s->Dh) : 0;
-  const int bwd_dp = g_mode == NCP_CUDA_ATTENTION_FUSED && grads ? MmaBackwardDims::pick(s->Dh) : 0;
+  const int fwd_dp = mma_mode(g_mode) ? MmaForwardDims::pick(s->Dh) : 0;
+  const int bwd_dp = mma_mode(g_mode) && grads ? MmaBackwardDims::pick(s->Dh) : 0;
   Bf16Inputs c;
   if (fwd_dp > 0) NCP_TRY(bf16_inputs(&c, q, k, v, bwd_dp > 0 ? dout : nullptr, s));
   NCP_TRY(fwd_dp > 0 ? mma_forward(out, lse, c.q, c.k, c.v, s, fwd_dp) : wmma_forward(out, lse, q, k, v, s));

@@ -46,17 +46,25 @@ constexpr int kMmaBlockRows = 64;   // query rows per block, 16 per warp
 constexpr int kMmaBlockKeys = 64;   // key rows per shared-memory tile
 constexpr int kMmaPad = 8;          // bf16 elements of row padding: ldmatrix's 8 row reads hit different banks
 
-// Byte offsets of the q, k and v tiles in shared memory (bf16, row-major, rows DP + kMmaPad apart).
+// Byte offsets of the q, k and v tiles in shared memory (bf16, row-major, rows DP + kMmaPad apart): q_rows query
+// rows, then `stages` buffers of kMmaBlockKeys key rows for k, then as many for v (stage s at k + s * stage).
 struct MmaSmem {
-  size_t q, k, v, total;
+  size_t q, k, v, stage, total;
   int ld;
-  __host__ __device__ explicit MmaSmem(int dp) : ld(dp + kMmaPad) {
+  __host__ __device__ explicit MmaSmem(int dp, int q_rows = kMmaBlockRows, int stages = 1) : ld(dp + kMmaPad) {
     const size_t rows_bytes = size_t(ld) * 2;
+    stage = size_t(kMmaBlockKeys) * rows_bytes;
     q = 0;
-    k = q + size_t(kMmaBlockRows) * rows_bytes;
-    v = k + size_t(kMmaBlockKeys) * rows_bytes;
-    total = v + size_t(kMmaBlockKeys) * rows_bytes;
+    k = q + size_t(q_rows) * rows_bytes;
+    v = k + size_t(stages) * stage;
+    total = v + size_t(stages) * stage;
   }
+};
+// The forward's layout for kWarps warps (16 query rows each) and kStages k/v buffers (2: loads of the next tile
+// overlap the products of this one).
+template <int kWarps, int kStages>
+struct MmaForwardSmem : MmaSmem {
+  __host__ __device__ explicit MmaForwardSmem(int dp) : MmaSmem(dp, 16 * kWarps, kStages) {}
 };
 
 __device__ inline uint16_t bf16_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
@@ -191,6 +199,51 @@ __device__ inline void load_tile_bf16(uint16_t* dst, int ld, const uint16_t* src
   }
 }
 
+// ---- asynchronous copies (sm_80+): global -> shared without passing through registers, so a block can load
+// the next tile while its warps multiply the current one. Emulated on the CPU by queueing each thread's copies
+// and making them at its wait, so code that reads a tile before waiting for it reads stale data there too.
+
+// 16 bytes from src to dst (both 16-byte aligned), or 16 zero bytes when !valid (src is then not read).
+__device__ inline void cp_async_16(uint16_t* dst, const uint16_t* src, bool valid) {
+#if defined(__CUDA_ARCH__)
+  const unsigned address = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#elif !defined(__CUDACC__)
+  ncp_emu::cp_async(dst, src, valid ? 16 : 0, 16);
+#endif
+}
+// Closes the calling thread's group of copies issued since the last commit.
+__device__ inline void cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif !defined(__CUDACC__)
+  ncp_emu::cp_async_commit();
+#endif
+}
+// Waits until at most kPending of the calling thread's committed groups (the newest) are still in flight. Other
+// threads' copies are visible after a barrier that every thread reaches after its own wait.
+template <int kPending>
+__device__ inline void cp_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#elif !defined(__CUDACC__)
+  ncp_emu::cp_async_wait(kPending);
+#endif
+}
+
+// load_tile_bf16 (bf16 source) through cp.async: zero past `valid` rows and past dh columns. Needs dh and the row
+// stride to be multiples of 8 (16-byte rows segments, all inside dh or all past it); the launch code checks.
+__device__ inline void load_tile_async(uint16_t* dst, int ld, const uint16_t* src, int64_t stride, int row0,
+                                       int valid, int rows, int dh, int dp) {
+  const int groups = dp / 8;
+  for (int idx = threadIdx.x; idx < rows * groups; idx += blockDim.x) {
+    const int r = idx / groups, d = (idx % groups) * 8;
+    const bool inside = row0 + r < valid && d < dh;
+    cp_async_16(dst + r * ld + d, inside ? src + int64_t(row0 + r) * stride + d : src, inside);
+  }
+}
+
 __device__ inline float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -208,19 +261,23 @@ struct MmaForwardArgs {
   bool causal;
 };
 
-// grid (query tiles of kMmaBlockRows, B*H), kMmaThreads threads, MmaSmem(DP).total bytes of dynamic shared memory.
-// The online softmax runs in base 2 (scores times scale * log2 e, exp2): one multiply fewer per score.
-template <int DP>
-__global__ void __launch_bounds__(kMmaThreads) flash_mma_forward_kernel(MmaForwardArgs a) {
+// grid (query tiles of 16 kWarps rows, B*H), 32 kWarps threads, MmaForwardSmem<kWarps, kAsync ? 2 : 1>(DP).total
+// bytes of dynamic shared memory. The online softmax runs in base 2 (scores times scale * log2 e, exp2): one
+// multiply fewer per score.
+// kAsync: k and v tiles come in by cp.async into two buffers, tile i+1's copies issued before tile i's products,
+// so they overlap (one barrier per tile); needs Dh and H*Dh to be multiples of 8 (load_tile_async). Without it,
+// each tile is loaded through registers between two barriers, and the overlap comes only from other blocks on the
+// SM. kWarps 8 (128 query rows) halves the k and v tile loads per query row against 4, for twice the registers
+// per block. Which is faster is for a GPU to say (ncp_bench attention, the fused-async modes).
+template <int DP, int kWarps = 4, bool kAsync = false>
+__global__ void __launch_bounds__(32 * kWarps) flash_mma_forward_kernel(MmaForwardArgs a) {
   static_assert(DP % 16 == 0 && DP <= 256, "the padded head dim is a multiple of 16, at most 256");
-  constexpr int kScoreTiles = kMmaBlockKeys / 8, kOutTiles = DP / 8;
+  constexpr int kScoreTiles = kMmaBlockKeys / 8, kOutTiles = DP / 8, kRows = 16 * kWarps;
   NCP_DYNAMIC_SHARED(smem);
-  const MmaSmem L(DP);
+  const MmaForwardSmem<kWarps, kAsync ? 2 : 1> L(DP);
   uint16_t* Qs = reinterpret_cast<uint16_t*>(smem + L.q);
-  uint16_t* Ks = reinterpret_cast<uint16_t*>(smem + L.k);
-  uint16_t* Vs = reinterpret_cast<uint16_t*>(smem + L.v);
   const int ld = L.ld;
-  const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H, q0 = blockIdx.x * kMmaBlockRows;
+  const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H, q0 = blockIdx.x * kRows;
   const int64_t HD = int64_t(a.H) * a.Dh;
   const uint16_t* qb = a.q + int64_t(b) * a.Lq * HD + int64_t(h) * a.Dh;
   const uint16_t* kb = a.k + int64_t(b) * a.Lk * HD + int64_t(h) * a.Dh;
@@ -231,17 +288,41 @@ __global__ void __launch_bounds__(kMmaThreads) flash_mma_forward_kernel(MmaForwa
   // ldmatrix row addresses: lane's matrix j = lane / 8 and its row lane % 8 in it (see the uses below).
   const int mj = lane >> 3, mr = lane & 7;
 
-  load_tile_bf16(Qs, ld, qb, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
+  const int k_end = a.causal ? min(a.Lk, q0 + kRows) : a.Lk;  // causal: later keys are masked for all rows
+  const int n_tiles = (k_end + kMmaBlockKeys - 1) / kMmaBlockKeys;
+  // Stage `st`'s k and v buffers, and the copies of key tile `i` into them.
+  const auto k_tile = [&](int st) { return reinterpret_cast<uint16_t*>(smem + L.k + size_t(st) * L.stage); };
+  const auto v_tile = [&](int st) { return reinterpret_cast<uint16_t*>(smem + L.v + size_t(st) * L.stage); };
+  const auto issue_tile = [&](int i) {
+    load_tile_async(k_tile(i & 1), ld, kb, HD, i * kMmaBlockKeys, a.Lk, kMmaBlockKeys, a.Dh, DP);
+    load_tile_async(v_tile(i & 1), ld, vb, HD, i * kMmaBlockKeys, a.Lk, kMmaBlockKeys, a.Dh, DP);
+    cp_async_commit();
+  };
+  if constexpr (kAsync) {
+    load_tile_async(Qs, ld, qb, HD, q0, a.Lq, kRows, a.Dh, DP);
+    if (n_tiles > 0) issue_tile(0);  // one group with q
+    else cp_async_commit();
+  } else {
+    load_tile_bf16(Qs, ld, qb, HD, q0, a.Lq, kRows, a.Dh, DP);
+  }
   float o[kOutTiles][4];
   NCP_UNROLL
   for (int nt = 0; nt < kOutTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // running max (base 2) and this lane's partial sum
-  const int k_end = a.causal ? min(a.Lk, q0 + kMmaBlockRows) : a.Lk;  // causal: later keys are masked for all rows
-  for (int k0 = 0; k0 < k_end; k0 += kMmaBlockKeys) {
-    __syncthreads();  // every warp is done with the previous k and v tiles
-    load_tile_bf16(Ks, ld, kb, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
-    load_tile_bf16(Vs, ld, vb, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
-    __syncthreads();
+  for (int it = 0; it < n_tiles; ++it) {
+    const int k0 = it * kMmaBlockKeys;
+    const uint16_t* Ks = k_tile(kAsync ? it & 1 : 0);
+    const uint16_t* Vs = v_tile(kAsync ? it & 1 : 0);
+    if constexpr (kAsync) {
+      cp_async_wait<0>();  // this thread's copies of tile it (the only group in flight)
+      __syncthreads();     // everyone's copies have landed, and every warp is done with tile it - 1's buffers,
+      if (it + 1 < n_tiles) issue_tile(it + 1);  // which tile it + 1 now overwrites while tile it is multiplied
+    } else {
+      __syncthreads();  // every warp is done with the previous k and v tiles
+      load_tile_bf16(k_tile(0), ld, kb, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+      load_tile_bf16(v_tile(0), ld, vb, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+      __syncthreads();
+    }
 
     // S = Q K^T for this warp's 16 rows and the tile's 64 keys: 8 n-tiles of 8 keys.
     float s[kScoreTiles][4];
@@ -330,17 +411,24 @@ __global__ void __launch_bounds__(kMmaThreads) flash_mma_forward_kernel(MmaForwa
 // ---- backward
 
 // Byte offsets of the backward's shared memory: k, v (the block's key tile, loaded once), q and dout (one query tile
-// at a time), dS^T (bf16 [keys, queries]: the one operand that must change hands between warps), lse and delta.
+// at a time, in each of `stages` buffers), dS^T (bf16 [keys, queries]: the one operand that must change hands
+// between warps), lse and delta (per stage). Stage s of q is at q + s * tile, and likewise for the others.
 struct MmaBackwardSmem {
-  size_t k, v, q, dout, ds, lse, delta, total;
+  size_t k, v, q, dout, ds, lse, delta, tile, rows, total;
   int ld, ld_ds;
-  __host__ __device__ explicit MmaBackwardSmem(int dp) : ld(dp + kMmaPad), ld_ds(kMmaBlockRows + kMmaPad) {
-    const size_t tile = size_t(ld) * 2 * kMmaBlockKeys;  // kMmaBlockKeys == kMmaBlockRows
-    k = 0, v = k + tile, q = v + tile, dout = q + tile, ds = dout + tile;
+  __host__ __device__ explicit MmaBackwardSmem(int dp, int stages = 1)
+      : ld(dp + kMmaPad), ld_ds(kMmaBlockRows + kMmaPad) {
+    tile = size_t(ld) * 2 * kMmaBlockKeys;  // kMmaBlockKeys == kMmaBlockRows
+    rows = size_t(kMmaBlockRows) * 4;       // one float per query row
+    k = 0, v = k + tile, q = v + tile, dout = q + size_t(stages) * tile, ds = dout + size_t(stages) * tile;
     lse = ds + size_t(kMmaBlockKeys) * ld_ds * 2;
-    delta = lse + kMmaBlockRows * 4;
-    total = delta + kMmaBlockRows * 4;
+    delta = lse + size_t(stages) * rows;
+    total = delta + size_t(stages) * rows;
   }
+};
+// The double-buffered backward's layout (q, dout, lse and delta in two stages).
+struct MmaBackwardAsyncSmem : MmaBackwardSmem {
+  __host__ __device__ explicit MmaBackwardAsyncSmem(int dp) : MmaBackwardSmem(dp, 2) {}
 };
 // The backward keeps two score-sized and three head-dim-sized accumulators per lane; past 128 they would spill.
 constexpr int kMmaBackwardMaxHeadDim = 128;
@@ -354,25 +442,25 @@ struct MmaBackwardArgs {
   bool causal;
 };
 
-// grid (key tiles of kMmaBlockKeys, B*H), kMmaThreads threads, MmaBackwardSmem(DP).total bytes of shared memory.
+// grid (key tiles of kMmaBlockKeys, B*H), kMmaThreads threads, MmaBackwardSmem(DP).total (kAsync:
+// MmaBackwardAsyncSmem) bytes of shared memory.
 // Each warp owns 16 of the tile's keys and works on transposed scores: S^T = K Q^T and dP^T = V dout^T, so that
 // P^T and dS^T are A fragments of dV += P^T dout and dK += dS^T Q without leaving the registers. dQ = dS K needs
 // dS by query rows, which other warps hold: dS^T goes through shared memory, and each warp then takes 16 query
 // rows of dQ and adds them to global memory atomically (other key tiles add to the same rows).
-template <int DP>
+// kAsync: q and dout tiles come in by cp.async into two buffers, tile j+1's copies issued after the barrier that
+// opens tile j (the forward's scheme; lse and delta, loaded through registers, get two buffers too, since a warp
+// writes tile j+1's before that barrier while others may still read tile j's). Same arithmetic, same order.
+template <int DP, bool kAsync = false>
 __global__ void __launch_bounds__(kMmaThreads) flash_mma_backward_kernel(MmaBackwardArgs a) {
   static_assert(DP % 16 == 0 && DP <= kMmaBackwardMaxHeadDim, "padded head dim: a multiple of 16, at most 128");
   static_assert(kMmaBlockKeys == kMmaBlockRows, "the tiles share one leading dimension and size");
   constexpr int kScoreTiles = kMmaBlockRows / 8, kOutTiles = DP / 8;
   NCP_DYNAMIC_SHARED(smem);
-  const MmaBackwardSmem L(DP);
+  const MmaBackwardSmem L(DP, kAsync ? 2 : 1);
   uint16_t* Ks = reinterpret_cast<uint16_t*>(smem + L.k);
   uint16_t* Vs = reinterpret_cast<uint16_t*>(smem + L.v);
-  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem + L.q);
-  uint16_t* dOs = reinterpret_cast<uint16_t*>(smem + L.dout);
   uint16_t* dSt = reinterpret_cast<uint16_t*>(smem + L.ds);
-  float* lse_s = reinterpret_cast<float*>(smem + L.lse);
-  float* delta_s = reinterpret_cast<float*>(smem + L.delta);
   const int ld = L.ld, ld_ds = L.ld_ds;
   const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H, k0 = blockIdx.x * kMmaBlockKeys;
   const int64_t HD = int64_t(a.H) * a.Dh, qoff = int64_t(b) * a.Lq * HD + int64_t(h) * a.Dh,
@@ -382,25 +470,52 @@ __global__ void __launch_bounds__(kMmaThreads) flash_mma_backward_kernel(MmaBack
   const int key[2] = {k0 + r0 + g, k0 + r0 + g + 8};  // the key rows of this lane's accumulator halves
   const float scale_log2 = a.scale * 1.4426950408889634f, log2e = 1.4426950408889634f;
 
-  load_tile_bf16(Ks, ld, a.k + koff, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
-  load_tile_bf16(Vs, ld, a.v + koff, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+  // Stage st's buffers, and tile q0's copies of q and dout into them (kAsync).
+  const auto q_tile = [&](int st) { return reinterpret_cast<uint16_t*>(smem + L.q + size_t(st) * L.tile); };
+  const auto dout_tile = [&](int st) { return reinterpret_cast<uint16_t*>(smem + L.dout + size_t(st) * L.tile); };
+  const auto lse_rows = [&](int st) { return reinterpret_cast<float*>(smem + L.lse + size_t(st) * L.rows); };
+  const auto delta_rows = [&](int st) { return reinterpret_cast<float*>(smem + L.delta + size_t(st) * L.rows); };
+  const auto issue_tile = [&](int q0, int st) {
+    load_tile_async(q_tile(st), ld, a.q + qoff, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
+    load_tile_async(dout_tile(st), ld, a.dout + qoff, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
+    cp_async_commit();
+  };
+  // Causal: query rows before k0 see none of these keys.
+  const int q_start = a.causal ? (k0 / kMmaBlockRows) * kMmaBlockRows : 0;
+  if constexpr (kAsync) {
+    load_tile_async(Ks, ld, a.k + koff, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+    load_tile_async(Vs, ld, a.v + koff, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+    if (q_start < a.Lq) issue_tile(q_start, 0);  // one group with k and v
+    else cp_async_commit();
+  } else {
+    load_tile_bf16(Ks, ld, a.k + koff, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+    load_tile_bf16(Vs, ld, a.v + koff, HD, k0, a.Lk, kMmaBlockKeys, a.Dh, DP);
+  }
   float dk[kOutTiles][4], dv[kOutTiles][4];
   NCP_UNROLL
   for (int nt = 0; nt < kOutTiles; ++nt)
     NCP_UNROLL
     for (int i = 0; i < 4; ++i) dk[nt][i] = 0.f, dv[nt][i] = 0.f;
-  // Causal: query rows before k0 see none of these keys.
-  const int q_start = a.causal ? (k0 / kMmaBlockRows) * kMmaBlockRows : 0;
-  for (int q0 = q_start; q0 < a.Lq; q0 += kMmaBlockRows) {
-    __syncthreads();  // every warp is done with the previous q, dout and dS^T tiles
-    load_tile_bf16(Qs, ld, a.q + qoff, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
-    load_tile_bf16(dOs, ld, a.dout + qoff, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
+  for (int q0 = q_start, j = 0; q0 < a.Lq; q0 += kMmaBlockRows, ++j) {
+    const int st = kAsync ? j & 1 : 0;
+    const uint16_t* Qs = q_tile(st);
+    const uint16_t* dOs = dout_tile(st);
+    float* lse_s = lse_rows(st);
+    float* delta_s = delta_rows(st);
+    if constexpr (!kAsync) {
+      __syncthreads();  // every warp is done with the previous q, dout and dS^T tiles
+      load_tile_bf16(q_tile(0), ld, a.q + qoff, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
+      load_tile_bf16(dout_tile(0), ld, a.dout + qoff, HD, q0, a.Lq, kMmaBlockRows, a.Dh, DP);
+    }
     for (int r = threadIdx.x; r < kMmaBlockRows; r += blockDim.x) {
       const bool row = q0 + r < a.Lq;
       lse_s[r] = row ? a.lse[int64_t(bh) * a.Lq + q0 + r] * log2e : 0.f;
       delta_s[r] = row ? a.delta[int64_t(bh) * a.Lq + q0 + r] : 0.f;
     }
-    __syncthreads();
+    if constexpr (kAsync) cp_async_wait<0>();  // this thread's copies of tile j (the only group in flight)
+    __syncthreads();  // tile j is in; every warp is done with tile j - 1's q, dout and dS^T
+    if constexpr (kAsync)
+      if (q0 + kMmaBlockRows < a.Lq) issue_tile(q0 + kMmaBlockRows, st ^ 1);  // overlaps tile j's products
 
     // S^T = K Q^T and dP^T = V dout^T for this warp's 16 keys and the tile's 64 queries.
     float s[kScoreTiles][4], dp[kScoreTiles][4];

@@ -55,6 +55,12 @@ void warp_exchange(const void* in, void* out, size_t bytes, int src_lane);
 // all[lane * bytes]: what a warp-wide matrix instruction (mma.sync) needs to see of the other lanes' registers.
 void warp_gather(const void* in, void* all, size_t bytes);
 unsigned char* dynamic_shared();
+// cp.async: queues a copy of src_bytes from src (then zeros up to `bytes`) into shared memory for the calling
+// thread; commit closes its group; wait makes the copies of all but its `pending` newest committed groups. The
+// copies land at the wait, not before, so a kernel that reads a tile it has not waited for reads stale data.
+void cp_async(void* dst, const void* src, int src_bytes, int bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
 // Whether [p, p + bytes) lies inside one device allocation (the emulated cuBLAS checks its operands with it).
 bool device_range_ok(const void* p, size_t bytes);
 // Reports a fault the hardware would raise (with the block that raised it, inside a kernel) and aborts.

@@ -17,9 +17,11 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -122,8 +124,20 @@ struct Fiber {
 #endif
 };
 
+// A thread's cp.async copies: those of its open group, then its committed groups, oldest first.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int src_bytes, bytes;
+};
+struct AsyncGroups {
+  std::vector<AsyncCopy> open;
+  std::deque<std::vector<AsyncCopy>> committed;
+};
+
 struct BlockRun {
   int threads = 0, live = 0;
+  std::vector<AsyncGroups> async;  // per thread
   std::vector<int> warp_live;
   std::vector<int> block_waiters;               // at __syncthreads
   std::vector<std::vector<int>> warp_waiters;  // at a shuffle's exchange, per warp
@@ -153,6 +167,7 @@ BlockRun* g_run = nullptr;
 std::vector<Fiber> g_fibers;  // stacks kept for the next launch
 std::vector<unsigned char> g_shared_storage;
 unsigned char* g_shared = nullptr;
+size_t g_shared_bytes = 0;  // the running launch's dynamic shared memory
 thread_local cudaError_t t_last_error = cudaSuccess;  // per host thread, as in CUDA
 int g_dynamic_shared_limit = 48 * 1024;
 
@@ -271,6 +286,7 @@ void run_block(BlockRun& r) {
   for (auto& w : r.warp_waiters) w.clear();
   for (int t = 0; t < r.threads; ++t) ++r.warp_live[size_t(t / 32)];
   r.exchange_bank.assign(size_t(r.threads), 0);
+  r.async.assign(size_t(r.threads), AsyncGroups{});  // copies never waited for end with their block
   bool ascending = true;
   while (r.live > 0) {
     if (r.ready.empty()) die("deadlock: every live thread waits at a barrier that can never complete");
@@ -323,6 +339,44 @@ void warp_gather(const void* in, void* all, size_t bytes) {
 
 unsigned char* dynamic_shared() { return g_shared; }
 
+std::atomic<uint64_t> g_cp_async_copies{0};
+
+void cp_async(void* dst, const void* src, int src_bytes, int bytes) {
+  ++g_cp_async_copies;
+  BlockRun* r = g_run;
+  if (!r) die("cp.async outside a kernel");
+  if (src_bytes < 0 || src_bytes > bytes || (bytes != 4 && bytes != 8 && bytes != 16))
+    die("cp.async of a size other than 4, 8 or 16 bytes, or with a source size past it");
+  if (reinterpret_cast<uintptr_t>(dst) % size_t(bytes) || (src_bytes && reinterpret_cast<uintptr_t>(src) % size_t(bytes)))
+    die("cp.async at an address not aligned to its size");
+  const auto* d = static_cast<const unsigned char*>(dst);
+  if (d < g_shared || d + bytes > g_shared + g_shared_bytes)
+    die("cp.async into memory outside the block's shared memory");
+  if (src_bytes && !device_range_ok(src, size_t(src_bytes))) die("cp.async reads outside every device allocation");
+  r->async[size_t(r->current)].open.push_back({dst, src, src_bytes, bytes});
+}
+
+void cp_async_commit() {
+  BlockRun* r = g_run;
+  if (!r) die("cp.async.commit_group outside a kernel");
+  AsyncGroups& a = r->async[size_t(r->current)];
+  a.committed.push_back(std::move(a.open));
+  a.open.clear();
+}
+
+void cp_async_wait(int pending) {
+  BlockRun* r = g_run;
+  if (!r) die("cp.async.wait_group outside a kernel");
+  AsyncGroups& a = r->async[size_t(r->current)];
+  while (a.committed.size() > size_t(std::max(pending, 0))) {
+    for (const AsyncCopy& c : a.committed.front()) {
+      if (c.src_bytes) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    }
+    a.committed.pop_front();
+  }
+}
+
 void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(void*), void* context) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
@@ -342,6 +396,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
   if (g_shared_storage.size() < dynamic_shared_bytes + 128) g_shared_storage.resize(dynamic_shared_bytes + 128);
   g_shared = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(g_shared_storage.data()) + 127) &
                                               ~uintptr_t(127));
+  g_shared_bytes = dynamic_shared_bytes;
   if (g_fibers.size() < threads) g_fibers.resize(threads);
   auto run = std::make_unique<BlockRun>();
   run->threads = int(threads);
@@ -530,4 +585,9 @@ cudaError_t ncp_emu_set_dynamic_shared_limit(int bytes) {
   if (bytes < 0 || size_t(bytes) > ncp_emu::kMaxDynamicShared) return record(cudaErrorInvalidValue);
   ncp_emu::g_dynamic_shared_limit = std::max(ncp_emu::g_dynamic_shared_limit, bytes);
   return cudaSuccess;
+}
+
+// For tests: how many cp.async copies kernels have issued so far (whether a launch took the double-buffered path).
+extern "C" __attribute__((visibility("default"))) uint64_t ncp_emu_cp_async_copies() {
+  return ncp_emu::g_cp_async_copies.load();
 }

@@ -11,11 +11,11 @@
 namespace ncp::model {
 namespace {
 
-int attention_mode_code(const std::string& mode) {
-  if (mode == "materialized") return NCP_CUDA_ATTENTION_MATERIALIZED;
-  if (mode == "fused") return NCP_CUDA_ATTENTION_FUSED;
-  if (mode == "fused-wmma") return NCP_CUDA_ATTENTION_FUSED_WMMA;
-  throw Error("NCP_EINVAL", "attention bench: unknown mode '" + mode + "' (materialized, fused, fused-wmma)");
+int mode_code(const std::string& mode) {
+  const int code = cuda::attention_mode_code(mode);
+  if (code < 0)
+    throw Error("NCP_EINVAL", "attention bench: unknown mode '" + mode + "' (" + cuda::kAttentionModeNames + ")");
+  return code;
 }
 
 // Device buffer of n floats, filled with a fixed pattern in [-1, 1) (the values do not change the time, but
@@ -39,7 +39,7 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
   if (o.batch <= 0 || o.queries <= 0 || o.keys <= 0 || o.heads <= 0 || o.head_dim <= 0 || o.reps <= 0)
     throw Error("NCP_EINVAL", "attention bench: batch, tokens, keys, heads, head dim and reps must be positive");
   if (o.modes.empty()) throw Error("NCP_EINVAL", "attention bench: no attention mode to run");
-  for (const std::string& mode : o.modes) attention_mode_code(mode);  // every name checked before any work
+  for (const std::string& mode : o.modes) mode_code(mode);  // every name checked before any work
   if (o.device < 0)
     throw Error("NCP_EINVAL", "attention bench: runs on a CUDA device (--device cuda[:N]), not the CPU");
   const dev::DeviceScope scope(o.device);  // NCP_ENOCUDA / NCP_EINVAL when the device cannot run
@@ -49,7 +49,7 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
   const DeviceVec q(nq), k(nk), v(nk), dout(nq), out(nq), dq(nq), dk(nk), dv(nk);
   std::vector<AttentionBenchResult> results;
   for (const std::string& mode : o.modes) {
-    if (t->set_fused_attention(attention_mode_code(mode)) != NCP_CUDA_OK)
+    if (t->set_fused_attention(mode_code(mode)) != NCP_CUDA_OK)
       throw Error("NCP_ECUDA", std::string("attention bench: set_fused_attention: ") + t->last_error());
     AttentionBenchResult r;
     r.mode = mode;

@@ -12,7 +12,7 @@ namespace ncp::model {
 struct AttentionBenchOptions {
   int64_t batch = 2, queries = 4096, keys = 4096, heads = 10, head_dim = 64;
   int reps = 10, device = 0;
-  std::vector<std::string> modes{"materialized", "fused", "fused-wmma"};
+  std::vector<std::string> modes{"materialized", "fused", "fused-async", "fused-async8", "fused-wmma"};
 };
 
 struct AttentionBenchResult {

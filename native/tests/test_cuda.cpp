@@ -1,7 +1,14 @@
 // The CUDA backend against the CPU reference ops. Without a usable backend (no GPU, no driver, CPU-only build)
 // the parity case prints one "skip:" line with the reason and passes.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "core/cuda_backend.h"
 #include "tests/harness.h"
@@ -48,4 +55,116 @@ NCP_TEST("cuda errors name the op") {
   NCP_EXPECT(t->group_norm_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 10, 4, 3, 1e-5) ==
              NCP_CUDA_EINVAL);
   NCP_EXPECT(std::strstr(t->last_error(), "group_norm") != nullptr, "last_error: " << t->last_error());
+}
+
+namespace {
+// Device copy of a host vector, freed on scope exit.
+struct DeviceFloats {
+  const ncp_cuda_api* t;
+  float* p = nullptr;
+  DeviceFloats(const ncp_cuda_api* api, const std::vector<float>& host) : t(api) {
+    void* q = nullptr;
+    if (t->mem_alloc(&q, host.size() * sizeof(float)) != NCP_CUDA_OK) throw std::runtime_error(t->last_error());
+    p = static_cast<float*>(q);
+    t->memcpy_h2d(p, host.data(), host.size() * sizeof(float));
+  }
+  ~DeviceFloats() { t->mem_free(p); }
+  std::vector<float> get(size_t n) const {
+    std::vector<float> out(n);
+    t->memcpy_d2h(out.data(), p, n * sizeof(float));
+    return out;
+  }
+};
+
+std::vector<float> pattern(size_t n, uint32_t seed, float amplitude) {
+  std::vector<float> v(n);
+  for (float& x : v) seed = seed * 1664525u + 1013904223u, x = amplitude * (float(seed >> 8) / float(1 << 23) - 1.f);
+  return v;
+}
+
+// cp.async copies issued so far, as the emulator counts them (0 on a GPU, where the symbol does not exist).
+uint64_t cp_async_copies() {
+  void* lib = dlopen(ncp::cuda::status().library.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (!lib) return 0;
+  using Count = uint64_t (*)();
+  const auto count = reinterpret_cast<Count>(dlsym(lib, "ncp_emu_cp_async_copies"));
+  const uint64_t n = count ? count() : 0;
+  dlclose(lib);
+  return n;
+}
+
+// Largest |a - b| over the largest |b|.
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - double(b[i]));
+    diff = std::isnan(d) ? INFINITY : std::max(diff, d), scale = std::max(scale, std::fabs(double(b[i])));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+}  // namespace
+
+// The double-buffered modes (fused-async: the forward with cp.async k and v tiles, 4 warps; fused-async8: 8 warps;
+// both with the double-buffered backward) do the same arithmetic per row and key in the same order as `fused`, so
+// they must agree with it far more closely than either agrees with the float CPU path (the parity case's 1e-2):
+// bit for bit on the emulator, and to float reassociation on a GPU (dq is added atomically there, in no fixed
+// order). A stale or misplaced tile costs 1e-1 or more; the emulator lands each cp.async only at its thread's
+// wait, so a kernel that reads a tile before waiting for it fails here.
+NCP_TEST("cuda: the double-buffered attention modes agree with fused") {
+  const ncp_cuda_api* t = ncp::cuda::api();
+  if (!t) {
+    std::printf("skip: CUDA backend not usable: %s\n", ncp::cuda::status().reason.c_str());
+    return;
+  }
+  const bool emulated = ncp::cuda::status().device.find("emulator") != std::string::npos;
+  struct Shape {
+    int64_t B, Lq, Lk, H, Dh;
+    bool causal;
+  };
+  // Partial tiles and SD1.5's 40; SDXL's 64 over four key tiles, two 128-row blocks and three query tiles per key
+  // tile (the pipelines' steady state); causal (8-warp blocks run key tiles masked for their first rows); 160
+  // (forward double-buffered, backward WMMA); 18 (not a multiple of 8: every mode takes the plain kernels).
+  for (const Shape s : {Shape{2, 67, 150, 3, 40, false}, Shape{1, 140, 260, 2, 64, false},
+                        Shape{1, 150, 150, 2, 64, true}, Shape{1, 130, 200, 1, 160, false},
+                        Shape{1, 140, 130, 1, 18, false}}) {
+    const ncp_cuda_attention_shape gs{s.B, s.Lq, s.Lk, s.H, s.Dh, s.causal ? 1 : 0};
+    const size_t nq = size_t(s.B * s.Lq * s.H * s.Dh), nk = size_t(s.B * s.Lk * s.H * s.Dh);
+    const DeviceFloats q(t, pattern(nq, 1, 2)), k(t, pattern(nk, 2, 2)), v(t, pattern(nk, 3, 1)),
+        dout(t, pattern(nq, 4, 1));
+    struct Result {
+      std::vector<float> out, out2, dq, dk, dv;
+    };
+    const auto run = [&](int mode) {
+      NCP_EXPECT(t->set_fused_attention(mode) == NCP_CUDA_OK, t->last_error());
+      DeviceFloats out(t, std::vector<float>(nq)), out2(t, std::vector<float>(nq)), dq(t, pattern(nq, 5, 0.5f)),
+          dk(t, pattern(nk, 6, 0.5f)), dv(t, pattern(nk, 7, 0.5f));
+      NCP_EXPECT(t->attention_forward(out.p, nullptr, q.p, k.p, v.p, &gs) == NCP_CUDA_OK, t->last_error());
+      NCP_EXPECT(t->attention_backward_recompute(dq.p, dk.p, dv.p, out2.p, dout.p, q.p, k.p, v.p, &gs) ==
+                     NCP_CUDA_OK,
+                 t->last_error());
+      return Result{out.get(nq), out2.get(nq), dq.get(nq), dk.get(nk), dv.get(nk)};
+    };
+    const uint64_t copies0 = cp_async_copies();
+    const Result ref = run(NCP_CUDA_ATTENTION_FUSED);
+    NCP_EXPECT(cp_async_copies() == copies0, "the fused mode issued cp.async copies");
+    for (const int mode : {NCP_CUDA_ATTENTION_FUSED_ASYNC, NCP_CUDA_ATTENTION_FUSED_ASYNC8}) {
+      const uint64_t before = cp_async_copies();
+      const Result r = run(mode);
+      // On the emulator, whether the double-buffered kernels ran at all: every shape but Dh 18 takes them.
+      if (emulated)
+        NCP_EXPECT((cp_async_copies() > before) == (s.Dh % 8 == 0),
+                   "Dh " << s.Dh << ": " << cp_async_copies() - before << " cp.async copies");
+      const double e[5] = {max_rel_diff(r.out, ref.out), max_rel_diff(r.out2, ref.out2), max_rel_diff(r.dq, ref.dq),
+                           max_rel_diff(r.dk, ref.dk), max_rel_diff(r.dv, ref.dv)};
+      const char* names[5] = {"out", "recompute.out", "dq", "dk", "dv"};
+      std::printf("    %-13s Lq %3lld Lk %3lld Dh %3lld%s: out %.1e, recompute.out %.1e, dq %.1e, dk %.1e, dv %.1e\n",
+                  mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ? "fused-async" : "fused-async8", (long long)s.Lq,
+                  (long long)s.Lk, (long long)s.Dh, s.causal ? " causal" : "", e[0], e[1], e[2], e[3], e[4]);
+      for (int i = 0; i < 5; ++i) {
+        const double bound = emulated ? 0.0 : (i == 2 ? 1e-5 : 1e-6);
+        NCP_EXPECT(e[i] <= bound, names[i] << " differs from fused by " << e[i] << " (bound " << bound << ")");
+      }
+    }
+  }
+  t->set_fused_attention(ncp::cuda::status().attention_mode);
 }

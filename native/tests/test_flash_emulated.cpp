@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -127,6 +128,32 @@ inline void warp_gather(const void* in, void* all, size_t bytes) {
 [[noreturn]] inline void fatal(const char* what) {
   std::fprintf(stderr, "flash emulation: %s\n", what);
   std::abort();
+}
+// cp.async, which the double-buffered kernels use (those are checked on the SIMT emulator, test_cuda.cpp's
+// "double-buffered attention modes" case; the plain kernels here only need these to compile). Each emulated thread
+// is a host thread here, so its queue is thread_local; copies land at the wait, as in the SIMT emulator.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int src_bytes, bytes;
+};
+inline thread_local std::vector<AsyncCopy> t_open_copies;
+inline thread_local std::deque<std::vector<AsyncCopy>> t_committed_copies;
+inline void cp_async(void* dst, const void* src, int src_bytes, int bytes) {
+  t_open_copies.push_back({dst, src, src_bytes, bytes});
+}
+inline void cp_async_commit() {
+  t_committed_copies.push_back(std::move(t_open_copies));
+  t_open_copies.clear();
+}
+inline void cp_async_wait(int pending) {
+  while (t_committed_copies.size() > size_t(pending)) {
+    for (const AsyncCopy& c : t_committed_copies.front()) {
+      if (c.src_bytes) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    }
+    t_committed_copies.pop_front();
+  }
 }
 }  // namespace ncp_emu
 inline float atomicAdd(float* p, float v) {

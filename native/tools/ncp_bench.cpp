@@ -8,7 +8,8 @@
 //             plain figures); gpu: device events around each op, nothing synchronised (device time, host time and
 //             launches per op kind, and how long the device sat idle between ops)
 //   ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 --device cuda [--reps 10]
-//             [--modes materialized,fused,fused-wmma]: the attention op alone under each CUDA attention mode
+//             [--modes materialized,fused,fused-async,fused-async8,fused-wmma]: the attention op alone under
+//             each CUDA attention mode (default: all)
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
 // forward-equivalents a step does: see below), MFU against --peak-tflops when given, and peak device memory.
