@@ -20,9 +20,10 @@ struct Arena {
 Arena g_arenas[4];
 
 // Profiling events: every event made so far (handles index it) and the handles free for reuse. Events are kept
-// for the life of the process; a profile needs a few thousand at most.
-std::vector<cudaEvent_t> g_events;
-std::vector<int64_t> g_free_events;
+// for the life of the process (a profile needs a few thousand at most), so the lists are never destroyed: no
+// exit-time teardown that would race the CUDA context's, and the events stay reachable for leak checkers.
+std::vector<cudaEvent_t>& g_events = *new std::vector<cudaEvent_t>();
+std::vector<int64_t>& g_free_events = *new std::vector<int64_t>();
 int64_t g_launches = 0;
 
 bool valid_event(int64_t id) { return id >= 0 && id < int64_t(g_events.size()); }

@@ -55,7 +55,7 @@ int attention_main(int argc, char** argv) {
   o.head_dim = std::atoll(arg(argc, argv, "--head-dim", "64").c_str());
   o.reps = std::atoi(arg(argc, argv, "--reps", "10").c_str());
   o.device = ncp::dev::parse_device(arg(argc, argv, "--device", "cuda"));
-  o.modes = split_commas(arg(argc, argv, "--modes", "materialized,fused,fused-wmma"));
+  if (const std::string modes = arg(argc, argv, "--modes", ""); !modes.empty()) o.modes = split_commas(modes);
   for (const auto& r : ncp::model::bench_attention(o))
     std::printf("{\"bench\":\"attention\",\"device\":\"%s\",\"mode\":\"%s\",\"batch\":%lld,\"queries\":%lld,"
                 "\"keys\":%lld,\"heads\":%lld,\"head_dim\":%lld,\"forward_ms\":%.3f,\"forward_tflops\":%.1f,"
@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: ncp_bench unet|step --config sd15|sdxl --latent N [--batch N | --pairs N "
                          "--objective dpo --space ncp --tape f32|bf16] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n"
                          "       ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 "
-                         "[--device cuda[:N]] [--reps 10] [--modes materialized,fused,fused-wmma]\n");
+                         "[--device cuda[:N]] [--reps 10] [--modes materialized,fused,fused-async,fused-async8,fused-wmma]\n");
     return 2;
   }
   try {
