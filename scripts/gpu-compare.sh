@@ -5,8 +5,9 @@
 #      fused attention);
 #   2. the attention op alone at SDXL's and SD1.5's shapes under each attention mode, against PyTorch's SDPA (a few
 #      seconds: which fused forward is faster, and by how much against flash attention); the SDXL 1024² NCP-DPO
-#      step that issue 7's targets name, in bf16: plain, with the fused attention kernels (mma.sync and WMMA
-#      forwards), with selective recompute, with gradient checkpointing, and one profiled step (time per op kind);
+#      step that issue 7's targets name, in bf16: plain, with the fused attention kernels (mma.sync, and its
+#      double-buffered kernels with 4 and 8 warps), with selective recompute, with gradient checkpointing, and one
+#      profiled step (device time, host time and launches per op kind);
 #      then PyTorch's bf16 step on the same GPU (bench/pytorch/gpu_step_bench.py: the plain-PyTorch port of
 #      diffusers' U-Net);
 #   3. fp16 weights; 4. float32 and TF32 (ours and PyTorch's); 5. SD1.5 at 512².
@@ -27,7 +28,7 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
 {
   echo "== attention alone, batch 2: SDXL 1024² (4096 tokens x 10 heads, 1024 x 20; head dim 64), SD1.5 512² (4096 x 8"
   echo "   heads of 40): ours under each mode (materialized; fused = mma.sync kernels; fused-async, fused-async8 = the"
-  echo "   same with a double-buffered cp.async forward, 4 or 8 warps; fused-wmma), then PyTorch's SDPA bf16"
+  echo "   same, double-buffered by cp.async, 4 or 8 warps a forward block; fused-wmma), then PyTorch's SDPA bf16"
   for shape in "--tokens 4096 --heads 10 --head-dim 64" "--tokens 1024 --heads 20 --head-dim 64" \
                "--tokens 4096 --heads 8 --head-dim 40"; do
     $b attention --batch 2 $shape --device cuda --reps 10
@@ -36,24 +37,22 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
     --shape 4096x8x40 --reps 10
 } 2>&1 | tee "$log/2-attention.txt"
 {
-  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync; its double-buffered"
-  echo "   forwards, 4 and 8 warps; WMMA kernels),"
-  echo "   + recompute, + checkpointing"
+  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync, then its"
+  echo "   double-buffered kernels, 4 and 8 warps a forward block; the WMMA kernels are timed alone in step 2's"
+  echo "   attention bench), + recompute, + checkpointing"
   $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-async8 $b $sdxl_step --weights bf16
-  NCP_CUDA_ATTENTION=fused-wmma $b $sdxl_step --weights bf16
-  NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16 --recompute feedforward,qkv
-  $b $sdxl_step --weights bf16 --recompute feedforward
-  $b $sdxl_step --weights bf16 --recompute feedforward,qkv
-  NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16 --gradient-checkpointing on
-  echo "== the fused bf16 step again, one repetition, device time per op kind from events (nothing synchronised), host time, launches, idle"
-  NCP_CUDA_ATTENTION=fused $b step --config sdxl --latent 128 --pairs 1 --objective dpo --space ncp --device cuda \
-    --reps 1 --weights bf16 --profile gpu
+  NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16 --recompute feedforward,qkv
+  NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16 --gradient-checkpointing on
+  echo "== the fused-async bf16 step again, one repetition, device time per op kind from events (nothing"
+  echo "   synchronised), host time, launches, device idle between ops"
+  NCP_CUDA_ATTENTION=fused-async $b step --config sdxl --latent 128 --pairs 1 --objective dpo --space ncp \
+    --device cuda --reps 1 --weights bf16 --profile gpu
   echo "== forward, batch 2, bf16 weights: plain and fused attention"
   $b $sdxl_fwd --weights bf16
-  NCP_CUDA_ATTENTION=fused $b $sdxl_fwd --weights bf16
+  NCP_CUDA_ATTENTION=fused-async $b $sdxl_fwd --weights bf16
 } 2>&1 | tee "$log/2-ours-sdxl-bf16.txt"
 echo "== PyTorch $(python3 -c 'import torch; print(torch.__version__)'), SDXL 128x128, bf16 autocast" | tee "$log/2-torch-sdxl-bf16.txt"
 torch_bench --config sdxl --latent 128 --cases forward,ncp --precision bf16 2>&1 | tee -a "$log/2-torch-sdxl-bf16.txt"
@@ -77,6 +76,7 @@ torch_bench --config sdxl --latent 128 --cases forward,ncp --precision fp32,tf32
   $b $sd15_step
   $b $sd15_step --weights bf16
   NCP_CUDA_ATTENTION=fused $b $sd15_step --weights bf16
+  NCP_CUDA_ATTENTION=fused-async $b $sd15_step --weights bf16
 } 2>&1 | tee "$log/5-ours-sd15.txt"
 echo "== PyTorch SD1.5 64x64" | tee "$log/5-torch-sd15.txt"
 torch_bench --config sd15 --latent 64 --cases forward,ncp --precision fp32,tf32,bf16 2>&1 | tee -a "$log/5-torch-sd15.txt"

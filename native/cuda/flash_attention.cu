@@ -1,6 +1,7 @@
 // Launch code of the fused attention kernels (flash_attention.h; the kernels are in flash_mma_kernels.cuh and
 // flash_attention_kernels.cuh): tile sizes from the device's shared memory, the scratch for the log-sum-exp and
 // delta rows, and the order of the passes.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -159,6 +160,21 @@ int mma_backward(float* dq, float* dk, float* dv, const uint16_t* q, const uint1
   });
 }
 
+// Up to four float arrays rounded to bf16 bit patterns in one launch (blockIdx.y picks the array): one launch
+// for q, k, v (and dout) instead of one each.
+struct RoundJobs {
+  const float* src[4];
+  uint16_t* dst[4];
+  int64_t n[4];
+};
+__global__ void round_to_bf16_many_kernel(RoundJobs j) {
+  const float* src = j.src[blockIdx.y];
+  uint16_t* dst = j.dst[blockIdx.y];
+  const int64_t n = j.n[blockIdx.y];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = bf16_bits(src[i]);
+}
+
 // bf16 copies of the float inputs, made once per op in scratch slot 0 for the register-level kernels: they read
 // every key tile once per query tile (and every query tile once per key tile), so converting inside them would
 // redo the work and read twice the bytes, Lq / 64 times over.
@@ -173,10 +189,9 @@ int bf16_inputs(Bf16Inputs* c, const float* q, const float* k, const float* v, c
   const int64_t total = padded(nq) * (dout ? 2 : 1) + 2 * padded(nk);
   NCP_TRY(scratch(0, size_t(total) * sizeof(uint16_t), reinterpret_cast<void**>(&buf)));
   uint16_t *bq = buf, *bk = bq + padded(nq), *bv = bk + padded(nk), *bdout = bv + padded(nk);
-  NCP_TRY(round_to_bf16(bq, q, nq));
-  NCP_TRY(round_to_bf16(bk, k, nk));
-  NCP_TRY(round_to_bf16(bv, v, nk));
-  if (dout) NCP_TRY(round_to_bf16(bdout, dout, nq));
+  const RoundJobs jobs{{q, k, v, dout}, {bq, bk, bv, bdout}, {nq, nk, nk, nq}};
+  NCP_LAUNCH(round_to_bf16_many_kernel, dim3(blocks_for(std::max(nq, nk)), dout ? 4 : 3), kThreads, 0)(jobs);
+  NCP_TRY(check_launch("fused attention (bf16 inputs)"));
   c->q = bq, c->k = bk, c->v = bv, c->dout = dout ? bdout : nullptr;
   return NCP_CUDA_OK;
 }
