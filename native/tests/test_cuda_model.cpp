@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -276,7 +277,15 @@ NCP_TEST("cuda: the gpu profile counts each op's calls and launches from device 
   NCP_EXPECT(add.size() == 6 && std::atof(add[1].c_str()) > 0 && std::atof(add[3].c_str()) > 0,
              "device or host time not positive: " << row("add_forward"));
   NCP_EXPECT(row("zero").empty(), "an op before the profile started was counted");
-  NCP_EXPECT(report.find("device idle between ops") != std::string::npos, "no idle-time line");
+  // The device's wall time covers the op spans (they are disjoint, in stream order), so it is at least their sum.
+  const size_t wall_at = report.find("device wall time from the first op's start to the last op's end: ");
+  NCP_EXPECT(wall_at != std::string::npos, "no device wall-time line");
+  if (wall_at != std::string::npos) {
+    const double wall = std::atof(report.c_str() + wall_at + std::strlen("device wall time from the first op's start to the last op's end: "));
+    const auto total = fields(row("total"));  // "total in ops", device s, host s, launches
+    NCP_EXPECT(total.size() >= 4 && wall >= std::atof(total[3].c_str()) * 0.999 && wall > 0,
+               "device wall " << wall << " below the ops' device time: " << row("total"));
+  }
 }
 
 NCP_TEST("cuda: asking for a device that cannot run names why") {
