@@ -142,7 +142,7 @@ export interface NativeVae {
 
 /**
  * CUDA attention kernels (NCP_CUDA_ATTENTION): materialized (float), fused (register-level mma.sync flash
- * kernels), fused-async / fused-async8 (the same, with a double-buffered cp.async forward, 4 or 8 warps a block),
+ * kernels), fused-async / fused-async8 (the same, double-buffered by cp.async; 4 or 8 warps a forward block),
  * fused-wmma (the WMMA flash kernels).
  */
 export type AttentionMode = 'materialized' | 'fused' | 'fused-async' | 'fused-async8' | 'fused-wmma';

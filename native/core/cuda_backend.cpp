@@ -116,9 +116,9 @@ std::string attention_mode_name(int mode) {
     case NCP_CUDA_ATTENTION_FUSED_ASYNC:
     case NCP_CUDA_ATTENTION_FUSED_ASYNC8:
       return std::string(mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ? "fused-async" : "fused-async8") +
-             " (bf16 tensor cores: mma.sync kernels, the forward's k and v tiles by cp.async, double-buffered, " +
+             " (bf16 tensor cores: mma.sync kernels, their tiles by cp.async into two buffers, " +
              (mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ? "4" : "8") +
-             " warps a block, for head dims that are multiples of 8; WMMA backward past head dim 128) for >= 128 "
+             " warps a forward block, for head dims that are multiples of 8; WMMA backward past head dim 128) for >= 128 "
              "keys, else materialized";
     case NCP_CUDA_ATTENTION_FUSED_WMMA:
       return "fused-wmma (bf16 tensor cores: WMMA forward and backward) for >= 128 keys, else materialized";
@@ -171,7 +171,7 @@ Probe probe() {
   // PyTorch's allow_tf32. Off by default so that the GPU matches the CPU to float32 rounding.
   if (const char* tf32 = std::getenv("NCP_CUDA_TF32"); tf32 && std::string(tf32) == "1") t->set_tf32(1);
   // NCP_CUDA_ATTENTION=fused: flash-style attention kernels (cuda/flash_attention.h) for self-attention shapes,
-  // the register-level (mma.sync) ones; fused-async / fused-async8: the same with a double-buffered forward;
+  // the register-level (mma.sync) ones; fused-async / fused-async8: the same, double-buffered;
   // fused-wmma: the WMMA ones. bf16 products, so off by default like TF32.
   const std::string attention = std::getenv("NCP_CUDA_ATTENTION") ? std::getenv("NCP_CUDA_ATTENTION") : "";
   const int code = attention_mode_code(attention);

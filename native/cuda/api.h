@@ -62,8 +62,8 @@ typedef struct ncp_cuda_conv2d_shape {
 #define NCP_CUDA_ATTENTION_MATERIALIZED 0
 #define NCP_CUDA_ATTENTION_FUSED 1
 #define NCP_CUDA_ATTENTION_FUSED_WMMA 2
-#define NCP_CUDA_ATTENTION_FUSED_ASYNC 3  /* FUSED with the forward's k and v tiles by cp.async, double-buffered */
-#define NCP_CUDA_ATTENTION_FUSED_ASYNC8 4 /* the same with 8 warps (128 query rows) per block */
+#define NCP_CUDA_ATTENTION_FUSED_ASYNC 3  /* FUSED with the tiles loaded by cp.async into two buffers */
+#define NCP_CUDA_ATTENTION_FUSED_ASYNC8 4 /* the same with 8 warps (128 query rows) per forward block */
 
 typedef struct ncp_cuda_attention_shape {
   int64_t B, Lq, Lk, H, Dh;
@@ -206,8 +206,9 @@ typedef struct ncp_cuda_api {
    * kernels (bf16 tensor-core products, float softmax statistics and outputs, no [heads, Lq, Lk] buffer) for shapes
    * with at least 128 keys and a head dim of at most 256. NCP_CUDA_ATTENTION_FUSED: the register-level (mma.sync)
    * kernels (the backward's up to head dim 128, WMMA's beyond); _FUSED_ASYNC / _FUSED_ASYNC8: the same, with the
-   * forward loading its k and v tiles by cp.async into two buffers (4 or 8 warps a block) where the head dim is a
-   * multiple of 8 (SD's 40, 64, 80, 160; 128); _FUSED_WMMA: the WMMA kernels for both passes.
+   * forward's k and v tiles and the backward's q and dout tiles loaded by cp.async into two buffers (4 or 8 warps a
+   * forward block) where the head dim is a multiple of 8 (SD's 40, 64, 80, 160; 128); _FUSED_WMMA: the WMMA kernels
+   * for both passes.
    * _MATERIALIZED (the default): the float path. */
   int (*set_fused_attention)(int32_t mode);
 

@@ -88,10 +88,10 @@ using MmaAsync4Dims = HeadDims<MmaForwardSmem<4, 2>, 48, 64, 80, 128, 160>;
 using MmaAsync8Dims = HeadDims<MmaForwardSmem<8, 2>, 48, 64, 80, 128, 160>;
 using MmaAsyncBackwardDims = HeadDims<MmaBackwardAsyncSmem, 48, 64, 80, 128>;
 
-bool mma_mode(int mode) {
-  return mode == NCP_CUDA_ATTENTION_FUSED || mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ||
-         mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8;
+bool async_mode(int mode) {
+  return mode == NCP_CUDA_ATTENTION_FUSED_ASYNC || mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8;
 }
+bool mma_mode(int mode) { return mode == NCP_CUDA_ATTENTION_FUSED || async_mode(mode); }
 
 // The shape fields every kernel's arguments share.
 template <class Args>
@@ -142,8 +142,7 @@ int mma_backward(float* dq, float* dk, float* dv, const uint16_t* q, const uint1
   MmaBackwardArgs a = with_shape<MmaBackwardArgs>(s);
   a.q = q, a.k = k, a.v = v, a.dout = dout, a.lse = lse, a.delta = delta, a.dq = dq, a.dk = dk, a.dv = dv;
   const dim3 grid(unsigned((a.Lk + kMmaBlockKeys - 1) / kMmaBlockKeys), unsigned(s->B * s->H));
-  if ((g_mode == NCP_CUDA_ATTENTION_FUSED_ASYNC || g_mode == NCP_CUDA_ATTENTION_FUSED_ASYNC8) && s->Dh % 8 == 0 &&
-      MmaAsyncBackwardDims::pick(s->Dh) == dp) {
+  if (async_mode(g_mode) && s->Dh % 8 == 0 && MmaAsyncBackwardDims::pick(s->Dh) == dp) {
     const char* op = "fused attention backward (mma, cp.async)";
     return MmaAsyncBackwardDims::dispatch(op, dp, [&](auto d) {
       constexpr int DP = decltype(d)::value;
