@@ -21,12 +21,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
 
+#include "cuda_emu/async_copies.h"
 #include "cuda_emu/ncp_cuda_emu.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -124,20 +124,9 @@ struct Fiber {
 #endif
 };
 
-// A thread's cp.async copies: those of its open group, then its committed groups, oldest first.
-struct AsyncCopy {
-  void* dst;
-  const void* src;
-  int src_bytes, bytes;
-};
-struct AsyncGroups {
-  std::vector<AsyncCopy> open;
-  std::deque<std::vector<AsyncCopy>> committed;
-};
-
 struct BlockRun {
   int threads = 0, live = 0;
-  std::vector<AsyncGroups> async;  // per thread
+  std::vector<AsyncCopies> async;  // per thread: its cp.async copies
   std::vector<int> warp_live;
   std::vector<int> block_waiters;               // at __syncthreads
   std::vector<std::vector<int>> warp_waiters;  // at a shuffle's exchange, per warp
@@ -286,7 +275,7 @@ void run_block(BlockRun& r) {
   for (auto& w : r.warp_waiters) w.clear();
   for (int t = 0; t < r.threads; ++t) ++r.warp_live[size_t(t / 32)];
   r.exchange_bank.assign(size_t(r.threads), 0);
-  r.async.assign(size_t(r.threads), AsyncGroups{});  // copies never waited for end with their block
+  r.async.assign(size_t(r.threads), AsyncCopies{});  // copies never waited for end with their block
   bool ascending = true;
   while (r.live > 0) {
     if (r.ready.empty()) die("deadlock: every live thread waits at a barrier that can never complete");
@@ -353,28 +342,19 @@ void cp_async(void* dst, const void* src, int src_bytes, int bytes) {
   if (d < g_shared || d + bytes > g_shared + g_shared_bytes)
     die("cp.async into memory outside the block's shared memory");
   if (src_bytes && !device_range_ok(src, size_t(src_bytes))) die("cp.async reads outside every device allocation");
-  r->async[size_t(r->current)].open.push_back({dst, src, src_bytes, bytes});
+  r->async[size_t(r->current)].add(dst, src, src_bytes, bytes);
 }
 
 void cp_async_commit() {
   BlockRun* r = g_run;
   if (!r) die("cp.async.commit_group outside a kernel");
-  AsyncGroups& a = r->async[size_t(r->current)];
-  a.committed.push_back(std::move(a.open));
-  a.open.clear();
+  r->async[size_t(r->current)].commit();
 }
 
 void cp_async_wait(int pending) {
   BlockRun* r = g_run;
   if (!r) die("cp.async.wait_group outside a kernel");
-  AsyncGroups& a = r->async[size_t(r->current)];
-  while (a.committed.size() > size_t(std::max(pending, 0))) {
-    for (const AsyncCopy& c : a.committed.front()) {
-      if (c.src_bytes) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
-      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
-    }
-    a.committed.pop_front();
-  }
+  r->async[size_t(r->current)].wait(pending);
 }
 
 void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(void*), void* context) {

@@ -2,8 +2,6 @@
 // the parity case prints one "skip:" line with the reason and passes.
 #include <dlfcn.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -76,9 +74,9 @@ struct DeviceFloats {
   }
 };
 
-std::vector<float> pattern(size_t n, uint32_t seed, float amplitude) {
+std::vector<float> pattern(size_t n, uint64_t seed, double amplitude) {
   std::vector<float> v(n);
-  for (float& x : v) seed = seed * 1664525u + 1013904223u, x = amplitude * (float(seed >> 8) / float(1 << 23) - 1.f);
+  ncp::test::fill_uniform(v, seed, -amplitude, amplitude);
   return v;
 }
 
@@ -93,14 +91,8 @@ uint64_t cp_async_copies() {
   return n;
 }
 
-// Largest |a - b| over the largest |b|.
-double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = std::fabs(double(a[i]) - double(b[i]));
-    diff = std::isnan(d) ? INFINITY : std::max(diff, d), scale = std::max(scale, std::fabs(double(b[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  return ncp::test::rel_error(a.data(), b.data(), int64_t(b.size()));
 }
 }  // namespace
 
@@ -162,8 +154,8 @@ NCP_TEST("cuda: the double-buffered attention modes agree with fused") {
                    "Dh " << s.Dh << ": backward_recompute made " << r.recompute_copies << " cp.async copies, the "
                          << "forward " << r.forward_copies);
       }
-      const double e[5] = {max_rel_diff(r.out, ref.out), max_rel_diff(r.out2, ref.out2), max_rel_diff(r.dq, ref.dq),
-                           max_rel_diff(r.dk, ref.dk), max_rel_diff(r.dv, ref.dv)};
+      const double e[5] = {rel_diff(r.out, ref.out), rel_diff(r.out2, ref.out2), rel_diff(r.dq, ref.dq),
+                           rel_diff(r.dk, ref.dk), rel_diff(r.dv, ref.dv)};
       const char* names[5] = {"out", "recompute.out", "dq", "dk", "dv"};
       std::printf("    %-13s Lq %3lld Lk %3lld Dh %3lld%s: out %.1e, recompute.out %.1e, dq %.1e, dk %.1e, dv %.1e\n",
                   mode == NCP_CUDA_ATTENTION_FUSED_ASYNC ? "fused-async" : "fused-async8", (long long)s.Lq,

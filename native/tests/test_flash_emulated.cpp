@@ -17,7 +17,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -26,6 +25,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "cuda_emu/async_copies.h"
 #include "cpu/ops.h"
 #include "tests/harness.h"
 
@@ -131,30 +131,13 @@ inline void warp_gather(const void* in, void* all, size_t bytes) {
 }
 // cp.async, which the double-buffered kernels use (those are checked on the SIMT emulator, test_cuda.cpp's
 // "double-buffered attention modes" case; the plain kernels here only need these to compile). Each emulated thread
-// is a host thread here, so its queue is thread_local; copies land at the wait, as in the SIMT emulator.
-struct AsyncCopy {
-  void* dst;
-  const void* src;
-  int src_bytes, bytes;
-};
-inline thread_local std::vector<AsyncCopy> t_open_copies;
-inline thread_local std::deque<std::vector<AsyncCopy>> t_committed_copies;
+// is a host thread here, so its queue is thread_local.
+inline thread_local AsyncCopies t_async_copies;
 inline void cp_async(void* dst, const void* src, int src_bytes, int bytes) {
-  t_open_copies.push_back({dst, src, src_bytes, bytes});
+  t_async_copies.add(dst, src, src_bytes, bytes);
 }
-inline void cp_async_commit() {
-  t_committed_copies.push_back(std::move(t_open_copies));
-  t_open_copies.clear();
-}
-inline void cp_async_wait(int pending) {
-  while (t_committed_copies.size() > size_t(pending)) {
-    for (const AsyncCopy& c : t_committed_copies.front()) {
-      if (c.src_bytes) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
-      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
-    }
-    t_committed_copies.pop_front();
-  }
-}
+inline void cp_async_commit() { t_async_copies.commit(); }
+inline void cp_async_wait(int pending) { t_async_copies.wait(pending); }
 }  // namespace ncp_emu
 inline float atomicAdd(float* p, float v) {
   std::lock_guard<std::mutex> lock(emu::g_atomic);
