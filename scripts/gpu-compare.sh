@@ -6,7 +6,8 @@
 #   2. the attention op alone at SDXL's and SD1.5's shapes under each attention mode, against PyTorch's SDPA (a few
 #      seconds: which fused forward is faster, and by how much against flash attention); the SDXL 1024² NCP-DPO
 #      step that issue 7's targets name, in bf16: plain, with the fused attention kernels (mma.sync, and its
-#      double-buffered kernels with 4 and 8 warps), with selective recompute, with gradient checkpointing, and one
+#      double-buffered kernels with 4 and 8 warps), with the LoRA adapters on GEMMs instead of their fused kernels,
+#      with selective recompute, with gradient checkpointing, and one
 #      profiled step (device time, host time and launches per op kind);
 #      then PyTorch's bf16 step on the same GPU (bench/pytorch/gpu_step_bench.py: the plain-PyTorch port of
 #      diffusers' U-Net);
@@ -44,6 +45,8 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
   NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-async8 $b $sdxl_step --weights bf16
+  echo "== fused-async with the LoRA adapters on the GEMM chain instead of their fused kernels (cuda/lora.cu)"
+  NCP_CUDA_ATTENTION=fused-async NCP_CUDA_LORA=gemm $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16 --recompute feedforward,qkv
   NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16 --gradient-checkpointing on
   echo "== the fused-async bf16 step again, one repetition, device time per op kind from events (nothing"

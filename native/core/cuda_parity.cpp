@@ -161,6 +161,57 @@ void linear_case(Recorder& r) {
   r.compare("linear", "db", db);
 }
 
+// LoRA: each fused kernel's rank bucket (1..4, 8, 16, 32, with ranks below the bucket's size), the GEMM chain past
+// rank 32, row counts that end inside a warp's row group, several column tiles and row chunks; every backward form
+// the blocks call (all gradients, dx only with no x, the weight gradients only).
+void lora_cases(Recorder& r) {
+  const ncp_cuda_api* t = r.api();
+  const cpu::LoraShape shapes[] = {{37, 45, 29, 1},  {70, 33, 130, 4}, {300, 150, 17, 7},
+                                   {41, 19, 23, 13}, {29, 31, 37, 32}, {23, 17, 19, 40}};
+  uint64_t seed = 900;
+  for (const cpu::LoraShape& s : shapes) {
+    const std::string tag = "rank " + std::to_string(s.rank) + " ";
+    const float scale = 0.75f;
+    const Vec x = random_vec(s.rows * s.in, ++seed), A = random_vec(s.rank * s.in, ++seed),
+              B = random_vec(s.out * s.rank, ++seed), dy = random_vec(s.rows * s.out, ++seed);
+    Buffer gx(t, x), gA(t, A), gB(t, B), gdy(t, dy);
+    Grad y(t, s.rows * s.out, ++seed);
+    cpu::lora_forward<float>(y.cpu.data(), x.data(), A.data(), B.data(), scale, s);
+    // Ranks up to 32 take the fused kernels: one launch forward, three for the full backward (the GEMM chain
+    // takes two and five). A dispatch that fell back to the GEMMs would still agree, so count.
+    const bool fused = s.rank <= 32 && !std::getenv("NCP_CUDA_LORA");
+    const int64_t launches0 = t->launch_count();
+    r.call(t->lora_forward(y.gpu.get(), gx.get(), gA.get(), gB.get(), scale, s.rows, s.in, s.out, s.rank),
+           "lora_forward");
+    if (fused && t->launch_count() - launches0 != 1) r.record("lora", tag + "forward launches != 1", 1.0);
+    r.compare("lora", tag + "y", y);
+    for (int form = 0; form < 3; ++form) {
+      const bool want_dx = form != 2, want_params = form != 1;
+      const std::string ftag = tag + (form == 0 ? "" : form == 1 ? "(dx only) " : "(params only) ");
+      Grad dx(t, s.rows * s.in, ++seed), dA(t, s.rank * s.in, ++seed), dB(t, s.out * s.rank, ++seed);
+      cpu::lora_backward<float>(want_dx ? dx.cpu.data() : nullptr, want_params ? dA.cpu.data() : nullptr,
+                                want_params ? dB.cpu.data() : nullptr, dy.data(), want_params ? x.data() : nullptr,
+                                A.data(), B.data(), scale, s);
+      const int64_t backward0 = t->launch_count();
+      r.call(t->lora_backward(want_dx ? dx.gpu.get() : nullptr, want_params ? dA.gpu.get() : nullptr,
+                              want_params ? dB.gpu.get() : nullptr, gdy.get(), want_params ? gx.get() : nullptr,
+                              gA.get(), gB.get(), scale, s.rows, s.in, s.out, s.rank),
+             "lora_backward");
+      if (fused && form == 0 && t->launch_count() - backward0 != 3)
+        r.record("lora", ftag + "backward launches != 3", 1.0);
+      if (want_dx) r.compare("lora", ftag + "dx", dx);
+      if (want_params) {
+        r.compare("lora", ftag + "dA", dA);
+        r.compare("lora", ftag + "dB", dB);
+      }
+      // A gradient that was not asked for stays as it was.
+      if (!want_dx && dx.gpu.download() != dx.init) r.record("lora", ftag + "dx written", 1.0);
+      if (!want_params && (dA.gpu.download() != dA.init || dB.gpu.download() != dB.init))
+        r.record("lora", ftag + "dA/dB written", 1.0);
+    }
+  }
+}
+
 // 3x3 stride 1 and 2 with padding, and the direct 1x1 case, all on odd sizes.
 const cpu::Conv2dShape kConvShapes[] = {{2, 3, 11, 9, 5, 3, 1, 1}, {2, 4, 9, 7, 6, 3, 2, 1}, {3, 5, 5, 7, 4, 1, 1, 0}};
 
@@ -688,6 +739,7 @@ void gemm_based_ops(Recorder& r) {
   mixed_cases(r, NCP_CUDA_BF16);
   mixed_cases(r, NCP_CUDA_F16);
   linear_case(r);
+  lora_cases(r);
   conv2d_cases(r);
   attention_cases(r);
 }

@@ -1,4 +1,5 @@
-// Linear layers on top of gemm: y = x W^T + b, dx = dy W, dW = dy^T x, db = column sums of dy.
+// Linear layers on top of gemm: y = x W^T + b, dx = dy W, dW = dy^T x, db = column sums of dy; and the LoRA
+// adapter's low-rank update beside them.
 #include <algorithm>
 #include <vector>
 
@@ -49,6 +50,31 @@ void linear_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, i
   });
 }
 
+// u [rows, rank] = x A^T, recomputed by the backward rather than kept (rank / in of x's size, but one more tape
+// entry per adapter); du = scale dy B. The products are the GEMMs of the adapter's chain rule:
+// y += scale u B^T  =>  dB += scale dy^T u, du = scale dy B, dA += du^T x, dx += du A.
+template <class T>
+void lora_forward(T* y, const T* x, const T* A, const T* B, T scale, const LoraShape& s) {
+  std::vector<T> u(size_t(s.rows * s.rank));
+  gemm<T>(false, true, s.rows, s.rank, s.in, T(1), x, s.in, A, s.in, T(0), u.data(), s.rank);
+  gemm<T>(false, true, s.rows, s.out, s.rank, scale, u.data(), s.rank, B, s.rank, T(1), y, s.out);
+}
+
+template <class T>
+void lora_backward(T* dx, T* dA, T* dB, const T* dy, const T* x, const T* A, const T* B, T scale,
+                   const LoraShape& s) {
+  if (!dx && !dA && !dB) return;
+  std::vector<T> du(size_t(s.rows * s.rank));
+  gemm<T>(false, false, s.rows, s.rank, s.out, scale, dy, s.out, B, s.rank, T(0), du.data(), s.rank);
+  if (dA) gemm<T>(true, false, s.rank, s.in, s.rows, T(1), du.data(), s.rank, x, s.in, T(1), dA, s.in);
+  if (dB) {
+    std::vector<T> u(size_t(s.rows * s.rank));
+    gemm<T>(false, true, s.rows, s.rank, s.in, T(1), x, s.in, A, s.in, T(0), u.data(), s.rank);
+    gemm<T>(true, false, s.out, s.rank, s.rows, scale, dy, s.out, u.data(), s.rank, T(1), dB, s.rank);
+  }
+  if (dx) gemm<T>(false, false, s.rows, s.in, s.rank, T(1), du.data(), s.rank, A, s.in, T(1), dx, s.in);
+}
+
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t);
 template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t, int64_t,
                                      int64_t);
@@ -56,5 +82,12 @@ template void linear_backward<float>(float*, float*, float*, const float*, const
                                      int64_t, int64_t);
 template void linear_backward<double>(double*, double*, double*, const double*, const double*, const double*,
                                       int64_t, int64_t, int64_t);
+
+template void lora_forward<float>(float*, const float*, const float*, const float*, float, const LoraShape&);
+template void lora_forward<double>(double*, const double*, const double*, const double*, double, const LoraShape&);
+template void lora_backward<float>(float*, float*, float*, const float*, const float*, const float*, const float*,
+                                   float, const LoraShape&);
+template void lora_backward<double>(double*, double*, double*, const double*, const double*, const double*,
+                                    const double*, double, const LoraShape&);
 
 }  // namespace ncp::cpu

@@ -31,6 +31,18 @@ template <class T>
 void linear_backward(T* dx, T* dW, T* db, const T* dy, const T* x, const T* W, int64_t rows, int64_t in,
                      int64_t out);
 
+// ---- LoRA adapter (PEFT convention): y[rows, out] += scale (x A^T) B^T with A [rank, in] and B [out, rank] -------
+// The backward adds dx += scale dy B A, dA += scale (dy B)^T x and dB += scale dy^T (x A^T), skipping nullptr ones;
+// x may be nullptr when dA and dB both are.
+struct LoraShape {
+  int64_t rows, in, out, rank;
+};
+template <class T>
+void lora_forward(T* y, const T* x, const T* A, const T* B, T scale, const LoraShape& s);
+template <class T>
+void lora_backward(T* dx, T* dA, T* dB, const T* dy, const T* x, const T* A, const T* B, T scale,
+                   const LoraShape& s);
+
 // ---- Conv2d: square kernel k (1 or 3), stride 1 or 2, zero padding `pad`. x [N,Cin,H,W] -> y [N,Cout,Ho,Wo]
 // with Ho = (H + 2 pad - k) / stride + 1. W [Cout,Cin,k,k], b [Cout] or nullptr.
 struct Conv2dShape {

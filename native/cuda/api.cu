@@ -69,6 +69,8 @@ ncp_cuda_api make_table() {
   t.set_fused_attention = set_fused_attention;
   t.round_to_bf16 = round_to_bf16;
   t.widen_bf16 = widen_bf16;
+  t.lora_forward = lora_forward;
+  t.lora_backward = lora_backward;
   return t;
 }
 

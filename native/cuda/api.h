@@ -226,6 +226,14 @@ typedef struct ncp_cuda_api {
   int (*event_release)(int64_t id);
   /* Kernel and library launches made so far (each is counted where it is checked, in check_launch). */
   int64_t (*launch_count)(void);
+
+  /* ---- LoRA adapters (cpu/ops.h lora_forward / lora_backward): y[rows, out] += scale (x A^T) B^T with A [rank, in],
+   * B [out, rank]; the backward adds into dx, dA, dB (each may be NULL; x may be NULL when dA and dB are). Ranks up
+   * to 32 run fused kernels, larger ones the GEMMs. */
+  int (*lora_forward)(float* y, const float* x, const float* A, const float* B, float scale, int64_t rows,
+                      int64_t in, int64_t out, int64_t rank);
+  int (*lora_backward)(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* A,
+                       const float* B, float scale, int64_t rows, int64_t in, int64_t out, int64_t rank);
 } ncp_cuda_api;
 
 /* The one exported symbol. */

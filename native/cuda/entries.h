@@ -113,4 +113,10 @@ int mse_backward(float* da, float* db, const float* a, const float* b, int64_t n
 int adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, int64_t step,
                const ncp_cuda_adamw_config* c);
 
+// lora.cu
+int lora_forward(float* y, const float* x, const float* A, const float* B, float scale, int64_t rows, int64_t in,
+                 int64_t out, int64_t rank);
+int lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* A, const float* B,
+                  float scale, int64_t rows, int64_t in, int64_t out, int64_t rank);
+
 }  // namespace ncp::cuda

@@ -37,58 +37,30 @@ Linear::Linear(ParamSource& p, const std::string& prefix, int64_t in_, int64_t o
 }
 
 namespace {
-// u [rows, r] = x A^T: the adapter's down projection, recomputed by backward rather than kept.
-void lora_down(Buffer& u, const LoraAdapter& a, const float* x, int64_t rows) {
-  dev::gemm(false, true, rows, a.rank, a.in, 1.0f, x, a.in, a.a(), a.in, 0.0f, u.ensure(rows * a.rank), a.rank);
-}
+cpu::LoraShape lora_shape(const LoraAdapter& a, int64_t rows) { return {rows, a.in, a.out, a.rank}; }
 }  // namespace
 
 void Linear::forward(float* y, const float* x, int64_t rows, bool lora_on) const {
   dev::linear_forward(y, x, W, b, rows, in, out);
-  if (lora_on && lora) {
-    Buffer u;
-    lora_down(u, *lora, x, rows);
-    dev::gemm(false, true, rows, out, lora->rank, lora->scale(), u.data(), lora->rank, lora->b(), lora->rank, 1.0f,
-              y, out);
-  }
+  if (lora_on && lora) dev::lora_forward(y, x, lora->a(), lora->b(), lora->scale(), lora_shape(*lora, rows));
 }
-
-// y += s u B^T with u = x A^T: du = s dy B, dx += du A; dB += s dy^T u, dA += du^T x.
-namespace {
-void lora_du(Buffer& du, const LoraAdapter& a, const float* dy, int64_t rows) {
-  dev::gemm(false, false, rows, a.rank, a.out, a.scale(), dy, a.out, a.b(), a.rank, 0.0f, du.ensure(rows * a.rank),
-            a.rank);
-}
-void lora_param_grads(const Buffer& du, LoraAdapter& a, const float* dy, const float* x, int64_t rows) {
-  Buffer u;
-  lora_down(u, a, x, rows);
-  dev::gemm(true, false, a.out, a.rank, rows, a.scale(), dy, a.out, u.data(), a.rank, 1.0f, a.db(), a.rank);
-  dev::gemm(true, false, a.rank, a.in, rows, 1.0f, du.data(), a.rank, x, a.in, 1.0f, a.da(), a.in);
-}
-}  // namespace
 
 void Linear::backward(float* dx, const float* dy, const float* x, int64_t rows, bool lora_on) const {
   if (dx) dev::linear_backward_input(dx, dy, W, rows, in, out);
   if (!reads_input(lora_on)) return;
-  Buffer du;
-  lora_du(du, *lora, dy, rows);
-  lora_param_grads(du, *lora, dy, x, rows);
-  if (dx) dev::gemm(false, false, rows, in, lora->rank, 1.0f, du.data(), lora->rank, lora->a(), in, 1.0f, dx, in);
+  dev::lora_backward(dx, lora->da(), lora->db(), dy, x, lora->a(), lora->b(), lora->scale(), lora_shape(*lora, rows));
 }
 
 void Linear::backward_input(float* dx, const float* dy, int64_t rows, bool lora_on) const {
   dev::linear_backward_input(dx, dy, W, rows, in, out);
   if (!reads_input(lora_on)) return;
-  Buffer du;
-  lora_du(du, *lora, dy, rows);
-  dev::gemm(false, false, rows, in, lora->rank, 1.0f, du.data(), lora->rank, lora->a(), in, 1.0f, dx, in);
+  dev::lora_backward(dx, nullptr, nullptr, dy, nullptr, lora->a(), lora->b(), lora->scale(), lora_shape(*lora, rows));
 }
 
 void Linear::backward_params(const float* dy, const float* x, int64_t rows, bool lora_on) const {
   if (!reads_input(lora_on)) return;
-  Buffer du;
-  lora_du(du, *lora, dy, rows);
-  lora_param_grads(du, *lora, dy, x, rows);
+  dev::lora_backward(nullptr, lora->da(), lora->db(), dy, x, lora->a(), lora->b(), lora->scale(),
+                     lora_shape(*lora, rows));
 }
 
 Conv2d::Conv2d(ParamSource& p, const std::string& prefix, int64_t cin_, int64_t cout_, int64_t k_, int64_t stride_)

@@ -431,6 +431,20 @@ void linear_backward_input(float* dx, const float* dy, cpu::WeightRef W, int64_t
   cpu::linear_backward_input_w(dx, dy, W, rows, in, out);
 }
 
+void lora_forward(float* y, const float* x, const float* A, const float* B, float scale, const cpu::LoraShape& s) {
+  OpTimer timer("lora_forward");
+  if (on_cuda()) return ok(table().lora_forward(y, x, A, B, scale, s.rows, s.in, s.out, s.rank), "lora_forward");
+  cpu::lora_forward<float>(y, x, A, B, scale, s);
+}
+
+void lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* A, const float* B,
+                   float scale, const cpu::LoraShape& s) {
+  OpTimer timer("lora_backward");
+  if (on_cuda())
+    return ok(table().lora_backward(dx, dA, dB, dy, x, A, B, scale, s.rows, s.in, s.out, s.rank), "lora_backward");
+  cpu::lora_backward<float>(dx, dA, dB, dy, x, A, B, scale, s);
+}
+
 void conv2d_forward(float* y, const float* x, cpu::WeightRef W, const float* b, const cpu::Conv2dShape& s) {
   OpTimer timer("conv2d_forward");
   if (on_cuda()) {

@@ -38,9 +38,9 @@ class DeviceScope {
   int previous_;
 };
 
-// Whether the float32 GEMMs on a CUDA device (attention products, LoRA, and every GEMM of a float32 model) run on
-// TF32 tensor cores, for the duration of a U-Net call: under mixed precision yes (PyTorch's autocast runs those
-// products in bf16/fp16, coarser still), with float32 weights no (the GPU then matches the CPU to float32
+// Whether the float32 GEMMs on a CUDA device (attention products, LoRA past rank 32, and every GEMM of a float32
+// model) run on TF32 tensor cores, for the duration of a U-Net call: under mixed precision yes (PyTorch's autocast
+// runs those products in bf16/fp16, coarser still), with float32 weights no (the GPU then matches the CPU to float32
 // rounding). NCP_CUDA_TF32=1 or 0 overrides both. Scopes nest; outside any, the backend keeps NCP_CUDA_TF32's
 // setting (off when unset). No effect on the CPU.
 class Tf32Scope {
@@ -91,6 +91,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 // DeviceWeights with half matrices, half tensor-core GEMMs); NCP_EDTYPE otherwise.
 void linear_forward(float* y, const float* x, cpu::WeightRef W, const float* b, int64_t rows, int64_t in, int64_t out);
 void linear_backward_input(float* dx, const float* dy, cpu::WeightRef W, int64_t rows, int64_t in, int64_t out);
+// The LoRA adapter's update beside a Linear (cpu/ops.h, lora_forward / lora_backward); A, B, dA, dB float32. On a
+// CUDA device ranks up to 32 run fused kernels (cuda/lora.cu): one launch forward, three backward.
+void lora_forward(float* y, const float* x, const float* A, const float* B, float scale, const cpu::LoraShape& s);
+void lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* A, const float* B,
+                   float scale, const cpu::LoraShape& s);
 void conv2d_forward(float* y, const float* x, cpu::WeightRef W, const float* b, const cpu::Conv2dShape& s);
 void conv2d_backward_input(float* dx, const float* dy, cpu::WeightRef W, const cpu::Conv2dShape& s);
 void group_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* gamma, const float* beta,
