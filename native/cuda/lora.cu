@@ -32,7 +32,7 @@ constexpr int kRowWarps = 4;            // warps per block of the row kernels
 constexpr int kColumnThreads = 128;     // columns per block of lora_columns_kernel
 constexpr int kMaxChunkRows = 256;      // rows per chunk: the chunk's coefficients fit in 32 KB at rank 32
 constexpr int kMinChunkRows = 32;
-constexpr int64_t kColumnBlocksWanted = 512;  // enough blocks for every SM several times over
+constexpr int64_t kColumnBlocksWanted = 1024;  // about 8 blocks per SM of an H100/H200
 
 // Rows a warp carries at once for ranks up to RB: RB x rows accumulators stay at 32 registers, and each value of
 // A or B a lane loads serves that many rows.
@@ -41,9 +41,19 @@ __host__ __device__ constexpr int rows_per_warp() {
   return RB >= 32 ? 1 : 32 / RB;
 }
 
-// acc[i][j] = sum over c < cols of X[i * cols + c] M(j, c), for rows i < n (others 0) and j < rank, where
-// M(j, c) = M[j * cols + c] (A: [rank, cols]) or, kTransposed, M[c * rank + j] (B: [cols, rank]). Lanes stride over
-// c; the butterfly leaves every lane with every sum. The whole warp calls it.
+// Column positions a lane loads per step of the row kernels. A row kernel has only rows x R / R warps' worth of rows
+// to spread (SDXL: 8192), so one load per row in flight per lane would keep about 8 KB in flight per SM, well
+// under what HBM needs to run at full rate; four per row quadruples it.
+constexpr int kColumnsInFlight = 4;
+
+// M(j, c) = M[j * cols + c] (A: [rank, cols]) or, kTransposed, M[c * rank + j] (B: [cols, rank]).
+template <bool kTransposed>
+__device__ inline float factor(const float* __restrict__ M, int j, int c, int cols, int rank) {
+  return kTransposed ? M[int64_t(c) * rank + j] : M[int64_t(j) * cols + c];
+}
+
+// acc[i][j] = sum over c < cols of X[i * cols + c] M(j, c), for rows i < n (others 0) and j < rank. Lanes stride
+// over c; the butterfly leaves every lane with every sum. The whole warp calls it.
 template <int R, int RB, bool kTransposed>
 __device__ void warp_row_products(float (&acc)[R][RB], const float* __restrict__ X, int cols, int n,
                                   const float* __restrict__ M, int rank, int lane) {
@@ -51,16 +61,25 @@ __device__ void warp_row_products(float (&acc)[R][RB], const float* __restrict__
   for (int i = 0; i < R; ++i)
 #pragma unroll
     for (int j = 0; j < RB; ++j) acc[i][j] = 0.f;
-  for (int c = lane; c < cols; c += 32) {
-    float xv[R];
+  for (int c0 = lane; c0 < cols; c0 += 32 * kColumnsInFlight) {
+    float xv[kColumnsInFlight][R];
 #pragma unroll
-    for (int i = 0; i < R; ++i) xv[i] = i < n ? X[int64_t(i) * cols + c] : 0.f;
+    for (int k = 0; k < kColumnsInFlight; ++k) {
+      const int c = c0 + 32 * k;
 #pragma unroll
-    for (int j = 0; j < RB; ++j) {
-      if (j < rank) {
-        const float m = kTransposed ? M[int64_t(c) * rank + j] : M[int64_t(j) * cols + c];
+      for (int i = 0; i < R; ++i) xv[k][i] = i < n && c < cols ? X[int64_t(i) * cols + c] : 0.f;
+    }
 #pragma unroll
-        for (int i = 0; i < R; ++i) acc[i][j] += xv[i] * m;
+    for (int k = 0; k < kColumnsInFlight; ++k) {
+      const int c = c0 + 32 * k;
+      if (c >= cols) break;
+#pragma unroll
+      for (int j = 0; j < RB; ++j) {
+        if (j < rank) {
+          const float m = factor<kTransposed>(M, j, c, cols, rank);
+#pragma unroll
+          for (int i = 0; i < R; ++i) acc[i][j] += xv[k][i] * m;
+        }
       }
     }
   }
@@ -71,21 +90,34 @@ __device__ void warp_row_products(float (&acc)[R][RB], const float* __restrict__
       for (int o = 16; o > 0; o >>= 1) acc[i][j] += __shfl_xor_sync(0xffffffffu, acc[i][j], o);
 }
 
-// Y[i * cols + c] += sum_j coef[i][j] M(j, c) for rows i < n: the rank-r update of a row block, lanes over c.
+// Y[i * cols + c] += sum_j coef[i][j] M(j, c) for rows i < n: the rank-r update of a row block, lanes over c (each
+// lane's reads of Y for kColumnsInFlight columns issued before its writes).
 template <int R, int RB, bool kTransposed>
 __device__ void warp_rank_update(float* __restrict__ Y, int cols, int n, const float (&coef)[R][RB],
                                  const float* __restrict__ M, int rank, int lane) {
-  for (int c = lane; c < cols; c += 32) {
-    float m[RB];
+  for (int c0 = lane; c0 < cols; c0 += 32 * kColumnsInFlight) {
+    float yv[kColumnsInFlight][R];
 #pragma unroll
-    for (int j = 0; j < RB; ++j) m[j] = j < rank ? (kTransposed ? M[int64_t(c) * rank + j] : M[int64_t(j) * cols + c]) : 0.f;
+    for (int k = 0; k < kColumnsInFlight; ++k) {
+      const int c = c0 + 32 * k;
 #pragma unroll
-    for (int i = 0; i < R; ++i) {
-      if (i < n) {
-        float acc = 0.f;
+      for (int i = 0; i < R; ++i) yv[k][i] = i < n && c < cols ? Y[int64_t(i) * cols + c] : 0.f;
+    }
 #pragma unroll
-        for (int j = 0; j < RB; ++j) acc += coef[i][j] * m[j];
-        Y[int64_t(i) * cols + c] += acc;
+    for (int k = 0; k < kColumnsInFlight; ++k) {
+      const int c = c0 + 32 * k;
+      if (c >= cols) break;
+      float m[RB];
+#pragma unroll
+      for (int j = 0; j < RB; ++j) m[j] = j < rank ? factor<kTransposed>(M, j, c, cols, rank) : 0.f;
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        if (i < n) {
+          float acc = 0.f;
+#pragma unroll
+          for (int j = 0; j < RB; ++j) acc += coef[i][j] * m[j];
+          Y[int64_t(i) * cols + c] = yv[k][i] + acc;
+        }
       }
     }
   }
@@ -180,7 +212,7 @@ __global__ void lora_columns_kernel(float* __restrict__ partial, const float* __
 #pragma unroll
   for (int j = 0; j < RB; ++j) acc[j] = 0.f;
   const float* __restrict__ m = M + r0 * cols + col;
-#pragma unroll 4
+#pragma unroll 8
   for (int i = 0; i < n; ++i) {
     const float v = m[int64_t(i) * cols];
 #pragma unroll
