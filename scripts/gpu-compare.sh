@@ -4,7 +4,8 @@
 #   1. build + every native cuda test (op parity, golden forward and gradients, training steps, fp16, blocked and
 #      fused attention);
 #   2. the attention op alone at SDXL's and SD1.5's shapes under each attention mode, against PyTorch's SDPA (a few
-#      seconds: which fused forward is faster, and by how much against flash attention); the SDXL 1024² NCP-DPO
+#      seconds: which fused forward is faster, and by how much against flash attention), and one LoRA adapter alone
+#      (fused kernels against the GEMM chain, in GB/s against the HBM's bandwidth); the SDXL 1024² NCP-DPO
 #      step that issue 7's targets name, in bf16: plain, with the fused attention kernels (mma.sync, and its
 #      double-buffered kernels with 4 and 8 warps), with the LoRA adapters on GEMMs instead of their fused kernels,
 #      with selective recompute, with gradient checkpointing, and one
@@ -36,6 +37,11 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
   done
   timeout "$limit" python3 bench/pytorch/attention_bench.py --batch 2 --shape 4096x10x64 --shape 1024x20x64 \
     --shape 4096x8x40 --reps 10
+  echo "== one LoRA adapter alone (fused kernels, then the GEMM chain): SDXL 1024²'s first and second transformer"
+  echo "   levels (8192 rows of 640, 2048 of 1280), a cross-attention to_k (154 rows of 2048 -> 1280); ranks 4 and 32"
+  for shape in "--rows 8192 --in 640" "--rows 2048 --in 1280" "--rows 154 --in 2048 --out 1280"; do
+    for rank in 4 32; do $b lora $shape --rank $rank --device cuda --reps 20; done
+  done
 } 2>&1 | tee "$log/2-attention.txt"
 {
   echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync, then its"

@@ -6,6 +6,7 @@
 #include "core/cuda_backend.h"
 #include "core/error.h"
 #include "cpu/bench.h"
+#include "model/bench_buffer.h"
 #include "model/dev_ops.h"
 
 namespace ncp::model {
@@ -17,21 +18,6 @@ int mode_code(const std::string& mode) {
     throw Error("NCP_EINVAL", "attention bench: unknown mode '" + mode + "' (" + cuda::kAttentionModeNames + ")");
   return code;
 }
-
-// Device buffer of n floats, filled with a fixed pattern in [-1, 1) (the values do not change the time, but
-// uninitialised memory could hold NaNs, which some paths take more slowly).
-struct DeviceVec {
-  float* p = nullptr;
-  explicit DeviceVec(int64_t n) : p(dev::alloc(n)) {
-    std::vector<float> host(static_cast<size_t>(n));
-    uint32_t x = 12345u;
-    for (float& v : host) x = x * 1664525u + 1013904223u, v = float(x >> 8) / float(1 << 23) - 1.f;
-    dev::upload(p, host.data(), n);
-  }
-  ~DeviceVec() { dev::free(p); }
-  DeviceVec(const DeviceVec&) = delete;
-  DeviceVec& operator=(const DeviceVec&) = delete;
-};
 
 }  // namespace
 
@@ -46,7 +32,7 @@ std::vector<AttentionBenchResult> bench_attention(const AttentionBenchOptions& o
   const ncp_cuda_api* t = cuda::api();
   const cpu::AttentionShape s{o.batch, o.queries, o.keys, o.heads, o.head_dim, false};
   const int64_t nq = s.B * s.Lq * s.H * s.Dh, nk = s.B * s.Lk * s.H * s.Dh;
-  const DeviceVec q(nq), k(nk), v(nk), dout(nq), out(nq), dq(nq), dk(nk), dv(nk);
+  const BenchBuffer q(nq), k(nk), v(nk), dout(nq), out(nq), dq(nq), dk(nk), dv(nk);
   std::vector<AttentionBenchResult> results;
   for (const std::string& mode : o.modes) {
     if (t->set_fused_attention(mode_code(mode)) != NCP_CUDA_OK)

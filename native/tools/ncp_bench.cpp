@@ -10,6 +10,9 @@
 //   ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 --device cuda [--reps 10]
 //             [--modes materialized,fused,fused-async,fused-async8,fused-wmma]: the attention op alone under
 //             each CUDA attention mode (default: all)
+//   ncp_bench lora --rows 8192 --in 640 --out 640 --rank 4 [--device cuda] [--reps 20]: one LoRA adapter's
+//             forward and backward alone, fused kernels and GEMM chain (on the CPU: its GEMMs), with the GB/s of
+//             the least traffic each pass needs
 //
 // Prints one JSON line per run: seconds (median and best), TFLOP/s of the U-Net forward (for steps, of the
 // forward-equivalents a step does: see below), MFU against --peak-tflops when given, and peak device memory.
@@ -25,6 +28,7 @@
 #include "model/dev_ops.h"
 #include "model/unet_bench.h"
 #include "model/attention_bench.h"
+#include "model/lora_bench.h"
 #include "train/step_bench.h"
 
 namespace {
@@ -66,19 +70,39 @@ int attention_main(int argc, char** argv) {
   return 0;
 }
 
+int lora_main(int argc, char** argv) {
+  ncp::model::LoraBenchOptions o;
+  o.rows = std::atoll(arg(argc, argv, "--rows", "8192").c_str());
+  o.in = std::atoll(arg(argc, argv, "--in", "640").c_str());
+  o.out = std::atoll(arg(argc, argv, "--out", std::to_string(o.in).c_str()).c_str());
+  o.rank = std::atoll(arg(argc, argv, "--rank", "4").c_str());
+  o.reps = std::atoi(arg(argc, argv, "--reps", "20").c_str());
+  o.device = ncp::dev::parse_device(arg(argc, argv, "--device", "cuda"));
+  const std::string device = o.device < 0 ? "cpu" : ncp::cuda::status().device;
+  for (const auto& r : ncp::model::bench_lora(o))
+    std::printf("{\"bench\":\"lora\",\"device\":\"%s\",\"path\":\"%s\",\"rows\":%lld,\"in\":%lld,\"out\":%lld,"
+                "\"rank\":%lld,\"forward_ms\":%.4f,\"forward_gbps\":%.0f,\"backward_ms\":%.4f,\"backward_gbps\":%.0f}\n",
+                device.c_str(), r.path.c_str(), (long long)o.rows, (long long)o.in, (long long)o.out,
+                (long long)o.rank, r.forward_s * 1e3, r.forward_bytes / 1e9 / r.forward_s, r.backward_s * 1e3,
+                r.backward_bytes / 1e9 / r.backward_s);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2 || (std::strcmp(argv[1], "unet") != 0 && std::strcmp(argv[1], "step") != 0 &&
-                   std::strcmp(argv[1], "attention") != 0)) {
+                   std::strcmp(argv[1], "attention") != 0 && std::strcmp(argv[1], "lora") != 0)) {
     std::fprintf(stderr, "usage: ncp_bench unet|step --config sd15|sdxl --latent N [--batch N | --pairs N "
                          "--objective dpo --space ncp --tape f32|bf16] [--device cpu|cuda[:N]] [--reps N] [--peak-tflops X]\n"
                          "       ncp_bench attention --batch 2 --tokens 4096 [--keys N] --heads 10 --head-dim 64 "
-                         "[--device cuda[:N]] [--reps 10] [--modes materialized,fused,fused-async,fused-async8,fused-wmma]\n");
+                         "[--device cuda[:N]] [--reps 10] [--modes materialized,fused,fused-async,fused-async8,fused-wmma]\n"
+                         "       ncp_bench lora --rows 8192 --in 640 --out 640 --rank 4 [--device cpu|cuda[:N]] [--reps 20]\n");
     return 2;
   }
   try {
     if (std::strcmp(argv[1], "attention") == 0) return attention_main(argc, argv);
+    if (std::strcmp(argv[1], "lora") == 0) return lora_main(argc, argv);
     const std::string what = argv[1], preset = arg(argc, argv, "--config", "sd15");
     const int64_t latent = std::atoll(arg(argc, argv, "--latent", "64").c_str());
     const int reps = std::atoi(arg(argc, argv, "--reps", "3").c_str());
