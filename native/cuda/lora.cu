@@ -12,8 +12,8 @@
 //  - backward, three: lora_rows_kernel reduces each row (u = s x A^T when the weight gradients are wanted,
 //    du = s dy B; both kept [rows, r] in scratch) and adds du A into dx; lora_columns_kernel cuts the rows into
 //    chunks and sums, per chunk and column, du^T x (for dA) or u^T dy (for dB), a thread per column with the
-//    chunk's coefficients in shared memory; lora_reduce_kernel adds the chunks in a fixed order into dA and dB.
-//    No atomics: every run sums in the same order.
+//    chunk's coefficients in shared memory; a last pass (a thread per entry) adds the chunks in a fixed order into
+//    dA and dB. No atomics: every run sums in the same order.
 // NCP_CUDA_LORA=gemm runs the GEMMs at every rank instead (for A/B timing: scripts/gpu-compare.sh).
 // The arithmetic is float32 on CUDA cores (more exact than the TF32 the GEMMs use under mixed precision): at these
 // ranks the traffic, not the multiply-adds, sets the time.
@@ -41,9 +41,9 @@ __host__ __device__ constexpr int rows_per_warp() {
   return RB >= 32 ? 1 : 32 / RB;
 }
 
-// Column positions a lane loads per step of the row kernels. A row kernel has only rows x R / R warps' worth of rows
-// to spread (SDXL: 8192), so one load per row in flight per lane would keep about 8 KB in flight per SM, well
-// under what HBM needs to run at full rate; four per row quadruples it.
+// Column positions a lane loads per step of the row kernels. A row kernel has only rows / R warps (SDXL's 8192 rows:
+// about 8 warps per SM), so one load per row in flight per lane would keep about 8 KB in flight per SM, well under
+// what HBM needs to run at full rate; four per row quadruple it.
 constexpr int kColumnsInFlight = 4;
 
 // M(j, c) = M[j * cols + c] (A: [rank, cols]) or, kTransposed, M[c * rank + j] (B: [cols, rank]).
