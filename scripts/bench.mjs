@@ -2,8 +2,9 @@
 //   cpu (default): GEMM/conv ops, SD1.5 forward at 32x32 latents batch 2, latent- and NCP-DPO steps.
 //   cuda: SD1.5 at 64x64 and SDXL at 128x128 latents: U-Net forward (batch 2) and NCP-DPO step (one pair),
 //         seconds, TFLOP/s and peak device memory; then the attention op alone at their largest self-attention
-//         (SD1.5 4096 tokens x 8 heads of 40, SDXL 4096 x 10 of 64) under each attention mode. NCP_CUDA_TF32=1 lets
-//         cuBLAS use TF32 tensor cores.
+//         (SD1.5 4096 tokens x 8 heads of 40, SDXL 4096 x 10 of 64) under each attention mode, and one LoRA adapter
+//         alone at SDXL's first transformer level (fused kernels and GEMM chain). NCP_CUDA_TF32=1 lets cuBLAS use
+//         TF32 tensor cores.
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,4 +29,5 @@ if (device === 'cpu') {
   }
   for (const [heads, dim] of [['8', '40'], ['10', '64']])
     cli('attention', '--batch', '2', '--tokens', '4096', '--heads', heads, '--head-dim', dim, '--device', device);
+  cli('lora', '--rows', '8192', '--in', '640', '--rank', '4', '--device', device);
 }

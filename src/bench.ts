@@ -2,8 +2,8 @@
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from './native.js';
-import { benchAttention, benchConv2d, benchGemm, benchStep, benchUNet, info } from './index.js';
-import type { AttentionBenchOptions, AttentionBenchResult } from './native.js';
+import { benchAttention, benchConv2d, benchGemm, benchLora, benchStep, benchUNet, info } from './index.js';
+import type { AttentionBenchOptions, AttentionBenchResult, LoraBenchOptions, LoraBenchResult } from './native.js';
 
 export interface BenchRow {
   name: string;
@@ -204,6 +204,36 @@ export function formatAttentionBench(r: AttentionBenchReport): string {
       (m) =>
         `${m.mode.padEnd(12)} forward ${(m.forwardSeconds * 1e3).toFixed(3)} ms (${tflops(m.forwardGflop, m.forwardSeconds)} TFLOP/s), ` +
         `backward ${(m.backwardSeconds * 1e3).toFixed(3)} ms (${tflops(m.backwardGflop, m.backwardSeconds)} TFLOP/s)`,
+    ),
+  ].join('\n');
+}
+
+export interface LoraBenchReport {
+  machine: string;
+  device: string;
+  rows: number;
+  in: number;
+  out: number;
+  rank: number;
+  paths: LoraBenchResult[];
+}
+
+/** `bench lora`: one LoRA adapter's forward and backward alone, on each path the device has (see `benchLora`). */
+export async function benchLoraReport(o: Required<LoraBenchOptions>): Promise<LoraBenchReport> {
+  const paths = await benchLora(o);
+  return { machine: machineName(o.device), device: o.device, rows: o.rows, in: o.in, out: o.out, rank: o.rank, paths };
+}
+
+export function formatLoraBench(r: LoraBenchReport): string {
+  const gbps = (bytes: number, s: number) => (bytes / 1e9 / s).toFixed(0);
+  return [
+    `machine: ${r.machine}`,
+    `lora: ${r.rows} rows, ${r.in} -> ${r.out}, rank ${r.rank} (GB/s of the least traffic: forward x + y read + y written,` +
+      ' backward x + dy + dx read + dx written)',
+    ...r.paths.map(
+      (p) =>
+        `${p.path.padEnd(6)} forward ${(p.forwardSeconds * 1e3).toFixed(3)} ms (${gbps(p.forwardBytes, p.forwardSeconds)} GB/s), ` +
+        `backward ${(p.backwardSeconds * 1e3).toFixed(3)} ms (${gbps(p.backwardBytes, p.backwardSeconds)} GB/s)`,
     ),
   ].join('\n');
 }

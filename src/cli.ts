@@ -5,7 +5,7 @@ import { trainCommand } from './cli-train.js';
 import { hideBin } from 'yargs/helpers';
 import { join } from 'node:path';
 import { ClipTokenizer, forwardComponents, forwardFile, gradFile, info, setThreads } from './index.js';
-import { benchAttentionReport, benchLoad, benchOps, benchStepReport, benchUNetReport, formatAttentionBench, formatBench, formatStepBench, formatUNetBench } from './bench.js';
+import { benchAttentionReport, benchLoad, benchLoraReport, benchOps, benchStepReport, benchUNetReport, formatAttentionBench, formatBench, formatLoraBench, formatStepBench, formatUNetBench } from './bench.js';
 import { encodeDataset, formatEncodeProgress, formatEncodeReport } from './encode.js';
 import { CodedError } from './errors.js';
 import { ProgressBar } from './progress.js';
@@ -259,10 +259,14 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command(
       'bench <what>',
-      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `step` (one optimiser step: LoRA r4, the objective below), `load` (reading such weights from a safetensors file), `attention` (the attention op alone on a CUDA device, under each attention mode)',
+      'benchmarks: `ops` (GEMM and conv2d GFLOP/s), `unet` (a forward pass of the real SD1.5/SDXL architecture, random weights), `step` (one optimiser step: LoRA r4, the objective below), `load` (reading such weights from a safetensors file), `attention` (the attention op alone on a CUDA device, under each attention mode), `lora` (one LoRA adapter alone: on a CUDA device its fused kernels and its GEMM chain)',
       (y) =>
         y
-          .positional('what', { choices: ['ops', 'unet', 'step', 'load', 'attention'] as const, describe: 'what to measure' })
+          .positional('what', { choices: ['ops', 'unet', 'step', 'load', 'attention', 'lora'] as const, describe: 'what to measure' })
+          .option('rows', { type: 'number', default: 8192, describe: 'lora: rows (tokens x batch)' })
+          .option('in', { type: 'number', default: 640, describe: 'lora: input features' })
+          .option('out', { type: 'number', describe: 'lora: output features (default: --in)' })
+          .option('rank', { type: 'number', default: 4, describe: 'lora: rank' })
           .option('tokens', { type: 'number', default: 4096, describe: 'attention: query tokens (and keys)' })
           .option('heads', { type: 'number', default: 10, describe: 'attention: heads' })
           .option('head-dim', { type: 'number', default: 64, describe: 'attention: head dimension' })
@@ -279,13 +283,18 @@ export async function main(argv: string[]): Promise<void> {
           .option('config', { choices: ['sd15', 'sdxl'] as const, default: 'sd15' as const, describe: 'unet: architecture' })
           .option('latent', { type: 'number', default: 32, describe: 'unet: latent side (image side / 8)' })
           .option('batch', { type: 'number', default: 2, describe: 'unet: batch size' })
-          .option('device', { type: 'string', describe: 'unet, step: cpu (default), cuda or cuda:N; attention: cuda (default) or cuda:N' }),
+          .option('device', { type: 'string', describe: 'unet, step: cpu (default), cuda or cuda:N; attention: cuda (default) or cuda:N; lora: cuda (default), cuda:N or cpu' }),
       async (args) => {
-        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs], ['tokens', args.tokens], ['heads', args.heads], ['head-dim', args['head-dim']]] as const)
+        for (const [name, v] of [['reps', args.reps], ['latent', args.latent], ['batch', args.batch], ['pairs', args.pairs], ['tokens', args.tokens], ['heads', args.heads], ['head-dim', args['head-dim']], ['rows', args.rows], ['in', args.in], ['out', args.out], ['rank', args.rank]] as const)
           if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new UsageError(`--${name} must be a positive integer`);
         if (args.what === 'attention') {
           const report = await benchAttentionReport({ batch: args.batch, tokens: args.tokens, keys: args.tokens, heads: args.heads, headDim: args['head-dim'], reps: args.reps ?? 10, device: args.device ?? 'cuda' });
           process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatAttentionBench(report)) + '\n');
+          return;
+        }
+        if (args.what === 'lora') {
+          const report = await benchLoraReport({ rows: args.rows, in: args.in, out: args.out ?? args.in, rank: args.rank, reps: args.reps ?? 20, device: args.device ?? 'cuda' });
+          process.stdout.write((args.json ? JSON.stringify(report, null, 2) : formatLoraBench(report)) + '\n');
           return;
         }
         const device = args.device ?? 'cpu';

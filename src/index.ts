@@ -1,11 +1,11 @@
 // The typed public API of ncp-native. Numerics run in the native core; every long call returns a Promise and
 // runs off the event loop.
 import { addonPath, native, type CudaStatus, type NativeInfo, type NativeUNet, type Tensor, type Conv2dBenchShape } from './native.js';
-import type { AttentionBenchOptions, AttentionBenchResult } from './native.js';
+import type { AttentionBenchOptions, AttentionBenchResult, LoraBenchOptions, LoraBenchResult } from './native.js';
 import { unetLoraForwardFile } from './unet-lora.js';
 import type { NativeTextEncoder, NativeVae, TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
 
-export type { UNetBenchResult, AttentionBenchOptions, AttentionBenchResult, AttentionMode } from './native.js';
+export type { UNetBenchResult, AttentionBenchOptions, AttentionBenchResult, AttentionMode, LoraBenchOptions, LoraBenchResult } from './native.js';
 export type { Tensor, CudaStatus, NativeInfo, Conv2dBenchShape, UNetInputs, UNetConfigSummary } from './native.js';
 export type UNet = NativeUNet;
 export type { TextEncoderOutputs, TextEncoderConfigSummary, VaeConfigSummary } from './native.js';
@@ -83,6 +83,15 @@ export async function benchUNet(preset: 'sd15' | 'sdxl', latent = 32, batch = 2,
  */
 export async function benchAttention(options: AttentionBenchOptions = {}): Promise<AttentionBenchResult[]> {
   return native().benchAttention(options);
+}
+
+/**
+ * Median seconds of one LoRA adapter's forward and backward alone: on a CUDA device its fused kernels and its GEMM
+ * chain, on the CPU the CPU's GEMMs. Rejects with NCP_EINVAL for a bad size, NCP_ENOCUDA when CUDA is asked for and
+ * not usable.
+ */
+export async function benchLora(options: LoraBenchOptions = {}): Promise<LoraBenchResult[]> {
+  return native().benchLora(options);
 }
 
 /**

@@ -169,6 +169,29 @@ export interface AttentionBenchOptions {
   modes?: Array<AttentionBenchResult['mode']>;
 }
 
+/**
+ * One path's times in `benchLora`: `fused` (the CUDA backend's LoRA kernels), `gemm` (its GEMM chain,
+ * NCP_CUDA_LORA=gemm) or `cpu`.
+ */
+export interface LoraBenchResult {
+  path: 'fused' | 'gemm' | 'cpu';
+  forwardSeconds: number;
+  backwardSeconds: number;
+  /** The least traffic each pass needs: forward reads x and y and writes y; backward reads x and dy, reads and writes dx. */
+  forwardBytes: number;
+  backwardBytes: number;
+}
+
+/** The shape and settings of `benchLora`; every field has a default (SDXL 1024²'s first transformer level, rank 4). */
+export interface LoraBenchOptions {
+  rows?: number;
+  in?: number;
+  out?: number;
+  rank?: number;
+  reps?: number;
+  device?: string;
+}
+
 export interface UNetBenchResult {
   medianSeconds: number;
   bestSeconds: number;
@@ -334,6 +357,7 @@ export interface NativeBinding {
   benchUNet(preset: string, latent: number, batch: number, reps: number, device?: string): Promise<UNetBenchResult>;
   benchUNetLoad(preset: string, dtype: string, path: string, latent: number, batch: number, reps: number): Promise<UNetLoadBenchResult>;
   benchAttention(options: AttentionBenchOptions): Promise<AttentionBenchResult[]>;
+  benchLora(options: LoraBenchOptions): Promise<LoraBenchResult[]>;
   toFloat32(bytes: Uint8Array, dtype: string): Float32Array;
   fromFloat32(values: Float32Array, dtype: string): Uint8Array;
   cudaStatus(): CudaStatus;

@@ -55,3 +55,22 @@ test('bench attention on the CPU exits with the reason; its shape flags are chec
   t.is(bad.status, 2);
   t.regex(bad.stderr, /--head-dim must be a positive integer/);
 });
+
+test('bench lora runs on the CPU with its shape flags, and refuses bad ones', (t) => {
+  const r = run('bench', 'lora', '--device', 'cpu', '--rows', '37', '--in', '24', '--out', '16', '--rank', '3', '--reps', '1', '--json');
+  t.is(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  t.deepEqual([report.rows, report.in, report.out, report.rank], [37, 24, 16, 3]);
+  t.deepEqual(report.paths.map((p) => p.path), ['cpu']);
+  const p = report.paths[0];
+  t.true(p.forwardSeconds > 0 && p.backwardSeconds > 0);
+  t.is(p.forwardBytes, 4 * 37 * (24 + 2 * 16));
+  t.is(p.backwardBytes, 4 * 37 * (3 * 24 + 16));
+  const text = run('bench', 'lora', '--device', 'cpu', '--rows', '8', '--in', '8', '--reps', '1');
+  t.is(text.status, 0, text.stderr);
+  t.regex(text.stdout, /lora: 8 rows, 8 -> 8, rank 4/);
+  t.regex(text.stdout, /cpu +forward [\d.]+ ms \(\d+ GB\/s\), backward/);
+  const bad = run('bench', 'lora', '--rank', '0');
+  t.is(bad.status, 2);
+  t.regex(bad.stderr, /--rank must be a positive integer/);
+});

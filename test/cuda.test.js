@@ -56,3 +56,13 @@ test('benchAttention refuses the CPU and unknown modes, naming them', async (t) 
   const far = await t.throwsAsync(() => benchAttention({ device: 'cuda:99', tokens: 8, heads: 1, headDim: 8 }));
   t.regex(far.message, cuda.usable ? /cuda:99 asked for, but \d+ CUDA device\(s\) are visible/ : /cuda:99 asked for, but the CUDA backend is not usable/);
 });
+
+// The LoRA bench runs on either device: a size it cannot use and a device that cannot run are named.
+test('benchLora names a bad size and a device that cannot run', async (t) => {
+  const { benchLora } = await import('../dist/index.js');
+  const size = await t.throwsAsync(() => benchLora({ device: 'cpu', rows: 0 }));
+  t.is(size.code, 'NCP_EINVAL');
+  t.regex(size.message, /lora bench: rows, in, out, rank and reps must be positive/);
+  const far = await t.throwsAsync(() => benchLora({ device: 'cuda:99', rows: 8, in: 8, rank: 2, reps: 1 }));
+  t.regex(far.message, cuda.usable ? /cuda:99 asked for, but \d+ CUDA device\(s\) are visible/ : /cuda:99 asked for, but the CUDA backend is not usable/);
+});

@@ -2,6 +2,7 @@
 // measured off the event loop. `npm run bench` prints them as a table.
 #include "cpu/bench.h"
 #include "model/attention_bench.h"
+#include "model/lora_bench.h"
 #include "model/unet_bench.h"
 #include "model/dev_ops.h"
 #include "napi/async.h"
@@ -177,6 +178,41 @@ Napi::Value BenchAttention(const Napi::CallbackInfo& info) {
       });
 }
 
+// benchLora({ rows, in, out, rank, reps, device }): one LoRA adapter's forward and backward alone
+// (model/lora_bench.h): on a CUDA device its fused kernels and the GEMM chain, on the CPU the CPU's GEMMs.
+Napi::Value BenchLora(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject())
+    throw_error(env, "NCP_EINVAL", "benchLora({ rows, in, out, rank, reps, device }): an object is required");
+  const Napi::Object o = info[0].As<Napi::Object>();
+  model::LoraBenchOptions a;
+  a.rows = int64_t(number_attr(env, o, "rows", 8192));
+  a.in = int64_t(number_attr(env, o, "in", 640));
+  a.out = int64_t(number_attr(env, o, "out", double(a.in)));
+  a.rank = int64_t(number_attr(env, o, "rank", 4));
+  a.reps = int(number_attr(env, o, "reps", 20));
+  try {
+    a.device = dev::parse_device(string_attr(env, o, "device", "cuda"));  // bench_lora checks it can run
+  } catch (const Error& e) {
+    throw_error(env, e.code(), std::string("benchLora: ") + e.what());
+  }
+  return PromiseWorker<std::vector<model::LoraBenchResult>>::Start(
+      env, [=] { return model::bench_lora(a); },
+      [](Napi::Env e, std::vector<model::LoraBenchResult>& rs) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(e, rs.size());
+        for (size_t i = 0; i < rs.size(); ++i) {
+          Napi::Object r = Napi::Object::New(e);
+          r.Set("path", rs[i].path);
+          r.Set("forwardSeconds", rs[i].forward_s);
+          r.Set("backwardSeconds", rs[i].backward_s);
+          r.Set("forwardBytes", rs[i].forward_bytes);
+          r.Set("backwardBytes", rs[i].backward_bytes);
+          out.Set(uint32_t(i), r);
+        }
+        return out;
+      });
+}
+
 }  // namespace
 
 void register_bench(Napi::Env env, Napi::Object exports) {
@@ -186,6 +222,7 @@ void register_bench(Napi::Env env, Napi::Object exports) {
   exports.Set("benchUNetLoad", Napi::Function::New(env, BenchUNetLoad, "benchUNetLoad"));
   exports.Set("benchStep", Napi::Function::New(env, BenchStep, "benchStep"));
   exports.Set("benchAttention", Napi::Function::New(env, BenchAttention, "benchAttention"));
+  exports.Set("benchLora", Napi::Function::New(env, BenchLora, "benchLora"));
 }
 
 }  // namespace ncp::napi
