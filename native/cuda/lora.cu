@@ -52,6 +52,19 @@ __device__ inline float factor(const float* __restrict__ M, int j, int c, int co
   return kTransposed ? M[int64_t(c) * rank + j] : M[int64_t(j) * cols + c];
 }
 
+// v[k][i] = X[i * cols + c0 + 32 k] for rows i < n and columns inside cols, else 0: one lane's loads of a step,
+// all issued before any is used.
+template <int R>
+__device__ inline void load_columns(float (&v)[kColumnsInFlight][R], const float* __restrict__ X, int cols, int n,
+                                    int c0) {
+#pragma unroll
+  for (int k = 0; k < kColumnsInFlight; ++k) {
+    const int c = c0 + 32 * k;
+#pragma unroll
+    for (int i = 0; i < R; ++i) v[k][i] = i < n && c < cols ? X[int64_t(i) * cols + c] : 0.f;
+  }
+}
+
 // acc[i][j] = sum over c < cols of X[i * cols + c] M(j, c), for rows i < n (others 0) and j < rank. Lanes stride
 // over c; the butterfly leaves every lane with every sum. The whole warp calls it.
 template <int R, int RB, bool kTransposed>
@@ -63,12 +76,7 @@ __device__ void warp_row_products(float (&acc)[R][RB], const float* __restrict__
     for (int j = 0; j < RB; ++j) acc[i][j] = 0.f;
   for (int c0 = lane; c0 < cols; c0 += 32 * kColumnsInFlight) {
     float xv[kColumnsInFlight][R];
-#pragma unroll
-    for (int k = 0; k < kColumnsInFlight; ++k) {
-      const int c = c0 + 32 * k;
-#pragma unroll
-      for (int i = 0; i < R; ++i) xv[k][i] = i < n && c < cols ? X[int64_t(i) * cols + c] : 0.f;
-    }
+    load_columns<R>(xv, X, cols, n, c0);
 #pragma unroll
     for (int k = 0; k < kColumnsInFlight; ++k) {
       const int c = c0 + 32 * k;
@@ -97,12 +105,7 @@ __device__ void warp_rank_update(float* __restrict__ Y, int cols, int n, const f
                                  const float* __restrict__ M, int rank, int lane) {
   for (int c0 = lane; c0 < cols; c0 += 32 * kColumnsInFlight) {
     float yv[kColumnsInFlight][R];
-#pragma unroll
-    for (int k = 0; k < kColumnsInFlight; ++k) {
-      const int c = c0 + 32 * k;
-#pragma unroll
-      for (int i = 0; i < R; ++i) yv[k][i] = i < n && c < cols ? Y[int64_t(i) * cols + c] : 0.f;
-    }
+    load_columns<R>(yv, Y, cols, n, c0);
 #pragma unroll
     for (int k = 0; k < kColumnsInFlight; ++k) {
       const int c = c0 + 32 * k;
