@@ -228,12 +228,17 @@ __global__ void lora_columns_kernel(float* __restrict__ partial, const float* __
     if (j < rank) p[int64_t(j) * (in + out)] = acc[j];
 }
 
+// Blocks of a row kernel: a warp per row group of rows_per_warp rows (grid-stride past 65535 blocks).
+template <int RB>
+unsigned row_blocks(int64_t rows) {
+  const int64_t groups = (rows + rows_per_warp<RB>() - 1) / rows_per_warp<RB>();
+  return unsigned(std::clamp<int64_t>((groups + kRowWarps - 1) / kRowWarps, 1, 65535));
+}
+
 template <int RB>
 int launch_forward(float* y, const float* x, const float* A, const float* B, float scale, int64_t rows, int in,
                    int out, int rank) {
-  const int64_t groups = (rows + rows_per_warp<RB>() - 1) / rows_per_warp<RB>();
-  const unsigned blocks = unsigned(std::clamp<int64_t>((groups + kRowWarps - 1) / kRowWarps, 1, 65535));
-  NCP_LAUNCH(lora_forward_kernel<RB>, blocks, kRowWarps * 32, 0)(y, x, A, B, scale, rows, in, out, rank);
+  NCP_LAUNCH(lora_forward_kernel<RB>, row_blocks<RB>(rows), kRowWarps * 32, 0)(y, x, A, B, scale, rows, in, out, rank);
   return check_launch("lora_forward");
 }
 
@@ -252,14 +257,14 @@ int launch_backward(float* dx, float* dA, float* dB, const float* dy, const floa
   float *U = nullptr, *DU = nullptr, *partial = nullptr;
   if (grads) {
     float* buf = nullptr;
-    NCP_TRY(scratch(0, size_t(2 * rows * rank + chunks * rank * width) * sizeof(float), reinterpret_cast<void**>(&buf)));
+    const size_t floats = size_t(2 * rows * rank + chunks * rank * width);
+    NCP_TRY(scratch(0, floats * sizeof(float), reinterpret_cast<void**>(&buf)));
     DU = buf;
     if (dB) U = buf + rows * rank;
     partial = buf + 2 * rows * rank;
   }
-  const int64_t groups = (rows + rows_per_warp<RB>() - 1) / rows_per_warp<RB>();
-  const unsigned blocks = unsigned(std::clamp<int64_t>((groups + kRowWarps - 1) / kRowWarps, 1, 65535));
-  NCP_LAUNCH(lora_rows_kernel<RB>, blocks, kRowWarps * 32, 0)(U, DU, dx, dy, x, A, B, scale, rows, in, out, rank);
+  NCP_LAUNCH(lora_rows_kernel<RB>, row_blocks<RB>(rows), kRowWarps * 32, 0)(U, DU, dx, dy, x, A, B, scale, rows, in,
+                                                                           out, rank);
   NCP_TRY(check_launch("lora_backward"));
   if (!grads) return NCP_CUDA_OK;
   NCP_LAUNCH(lora_columns_kernel<RB>, dim3(unsigned(tiles), unsigned(chunks)), kColumnThreads, 0)(

@@ -73,7 +73,8 @@ NCP_TEST("linear: float matches double") {
 NCP_TEST("lora: forward adds scale (x A^T) B^T, as a naive loop does") {
   const ncp::cpu::LoraShape s{9, 7, 5, 3};
   const double scale = 0.625;
-  auto x = random_vector(s.rows * s.in, 20), A = random_vector(s.rank * s.in, 21), B = random_vector(s.out * s.rank, 22);
+  auto x = random_vector(s.rows * s.in, 20), A = random_vector(s.rank * s.in, 21),
+       B = random_vector(s.out * s.rank, 22);
   auto y = random_vector(s.rows * s.out, 23), want = y;
   for (int64_t r = 0; r < s.rows; ++r)
     for (int64_t o = 0; o < s.out; ++o)
@@ -83,13 +84,15 @@ NCP_TEST("lora: forward adds scale (x A^T) B^T, as a naive loop does") {
         want[r * s.out + o] += scale * u * B[o * s.rank + j];
       }
   ncp::cpu::lora_forward(y.data(), x.data(), A.data(), B.data(), scale, s);
-  NCP_EXPECT(rel_error(y.data(), want.data(), s.rows * s.out) < 1e-14, rel_error(y.data(), want.data(), s.rows * s.out));
+  const double e = rel_error(y.data(), want.data(), s.rows * s.out);
+  NCP_EXPECT(e < 1e-14, e);
 }
 
 NCP_TEST("lora: gradcheck, and each gradient alone (x not needed for dx)") {
   const ncp::cpu::LoraShape s{6, 5, 4, 3};
   const double scale = 1.5;
-  auto x = random_vector(s.rows * s.in, 24), A = random_vector(s.rank * s.in, 25), B = random_vector(s.out * s.rank, 26);
+  auto x = random_vector(s.rows * s.in, 24), A = random_vector(s.rank * s.in, 25),
+       B = random_vector(s.out * s.rank, 26);
   auto w = random_vector(s.rows * s.out, 27), y0 = random_vector(s.rows * s.out, 28);
   std::vector<double> y, dx(x.size()), dA(A.size()), dB(B.size());
   auto loss = [&] {
@@ -100,15 +103,17 @@ NCP_TEST("lora: gradcheck, and each gradient alone (x not needed for dx)") {
   loss();
   ncp::cpu::lora_backward(dx.data(), dA.data(), dB.data(), w.data(), x.data(), A.data(), B.data(), scale, s);
   NCP_EXPECT_GRADCHECK(gradcheck(loss, {{"x", &x, &dx}, {"A", &A, &dA}, {"B", &B, &dB}}), 1e-6);
-  expect_backward_accumulates("lora", {s.rows * s.in, s.rank * s.in, s.out * s.rank}, [&](const std::vector<double*>& g) {
-    ncp::cpu::lora_backward(g[0], g[1], g[2], w.data(), g[1] || g[2] ? x.data() : nullptr, A.data(), B.data(), scale,
-                            s);
+  const std::vector<int64_t> sizes{s.rows * s.in, s.rank * s.in, s.out * s.rank};
+  expect_backward_accumulates("lora", sizes, [&](const std::vector<double*>& g) {
+    const double* x_if_needed = g[1] || g[2] ? x.data() : nullptr;
+    ncp::cpu::lora_backward(g[0], g[1], g[2], w.data(), x_if_needed, A.data(), B.data(), scale, s);
   });
 }
 
 NCP_TEST("lora: float matches double") {
   const ncp::cpu::LoraShape s{77, 65, 33, 8};
-  auto x = random_vector(s.rows * s.in, 29), A = random_vector(s.rank * s.in, 30), B = random_vector(s.out * s.rank, 31);
+  auto x = random_vector(s.rows * s.in, 29), A = random_vector(s.rank * s.in, 30),
+       B = random_vector(s.out * s.rank, 31);
   auto dy = random_vector(s.rows * s.out, 32);
   auto run = [&](auto zero) {
     using T = decltype(zero);
