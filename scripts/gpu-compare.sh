@@ -6,9 +6,9 @@
 #   2. the attention op alone at SDXL's and SD1.5's shapes under each attention mode, against PyTorch's SDPA (a few
 #      seconds: which fused forward is faster, and by how much against flash attention), and one LoRA adapter alone
 #      (fused kernels against the GEMM chain, in GB/s against the HBM's bandwidth); the SDXL 1024² NCP-DPO
-#      step that issue 7's targets name, in bf16: plain, with the fused attention kernels (mma.sync, and its
-#      double-buffered kernels with 4 and 8 warps), with the LoRA adapters on GEMMs instead of their fused kernels,
-#      with selective recompute, with gradient checkpointing, and one
+#      step that issue 7's targets name, in bf16: with the defaults of bf16 weights (fused-async8 attention, LoRA
+#      on the GEMM chain), with materialized attention, with fused-async, with the LoRA adapters on their fused
+#      kernels, with selective recompute, with gradient checkpointing, and one
 #      profiled step (device time, host time and launches per op kind);
 #      then PyTorch's bf16 step on the same GPU (bench/pytorch/gpu_step_bench.py: the plain-PyTorch port of
 #      diffusers' U-Net);
@@ -26,7 +26,8 @@ sdxl_fwd="unet --config sdxl --latent 128 --batch 2 --device cuda --reps 3"
 sd15_step="step --config sd15 --latent 64 --pairs 1 --objective dpo --space ncp --device cuda --reps 3"
 export PYTHONUNBUFFERED=1
 torch_bench() { timeout "$limit" python3 bench/pytorch/gpu_step_bench.py --steps 3 --device cuda "$@"; }
-export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoRA) on TF32, as PyTorch's autocast
+# TF32 for float32 weights' GEMMs in step 4's "TF32" rows (and the op benches); mixed precision turns it on by itself
+export NCP_CUDA_TF32=1
 {
   echo "== attention alone, batch 2: SDXL 1024² (4096 tokens x 10 heads, 1024 x 20; head dim 64), SD1.5 512² (4096 x 8"
   echo "   heads of 40): ours under each mode (materialized; fused = mma.sync kernels; fused-async, fused-async8 = the"
@@ -44,32 +45,32 @@ export NCP_CUDA_TF32=1  # the float GEMMs that remain under bf16 (attention, LoR
   done
 } 2>&1 | tee "$log/2-attention.txt"
 {
-  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: plain, fused attention (mma.sync, then its"
-  echo "   double-buffered kernels, 4 and 8 warps a forward block; the WMMA kernels are timed alone in step 2's"
-  echo "   attention bench), + recompute, + checkpointing"
+  echo "== ncp-native SDXL 128x128 NCP-DPO step, bf16 weights: defaults (fused-async8 attention, LoRA"
+  echo "   on the GEMM chain), then materialized attention, fused-async (4 warps), LoRA on its fused kernels"
   $b $sdxl_step --weights bf16
-  NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights bf16
+  NCP_CUDA_ATTENTION=materialized $b $sdxl_step --weights bf16
   NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16
-  NCP_CUDA_ATTENTION=fused-async8 $b $sdxl_step --weights bf16
-  echo "== fused-async with the LoRA adapters on the GEMM chain instead of their fused kernels (cuda/lora.cu)"
-  NCP_CUDA_ATTENTION=fused-async NCP_CUDA_LORA=gemm $b $sdxl_step --weights bf16
-  NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16 --recompute feedforward,qkv
-  NCP_CUDA_ATTENTION=fused-async $b $sdxl_step --weights bf16 --gradient-checkpointing on
-  echo "== the fused-async bf16 step again, one repetition, device time per op kind from events (nothing"
+  NCP_CUDA_LORA=fused $b $sdxl_step --weights bf16
+  echo "== memory: --recompute feedforward, --recompute feedforward,qkv, gradient checkpointing"
+  $b $sdxl_step --weights bf16 --recompute feedforward
+  $b $sdxl_step --weights bf16 --recompute feedforward,qkv
+  $b $sdxl_step --weights bf16 --gradient-checkpointing on
+  echo "== the default bf16 step again, one repetition, device time per op kind from events (nothing"
   echo "   synchronised), host time, launches, device idle between ops"
-  NCP_CUDA_ATTENTION=fused-async $b step --config sdxl --latent 128 --pairs 1 --objective dpo --space ncp \
-    --device cuda --reps 1 --weights bf16 --profile gpu
-  echo "== forward, batch 2, bf16 weights: plain and fused attention"
+  $b step --config sdxl --latent 128 --pairs 1 --objective dpo --space ncp --device cuda --reps 1 --weights bf16 \
+    --profile gpu
+  echo "== forward, batch 2, bf16 weights: defaults, then materialized attention"
   $b $sdxl_fwd --weights bf16
-  NCP_CUDA_ATTENTION=fused-async $b $sdxl_fwd --weights bf16
+  NCP_CUDA_ATTENTION=materialized $b $sdxl_fwd --weights bf16
 } 2>&1 | tee "$log/2-ours-sdxl-bf16.txt"
 echo "== PyTorch $(python3 -c 'import torch; print(torch.__version__)'), SDXL 128x128, bf16 autocast" | tee "$log/2-torch-sdxl-bf16.txt"
 torch_bench --config sdxl --latent 128 --cases forward,ncp --precision bf16 2>&1 | tee -a "$log/2-torch-sdxl-bf16.txt"
 {
-  echo "== ncp-native SDXL 128x128, fp16 weights (float32 tape, loss scaling): plain, recompute, fused attention"
+  echo "== ncp-native SDXL 128x128, fp16 weights (float32 tape, loss scaling): defaults (float attention), recompute,"
+  echo "   fused-async8 attention"
   $b $sdxl_step --weights fp16
   $b $sdxl_step --weights fp16 --recompute feedforward,qkv
-  NCP_CUDA_ATTENTION=fused $b $sdxl_step --weights fp16 --recompute feedforward,qkv
+  NCP_CUDA_ATTENTION=fused-async8 $b $sdxl_step --weights fp16 --recompute feedforward,qkv
 } 2>&1 | tee "$log/3-ours-sdxl-fp16.txt"
 {
   echo "== ncp-native SDXL 128x128: float32 (TF32 off), then TF32"
@@ -79,13 +80,12 @@ torch_bench --config sdxl --latent 128 --cases forward,ncp --precision bf16 2>&1
 echo "== PyTorch SDXL 128x128, fp32 and tf32" | tee "$log/4-torch-sdxl-f32.txt"
 torch_bench --config sdxl --latent 128 --cases forward,ncp --precision fp32,tf32 2>&1 | tee -a "$log/4-torch-sdxl-f32.txt"
 {
-  echo "== ncp-native SD1.5 64x64: float32, TF32, bf16 weights, bf16 + fused attention"
+  echo "== ncp-native SD1.5 64x64: float32, TF32, bf16 weights (defaults: fused-async8), bf16 + materialized attention"
   NCP_CUDA_TF32=0 $b unet --config sd15 --latent 64 --batch 2 --device cuda --reps 5
   NCP_CUDA_TF32=0 $b $sd15_step
   $b $sd15_step
   $b $sd15_step --weights bf16
-  NCP_CUDA_ATTENTION=fused $b $sd15_step --weights bf16
-  NCP_CUDA_ATTENTION=fused-async $b $sd15_step --weights bf16
+  NCP_CUDA_ATTENTION=materialized $b $sd15_step --weights bf16
 } 2>&1 | tee "$log/5-ours-sd15.txt"
 echo "== PyTorch SD1.5 64x64" | tee "$log/5-torch-sd15.txt"
 torch_bench --config sd15 --latent 64 --cases forward,ncp --precision fp32,tf32,bf16 2>&1 | tee -a "$log/5-torch-sd15.txt"

@@ -22,7 +22,11 @@ export interface CudaStatus {
   driverVersion: number;
   runtimeVersion: number;
   gemm: string;
-  /** CUDA attention kernels: "materialized (float)", or "fused ..." / "fused-async ..." / "fused-wmma ..." as NCP_CUDA_ATTENTION chose. */
+  /**
+   * CUDA attention kernels outside mixed precision: "materialized (float)", or "fused ..." / "fused-async ..." /
+   * "fused-wmma ..." as NCP_CUDA_ATTENTION chose. bf16 weights (mixed precision) run fused-async8 unless
+   * NCP_CUDA_ATTENTION names a mode.
+   */
   attention: string;
   reason: string;
 }
@@ -170,8 +174,8 @@ export interface AttentionBenchOptions {
 }
 
 /**
- * One path's times in `benchLora`: `fused` (the CUDA backend's LoRA kernels), `gemm` (its GEMM chain,
- * NCP_CUDA_LORA=gemm) or `cpu`.
+ * One path's times in `benchLora`, per call on operands cold in the GPU's L2: `fused` (the CUDA backend's LoRA
+ * kernels, opt-in with NCP_CUDA_LORA=fused), `gemm` (its GEMM chain, the default) or `cpu`.
  */
 export interface LoraBenchResult {
   path: 'fused' | 'gemm' | 'cpu';

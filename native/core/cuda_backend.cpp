@@ -172,10 +172,12 @@ Probe probe() {
   if (const char* tf32 = std::getenv("NCP_CUDA_TF32"); tf32 && std::string(tf32) == "1") t->set_tf32(1);
   // NCP_CUDA_ATTENTION=fused: flash-style attention kernels (cuda/flash_attention.h) for self-attention shapes,
   // the register-level (mma.sync) ones; fused-async / fused-async8: the same, double-buffered;
-  // fused-wmma: the WMMA ones. bf16 products, so off by default like TF32.
+  // fused-wmma: the WMMA ones. bf16 products, so off by default like TF32 (mixed precision turns fused-async8 on
+  // for its U-Net calls when this is unset: dev::PrecisionScope).
   const std::string attention = std::getenv("NCP_CUDA_ATTENTION") ? std::getenv("NCP_CUDA_ATTENTION") : "";
   const int code = attention_mode_code(attention);
   s.attention_mode = code >= 0 ? code : NCP_CUDA_ATTENTION_MATERIALIZED;
+  s.attention_from_env = code >= 0;
   t->set_fused_attention(s.attention_mode);
   s.attention = attention_mode_name(s.attention_mode);
   if (!attention.empty() && code < 0)

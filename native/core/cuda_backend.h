@@ -26,6 +26,7 @@ struct Status {
   // "fused (bf16 tensor cores, ...) ..." for the flash-style kernels, else "materialized (float)".
   int attention_mode = 0;
   std::string attention;
+  bool attention_from_env = false;  // NCP_CUDA_ATTENTION named a mode: it then holds under mixed precision too
   std::string reason;  // why not usable: library not found (with the paths tried), no driver, no device
 };
 

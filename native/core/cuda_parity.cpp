@@ -161,11 +161,36 @@ void linear_case(Recorder& r) {
   r.compare("linear", "db", db);
 }
 
-// LoRA: each fused kernel's rank bucket (1..4, 8, 16, 32, with ranks below the bucket's size), the GEMM chain past
-// rank 32, row counts that end inside a warp's row group, several column tiles and row chunks; every backward form
-// the blocks call (all gradients, dx only with no x, the weight gradients only).
+// Sets an environment variable for a scope (nullptr: leaves it unset) and restores the old value after.
+struct EnvVar {
+  std::string name, old;
+  bool had = false;
+  EnvVar(const char* n, const char* value) : name(n) {
+    if (const char* o = std::getenv(n)) had = true, old = o;
+    if (value) ::setenv(n, value, 1);
+    else ::unsetenv(n);
+  }
+  ~EnvVar() {
+    if (had) ::setenv(name.c_str(), old.c_str(), 1);
+    else ::unsetenv(name.c_str());
+  }
+};
+
+// LoRA: each fused kernel's rank bucket (1..4, 8, 16, 32, with ranks below the bucket's size; NCP_CUDA_LORA=fused,
+// so that the small shapes take them), the GEMM chain past rank 32, row counts that end inside a warp's row group,
+// several column tiles and row chunks; every backward form the blocks call (all gradients, dx only with no x, the
+// weight gradients only). Unforced, the GEMM chain runs (checked first, by a forward's launch count).
 void lora_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
+  {  // Unforced, every adapter takes the GEMM chain (two GEMMs forward): cuda/lora.cu, takes_fused_kernels.
+    const EnvVar unforced("NCP_CUDA_LORA", nullptr);
+    const cpu::LoraShape s{1024, 24, 20, 4};
+    Buffer gx(t, Vec(s.rows * s.in)), gA(t, Vec(s.rank * s.in)), gB(t, Vec(s.out * s.rank)), gy(t, Vec(s.rows * s.out));
+    const int64_t launches0 = t->launch_count();
+    r.call(t->lora_forward(gy.get(), gx.get(), gA.get(), gB.get(), 1.f, s.rows, s.in, s.out, s.rank), "lora_forward");
+    if (t->launch_count() - launches0 < 2) r.record("lora", "unforced rank 4 did not take the GEMM chain", 1.0);
+  }
+  const EnvVar forced("NCP_CUDA_LORA", "fused");
   const cpu::LoraShape shapes[] = {{37, 45, 29, 1},  {70, 33, 130, 4}, {300, 150, 17, 7},
                                    {41, 19, 23, 13}, {29, 31, 37, 32}, {23, 17, 19, 40}};
   uint64_t seed = 900;
@@ -177,9 +202,9 @@ void lora_cases(Recorder& r) {
     Buffer gx(t, x), gA(t, A), gB(t, B), gdy(t, dy);
     Grad y(t, s.rows * s.out, ++seed);
     cpu::lora_forward<float>(y.cpu.data(), x.data(), A.data(), B.data(), scale, s);
-    // Ranks up to 32 take the fused kernels: one launch forward, three for the full backward (the GEMM chain
-    // takes two and five). A dispatch that fell back to the GEMMs would still agree, so count.
-    const bool fused = s.rank <= 32 && !std::getenv("NCP_CUDA_LORA");
+    // Ranks up to 32 take the fused kernels when forced: one launch forward, three for the full backward (the GEMM
+    // chain takes two and five). A dispatch that fell back to the GEMMs would still agree, so count.
+    const bool fused = s.rank <= 32;
     const int64_t launches0 = t->launch_count();
     r.call(t->lora_forward(y.gpu.get(), gx.get(), gA.get(), gB.get(), scale, s.rows, s.in, s.out, s.rank),
            "lora_forward");
@@ -255,20 +280,6 @@ void conv2d_cases(Recorder& r) {
   }
 }
 
-// Sets an environment variable for a scope (nullptr: leaves it unset) and restores the old value after.
-struct EnvVar {
-  std::string name, old;
-  bool had = false;
-  EnvVar(const char* n, const char* value) : name(n) {
-    if (const char* o = std::getenv(n)) had = true, old = o;
-    if (value) ::setenv(n, value, 1);
-    else ::unsetenv(n);
-  }
-  ~EnvVar() {
-    if (had) ::setenv(name.c_str(), old.c_str(), 1);
-    else ::unsetenv(name.c_str());
-  }
-};
 
 void attention_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();

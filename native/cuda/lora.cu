@@ -14,7 +14,7 @@
 //    chunks and sums, per chunk and column, du^T x (for dA) or u^T dy (for dB), a thread per column with the
 //    chunk's coefficients in shared memory; a last pass (a thread per entry) adds the chunks in a fixed order into
 //    dA and dB. No atomics: every run sums in the same order.
-// NCP_CUDA_LORA=gemm runs the GEMMs at every rank instead (for A/B timing: scripts/gpu-compare.sh).
+// Opt-in (NCP_CUDA_LORA=fused): on an H200 the GEMM chain ran the SDXL step faster (takes_fused_kernels).
 // The arithmetic is float32 on CUDA cores (more exact than the TF32 the GEMMs use under mixed precision): at these
 // ranks the traffic, not the multiply-adds, sets the time.
 #include <algorithm>
@@ -307,10 +307,17 @@ int backward_by_gemms(float* dx, float* dA, float* dB, const float* dy, const fl
   return NCP_CUDA_OK;
 }
 
-// Whether this rank takes the fused kernels.
-bool fused_rank(int64_t rank) {
+// Whether an adapter takes the fused kernels: only with NCP_CUDA_LORA=fused (ranks up to kMaxFusedRank). On an H200
+// (2026-11-29, bench/gpu/README.md, run 4) the SDXL 1024² bf16 step ran 2.8% faster with every adapter on the GEMM
+// chain (0.661 s) than on these kernels (0.680 s). Alone, with their operands warm in the 50 MB L2, the kernels had
+// beaten the chain at rank 4 and 8 on 2048 and 8192 rows (1.2-1.6x) but lost on the 154 rows of the cross-attention
+// keys and values (0.8-0.9x: 20 warps on 132 SMs) and at rank 16 (0.4x) and 32 (0.05x: a warp then carries one
+// row and rereads all of A and B for it). In the step, with x and dy coming from HBM, a warp's few loads in flight
+// do not hide the latency that cuBLAS's pipelined tiles do. ncp_bench lora now times cold operands
+// (model/lora_bench.cpp) and scripts/gpu-quick.sh times the step both ways, for the next GPU session.
+bool takes_fused_kernels(int64_t rank) {
   const char* env = std::getenv("NCP_CUDA_LORA");
-  return rank <= kMaxFusedRank && !(env && std::strcmp(env, "gemm") == 0);
+  return rank <= kMaxFusedRank && env && std::strcmp(env, "fused") == 0;
 }
 
 int check_shape(const char* op, int64_t rows, int64_t in, int64_t out, int64_t rank) {
@@ -327,7 +334,7 @@ int lora_forward(float* y, const float* x, const float* A, const float* B, float
   NCP_TRY(check_shape("lora_forward", rows, in, out, rank));
   NCP_REQUIRE(y && x && A && B, "lora_forward: NULL y, x, A or B");
   if (rows == 0) return NCP_CUDA_OK;
-  if (!fused_rank(rank)) return forward_by_gemms(y, x, A, B, scale, rows, in, out, rank);
+  if (!takes_fused_kernels(rank)) return forward_by_gemms(y, x, A, B, scale, rows, in, out, rank);
   const int i = int(in), o = int(out), r = int(rank);
   if (rank <= 4) return launch_forward<4>(y, x, A, B, scale, rows, i, o, r);
   if (rank <= 8) return launch_forward<8>(y, x, A, B, scale, rows, i, o, r);
@@ -341,7 +348,7 @@ int lora_backward(float* dx, float* dA, float* dB, const float* dy, const float*
   NCP_REQUIRE(dy && A && B, "lora_backward: NULL dy, A or B");
   NCP_REQUIRE(x || (!dA && !dB), "lora_backward: the weight gradients need x");
   if (rows == 0 || (!dx && !dA && !dB)) return NCP_CUDA_OK;
-  if (!fused_rank(rank)) return backward_by_gemms(dx, dA, dB, dy, x, A, B, scale, rows, in, out, rank);
+  if (!takes_fused_kernels(rank)) return backward_by_gemms(dx, dA, dB, dy, x, A, B, scale, rows, in, out, rank);
   const int i = int(in), o = int(out), r = int(rank);
   if (rank <= 4) return launch_backward<4>(dx, dA, dB, dy, x, A, B, scale, rows, i, o, r);
   if (rank <= 8) return launch_backward<8>(dx, dA, dB, dy, x, A, B, scale, rows, i, o, r);

@@ -215,19 +215,19 @@ std::string profile_report() {
   int64_t launches = 0;
   for (const auto& r : rows) total += r.second.seconds, host_total += r.second.host_seconds, launches += r.second.launches;
   const bool events = p.device_spans;
-  std::string out = events ? "per-op device time (nothing synchronised: device events around each op; host s = time "
-                             "spent issuing the op):\n"
+  std::string out = events ? "per-op device time in ms (nothing synchronised: device events around each op; "
+                             "host ms = time spent issuing the op):\n"
                            : "per-op time (every op synchronised):\n";
   char line[200];
   if (events) {
-    std::snprintf(line, sizeof line, "%-32s %9s %6s %9s %8s %9s\n", "op", "device s", "%", "host s", "calls",
+    std::snprintf(line, sizeof line, "%-32s %9s %6s %9s %8s %9s\n", "op", "device ms", "%", "host ms", "calls",
                   "launches");
     out += line;
   }
   for (const auto& [name, v] : rows) {
     if (events)
-      std::snprintf(line, sizeof line, "%-32s %9.4f %5.1f%% %9.4f %8lld %9lld\n", name.c_str(), v.seconds,
-                    total > 0 ? 100 * v.seconds / total : 0.0, v.host_seconds, (long long)v.calls,
+      std::snprintf(line, sizeof line, "%-32s %9.3f %5.1f%% %9.3f %8lld %9lld\n", name.c_str(), 1e3 * v.seconds,
+                    total > 0 ? 100 * v.seconds / total : 0.0, 1e3 * v.host_seconds, (long long)v.calls,
                     (long long)v.launches);
     else
       std::snprintf(line, sizeof line, "%-28s %9.4f s %5.1f%% %8lld calls\n", name.c_str(), v.seconds,
@@ -240,13 +240,13 @@ std::string profile_report() {
   }
   const double host_wall = std::chrono::duration<double>(p.last_op_end - p.started).count();
   const double wall = p.device_wall, idle = std::max(0.0, wall - total);
-  std::snprintf(line, sizeof line, "%-32s %9.4f %6s %9.4f %8s %9lld\n", "total in ops", total, "", host_total, "",
-                (long long)launches);
+  std::snprintf(line, sizeof line, "%-32s %9.3f %6s %9.3f %8s %9lld\n", "total in ops", 1e3 * total, "",
+                1e3 * host_total, "", (long long)launches);
   out += line;
   std::snprintf(line, sizeof line,
-                "device wall time from the first op's start to the last op's end: %.4f s, of which idle between ops "
-                "%.4f s (%.1f%%); host wall time to the last op's issue: %.4f s\n",
-                wall, idle, wall > 0 ? 100 * idle / wall : 0.0, host_wall);
+                "device wall time from the first op's start to the last op's end: %.3f ms, of which idle between ops "
+                "%.3f ms (%.1f%%); host wall time to the last op's issue: %.3f ms\n",
+                1e3 * wall, 1e3 * idle, wall > 0 ? 100 * idle / wall : 0.0, 1e3 * host_wall);
   return out + line;
 }
 
@@ -280,24 +280,40 @@ int tf32_override() {
   }();
   return v;
 }
-// The innermost scope's choice (1/0), or -1 outside scopes, where the backend keeps NCP_CUDA_TF32's setting.
-// Scopes live inside a CUDA DeviceScope, whose lock serialises them.
-int g_tf32_scoped = -1;
+// The innermost scope's choices (TF32 1/0, an attention mode), or -1 outside scopes, where the backend keeps what
+// NCP_CUDA_TF32 and NCP_CUDA_ATTENTION set. Scopes live inside a CUDA DeviceScope, whose lock serialises them.
+int g_tf32_scoped = -1, g_attention_scoped = -1;
 bool tf32_in_effect(int scoped) { return scoped < 0 ? tf32_override() == 1 : scoped == 1; }
+int attention_in_effect(int scoped) { return scoped < 0 ? cuda::status().attention_mode : scoped; }
 }  // namespace
 
-Tf32Scope::Tf32Scope(bool mixed_precision) {
-  if (!on_cuda()) return;
-  const int forced = tf32_override();
-  const int want = forced >= 0 ? forced : mixed_precision ? 1 : 0;
-  ok(table().set_tf32(want), "set_tf32");  // a no-op in the backend when it is already so
-  previous_ = g_tf32_scoped, g_tf32_scoped = want, active_ = true;
+int unet_attention_mode(DType weight_matrices) {
+  const cuda::Status& st = cuda::status();
+  if (st.attention_from_env) return st.attention_mode;
+  return weight_matrices == DType::BF16 ? NCP_CUDA_ATTENTION_FUSED_ASYNC8 : NCP_CUDA_ATTENTION_MATERIALIZED;
 }
 
-Tf32Scope::~Tf32Scope() {
+std::string unet_attention(DType weight_matrices) {
+  return cuda::attention_mode_name(unet_attention_mode(weight_matrices));
+}
+
+PrecisionScope::PrecisionScope(DType weight_matrices) {
+  if (!on_cuda()) return;
+  const int forced = tf32_override();
+  const int want = forced >= 0 ? forced : weight_matrices != DType::F32 ? 1 : 0;
+  const int attention = unet_attention_mode(weight_matrices);
+  ok(table().set_tf32(want), "set_tf32");  // a no-op in the backend when it is already so
+  ok(table().set_fused_attention(attention), "set_fused_attention");
+  previous_ = g_tf32_scoped, g_tf32_scoped = want;
+  previous_attention_ = g_attention_scoped, g_attention_scoped = attention;
+  active_ = true;
+}
+
+PrecisionScope::~PrecisionScope() {
   if (!active_) return;
   table().set_tf32(tf32_in_effect(previous_) ? 1 : 0);
-  g_tf32_scoped = previous_;
+  table().set_fused_attention(attention_in_effect(previous_attention_));
+  g_tf32_scoped = previous_, g_attention_scoped = previous_attention_;
 }
 
 int parse_device(const std::string& s) {

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 
+#include "core/dtype.h"
 #include "cpu/ops.h"
 
 namespace ncp::dev {
@@ -38,22 +39,33 @@ class DeviceScope {
   int previous_;
 };
 
-// Whether the float32 GEMMs on a CUDA device (attention products, LoRA past rank 32, and every GEMM of a float32
-// model) run on TF32 tensor cores, for the duration of a U-Net call: under mixed precision yes (PyTorch's autocast
-// runs those products in bf16/fp16, coarser still), with float32 weights no (the GPU then matches the CPU to float32
-// rounding). NCP_CUDA_TF32=1 or 0 overrides both. Scopes nest; outside any, the backend keeps NCP_CUDA_TF32's
-// setting (off when unset). No effect on the CPU.
-class Tf32Scope {
+// The precision of a U-Net call's float products on a CUDA device, for the duration of the call, from the type of
+// its weight matrices. Under mixed precision PyTorch's autocast runs attention and the remaining float GEMMs in
+// bf16/fp16; here:
+//  - bf16 or fp16 matrices: the float32 GEMMs (LoRA, attention products outside the fused kernels) run on TF32
+//    tensor cores;
+//  - bf16 matrices: attention takes the fused bf16 kernels, fused-async8 (the fastest on an H200,
+//    bench/gpu/README.md). Not under fp16, whose users chose it for its 3 more mantissa bits.
+// With float32 weights neither: the GPU then matches the CPU to float32 rounding. NCP_CUDA_TF32=1/0 and
+// NCP_CUDA_ATTENTION=<mode> override every case. Scopes nest; outside any, the backend keeps what the environment
+// set (TF32 off and materialized attention when unset). No effect on the CPU.
+class PrecisionScope {
  public:
-  explicit Tf32Scope(bool mixed_precision);
-  ~Tf32Scope();
-  Tf32Scope(const Tf32Scope&) = delete;
-  Tf32Scope& operator=(const Tf32Scope&) = delete;
+  explicit PrecisionScope(DType weight_matrices);
+  ~PrecisionScope();
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
 
  private:
   bool active_ = false;
-  int previous_ = -1;
+  int previous_ = -1;            // the enclosing scope's TF32 choice, -1 outside scopes
+  int previous_attention_ = -1;  // and its attention mode
 };
+
+// The attention mode (NCP_CUDA_ATTENTION_* of cuda/api.h) a U-Net call runs under a PrecisionScope, and its
+// description (cuda::attention_mode_name), so that benchmark logs say what ran.
+int unet_attention_mode(DType weight_matrices);
+std::string unet_attention(DType weight_matrices);
 
 // Parses "cpu", "cuda" (device 0) or "cuda:N"; NCP_EINVAL naming the value otherwise.
 int parse_device(const std::string& s);

@@ -256,7 +256,7 @@ void UNet::run(const UNetInputs& host_in, Stop stop, float* host_out, Trace* tra
   const UNetConfig& c = config_;
   const int64_t B = host_in.batch, T = c.time_embed_dim(), C0 = c.block_out_channels[0], L = host_in.text_len;
   dev::DeviceScope scope(device_);
-  dev::Tf32Scope tf32(mixed_precision_);
+  dev::PrecisionScope device_precision(weight_matrices_);
   TapePrecision precision(tape_bf16_);
   const bool on_device = device_ >= 0;
   UNetTape::State* t = tape ? tape->s_.get() : nullptr;
@@ -505,7 +505,7 @@ void UNet::backward(const float* dout, UNetTape& tape, float* dsample) const {
   const float* context = t.in.encoder_hidden_states;
   const bool lora = t.lora;
   dev::DeviceScope scope(device_);
-  dev::Tf32Scope tf32(mixed_precision_);
+  dev::PrecisionScope device_precision(weight_matrices_);
   TapePrecision precision(tape_bf16_);
   const bool on_device = device_ >= 0;
   if (on_device && lora) zero_lora_grads();  // this pass's LoRA gradients, added into the host dA/dB at the end

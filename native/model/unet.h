@@ -80,10 +80,11 @@ class UNet {
   // (LoadedUNet::to_device with bf16 weights); float32 otherwise.
   void set_tape_bf16(bool on) { tape_bf16_ = on; }
   bool tape_bf16() const { return tape_bf16_; }
-  // Mixed precision (half weight matrices on a CUDA device): the remaining float GEMMs run on TF32 tensor cores
-  // during this U-Net's calls (dev::Tf32Scope). LoadedUNet::to_device sets it with bf16 or fp16 weights.
-  void set_mixed_precision(bool on) { mixed_precision_ = on; }
-  bool mixed_precision() const { return mixed_precision_; }
+  // Mixed precision (half weight matrices on a CUDA device): the remaining float GEMMs run on TF32 tensor cores,
+  // and with bf16 matrices attention on the fused bf16 kernels, during this U-Net's calls (dev::PrecisionScope).
+  // LoadedUNet::to_device sets the type of the matrices it uploaded.
+  void set_weight_matrices(DType matrices) { weight_matrices_ = matrices; }
+  bool mixed_precision() const { return weight_matrices_ != DType::F32; }
 
   const UNetConfig& config() const { return config_; }
   // Width of text_embeds: projection_class_embeddings_input_dim less the 6 embedded time ids (SDXL; else 0).
@@ -151,7 +152,7 @@ class UNet {
   std::shared_ptr<const DeviceWeights> device_weights_;  // null on the CPU
   int device_ = -1;
   bool tape_bf16_ = false;
-  bool mixed_precision_ = false;
+  DType weight_matrices_ = DType::F32;
   std::vector<LoraAdapter*> attached_;  // the adapters attach_lora bound, for the device copies
   // On a device: the attached adapters' A and B, and their gradients, packed (LoraPacking); the host staging copy.
   mutable Buffer lora_params_dev_, lora_grads_dev_;

@@ -27,7 +27,7 @@ void LoadedUNet::to_device(int d, DType matrices) {
   // bf16 mixed precision keeps bf16 activations too, as autocast does. fp16 keeps a float32 tape: its point is
   // precision (NCP-prev gradients), and --recompute or checkpointing trim the tape instead.
   unet->set_tape_bf16(matrices == DType::BF16);
-  unet->set_mixed_precision(matrices != DType::F32);
+  unet->set_weight_matrices(matrices);
   weights = WeightMap();
   device = d;
 }

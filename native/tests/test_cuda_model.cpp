@@ -188,9 +188,10 @@ NCP_TEST("cuda: fp16 mixed precision with loss scaling trains (tiny-sd15, DPO, n
   NCP_EXPECT(after != before, "the LoRA did not move");
 }
 
-// Mixed precision runs the remaining float GEMMs (attention, LoRA) on TF32, as autocast runs them in bf16/fp16;
-// float32 weights keep full float32 GEMMs. The scopes nest and restore; NCP_CUDA_TF32=0/1 overrides them.
-NCP_TEST("cuda: mixed precision turns TF32 on for the float GEMMs during U-Net calls, float32 does not") {
+// Mixed precision runs the remaining float GEMMs (attention, LoRA) on TF32, and with bf16 weights attention on the
+// fused bf16 kernels, as autocast runs them in bf16/fp16; float32 weights keep full float32 GEMMs and materialized
+// attention. The scopes nest and restore; NCP_CUDA_TF32=0/1 and NCP_CUDA_ATTENTION override them.
+NCP_TEST("cuda: mixed precision turns TF32 and fused attention on during U-Net calls, float32 does not") {
   if (!gpu_or_skip()) return;
   const char* forced = std::getenv("NCP_CUDA_TF32");
   if (forced && (std::string(forced) == "0" || std::string(forced) == "1")) {
@@ -206,15 +207,24 @@ NCP_TEST("cuda: mixed precision turns TF32 on for the float GEMMs during U-Net c
   const auto tf32 = [&] { return provider().find(" tf32") != std::string::npos; };
   NCP_EXPECT(!tf32(), "TF32 on outside any U-Net call: " << provider());
   {
-    dev::Tf32Scope mixed(true);
+    dev::PrecisionScope mixed(DType::BF16);
     NCP_EXPECT(tf32(), "a mixed-precision scope left TF32 off: " << provider());
     {
-      dev::Tf32Scope full(false);
+      dev::PrecisionScope full(DType::F32);
       NCP_EXPECT(!tf32(), "a float32 scope inside a mixed one left TF32 on");
     }
     NCP_EXPECT(tf32(), "the inner scope did not restore TF32");
   }
   NCP_EXPECT(!tf32(), "TF32 still on after the scopes: " << provider());
+  // Attention under the scopes: fused-async8 with bf16 matrices, materialized with fp16 and float32 ones, unless
+  // NCP_CUDA_ATTENTION named a mode.
+  if (!cuda::status().attention_from_env) {
+    NCP_EXPECT(dev::unet_attention_mode(DType::BF16) == NCP_CUDA_ATTENTION_FUSED_ASYNC8, "bf16's attention");
+    NCP_EXPECT(dev::unet_attention_mode(DType::F16) == NCP_CUDA_ATTENTION_MATERIALIZED, "fp16's attention");
+    NCP_EXPECT(dev::unet_attention_mode(DType::F32) == NCP_CUDA_ATTENTION_MATERIALIZED, "float32's attention");
+  } else {
+    NCP_EXPECT(dev::unet_attention_mode(DType::BF16) == cuda::status().attention_mode, "NCP_CUDA_ATTENTION not kept");
+  }
   for (DType matrices : {DType::F32, DType::BF16, DType::F16}) {
     auto m = model::load_unet(test::golden_path("tiny-sd15"));
     m->to_device(0, matrices);
@@ -241,7 +251,8 @@ NCP_TEST("cuda: running out of device memory is NCP_ENOMEM naming the size asked
 NCP_TEST("cuda: the gpu profile counts each op's calls and launches from device events") {
   if (!gpu_or_skip()) return;
   dev::DeviceScope device(0);
-  const int64_t n = 4096;
+  // 4 MiB a tensor, so each op takes microseconds of device time: the table prints milliseconds to three places.
+  const int64_t n = int64_t(1) << 20;
   float* a = dev::alloc(n);
   float* b = dev::alloc(n);
   dev::zero(a, n);
@@ -259,7 +270,7 @@ NCP_TEST("cuda: the gpu profile counts each op's calls and launches from device 
     const size_t at = report.find("\n" + op + " ");
     return at == std::string::npos ? std::string() : report.substr(at + 1, report.find('\n', at + 1) - at - 1);
   };
-  // Columns: op, device s, %, host s, calls, launches.
+  // Columns: op, device ms, %, host ms, calls, launches.
   const auto fields = [](const std::string& line) {
     std::vector<std::string> out;
     size_t at = 0;
@@ -282,7 +293,7 @@ NCP_TEST("cuda: the gpu profile counts each op's calls and launches from device 
   NCP_EXPECT(wall_at != std::string::npos, "no device wall-time line");
   if (wall_at != std::string::npos) {
     const double wall = std::atof(report.c_str() + wall_at + std::strlen("device wall time from the first op's start to the last op's end: "));
-    const auto total = fields(row("total"));  // "total in ops", device s, host s, launches
+    const auto total = fields(row("total"));  // "total in ops", device ms, host ms, launches
     NCP_EXPECT(total.size() >= 4 && wall >= std::atof(total[3].c_str()) * 0.999 && wall > 0,
                "device wall " << wall << " below the ops' device time: " << row("total"));
   }

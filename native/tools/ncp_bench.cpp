@@ -118,8 +118,10 @@ int main(int argc, char** argv) {
     const bool profiling = profile_mode != ncp::dev::ProfileMode::Off;
     if (profiling) ncp::dev::set_profiling(profile_mode);
     const std::string dev_name = device < 0 ? "cpu" : ncp::cuda::status().device;
-    // Which attention kernels a CUDA run used (NCP_CUDA_ATTENTION), so logs say what was measured.
-    const std::string attention = device < 0 ? "cpu" : ncp::cuda::status().attention;
+    // Which attention kernels a CUDA run's U-Net calls used (NCP_CUDA_ATTENTION, else what the weights' precision
+    // chooses: dev::PrecisionScope), so logs say what was measured.
+    const std::string attention =
+        device < 0 ? "cpu" : ncp::dev::unet_attention(matrices);
     if (what == "unet") {
       const int64_t batch = std::atoll(arg(argc, argv, "--batch", "2").c_str());
       const auto r = ncp::model::bench_unet(preset, latent, batch, reps, device, matrices);

@@ -218,7 +218,19 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
     m = cfg.ncp_pool ? enc_C : enc_C * enc_HW;
     if (cfg.ncp_pool) pa.resize(size_t(m)), pb.resize(size_t(m));  // the pooled rows
     enc_other_.resize(size_t(R_other * enc_C * enc_HW));
-    unet_.encode(enc_other, cfg.ncp_layer, enc_other_.data(), nullptr, false);
+    // In passes of R rows, the policy prediction's batch: the reference prediction then meets the same GEMM shapes,
+    // so a GPU library that picks its kernel by shape (cuBLAS) rounds it as it rounds the policy's. At policy ==
+    // reference (LoRA B = 0, the first step) the two errors are then bitwise equal, as on the CPU; in one pass of 2R
+    // rows they differed by float rounding that mixed precision's operand rounding and beta (5000) turned into a
+    // 3% loss difference on an H200 (fp16, 2026-11-29).
+    for (int64_t first = 0; first < R_other; first += R) {
+      model::UNetInputs part = enc_other;
+      part.batch = R;
+      part.sample += first * n, part.timesteps += first;
+      part.encoder_hidden_states += first * ctx_row;
+      if (sdxl) part.text_embeds += first * pooled, part.time_ids += first * 6;
+      unet_.encode(part, cfg.ncp_layer, enc_other_.data() + first * enc_C * enc_HW, nullptr, false);
+    }
   }
 
   // ---- The policy (LoRA on, taped when a gradient is wanted).
