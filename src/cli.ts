@@ -32,7 +32,7 @@ function parseRecompute(value: string | undefined): Array<'feedforward' | 'qkv'>
 function formatInfo(i: ReturnType<typeof info>): string {
   const c = i.backends.cuda;
   const cuda = c.usable
-    ? `usable: ${c.device} (sm ${c.computeCapability}), gemm: ${c.gemm}, attention: ${c.attention}`
+    ? `usable: ${c.device} (sm ${c.computeCapability}), gemm: ${c.gemm}, attention: ${c.attention}; with bf16 weights ${c.attentionBf16}`
     : `${c.compiled ? 'compiled' : 'not compiled'}, not usable: ${c.reason}`;
   return [
     `ncp-native ${i.version} (${i.addon})`,

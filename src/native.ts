@@ -23,11 +23,12 @@ export interface CudaStatus {
   runtimeVersion: number;
   gemm: string;
   /**
-   * CUDA attention kernels outside mixed precision: "materialized (float)", or "fused ..." / "fused-async ..." /
-   * "fused-wmma ..." as NCP_CUDA_ATTENTION chose. bf16 weights (mixed precision) run fused-async8 unless
-   * NCP_CUDA_ATTENTION names a mode.
+   * CUDA attention kernels of float32 and fp16 weights: "materialized (float)", or "fused ..." / "fused-async ..." /
+   * "fused-wmma ..." as NCP_CUDA_ATTENTION chose.
    */
   attention: string;
+  /** The same for bf16 weights (`--mixed-precision bf16`): "fused-async8 ..." unless NCP_CUDA_ATTENTION names a mode. */
+  attentionBf16: string;
   reason: string;
 }
 

@@ -13,6 +13,22 @@ if (!cuda.usable) console.log(`skip: CUDA backend not usable: ${cuda.reason}`);
   for (const [op, err] of Object.entries(errors)) t.true(err < 1e-4, `${op}: relative error ${err}`);
 });
 
+// The attention kernels info reports: float32/fp16 weights run what NCP_CUDA_ATTENTION chose (materialized when
+// unset), bf16 weights fused-async8 unless NCP_CUDA_ATTENTION names a mode; empty without a usable backend.
+test('info names the attention kernels of float32 and of bf16 weights', (t) => {
+  if (!cuda.usable) {
+    t.is(cuda.attentionBf16, '');
+    return;
+  }
+  const forced = process.env.NCP_CUDA_ATTENTION;
+  if (!forced) {
+    t.regex(cuda.attention, /^materialized/);
+    t.regex(cuda.attentionBf16, /^fused-async8 /);
+  } else {
+    t.is(cuda.attentionBf16, cuda.attention);
+  }
+});
+
 test('cudaParity rejects with NCP_ENOCUDA and the reason when CUDA is not usable', async (t) => {
   if (cuda.usable) {
     t.pass('CUDA is usable here');

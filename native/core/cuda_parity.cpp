@@ -185,9 +185,11 @@ void lora_cases(Recorder& r) {
   {  // Unforced, every adapter takes the GEMM chain (two GEMMs forward): cuda/lora.cu, takes_fused_kernels.
     const EnvVar unforced("NCP_CUDA_LORA", nullptr);
     const cpu::LoraShape s{1024, 24, 20, 4};
-    Buffer gx(t, Vec(s.rows * s.in)), gA(t, Vec(s.rank * s.in)), gB(t, Vec(s.out * s.rank)), gy(t, Vec(s.rows * s.out));
+    Buffer gx(t, Vec(s.rows * s.in)), gA(t, Vec(s.rank * s.in)), gB(t, Vec(s.out * s.rank)),
+        gy(t, Vec(s.rows * s.out));
     const int64_t launches0 = t->launch_count();
-    r.call(t->lora_forward(gy.get(), gx.get(), gA.get(), gB.get(), 1.f, s.rows, s.in, s.out, s.rank), "lora_forward");
+    r.call(t->lora_forward(gy.get(), gx.get(), gA.get(), gB.get(), 1.f, s.rows, s.in, s.out, s.rank),
+           "lora_forward");
     if (t->launch_count() - launches0 < 2) r.record("lora", "unforced rank 4 did not take the GEMM chain", 1.0);
   }
   const EnvVar forced("NCP_CUDA_LORA", "fused");
@@ -279,7 +281,6 @@ void conv2d_cases(Recorder& r) {
     r.compare("conv2d", tag + "db", db);
   }
 }
-
 
 void attention_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "core/cuda_backend.h"
+#include "model/dev_ops.h"
 #include "napi/async.h"
 #include "napi/bindings.h"
 
@@ -25,6 +26,7 @@ Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
   o.Set("runtimeVersion", s.runtime_version);
   o.Set("gemm", s.gemm_provider);
   o.Set("attention", s.attention);
+  o.Set("attentionBf16", s.usable ? dev::unet_attention(DType::BF16) : std::string());
   o.Set("reason", s.reason);
   return o;
 }

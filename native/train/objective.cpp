@@ -218,19 +218,14 @@ ObjectiveResult ObjectiveRunner::run(const PairBatch& b, const ObjectiveConfig& 
     m = cfg.ncp_pool ? enc_C : enc_C * enc_HW;
     if (cfg.ncp_pool) pa.resize(size_t(m)), pb.resize(size_t(m));  // the pooled rows
     enc_other_.resize(size_t(R_other * enc_C * enc_HW));
-    // In passes of R rows, the policy prediction's batch: the reference prediction then meets the same GEMM shapes,
-    // so a GPU library that picks its kernel by shape (cuBLAS) rounds it as it rounds the policy's. At policy ==
-    // reference (LoRA B = 0, the first step) the two errors are then bitwise equal, as on the CPU; in one pass of 2R
-    // rows they differed by float rounding that mixed precision's operand rounding and beta (5000) turned into a
-    // 3% loss difference on an H200 (fp16, 2026-11-29).
-    for (int64_t first = 0; first < R_other; first += R) {
-      model::UNetInputs part = enc_other;
-      part.batch = R;
-      part.sample += first * n, part.timesteps += first;
-      part.encoder_hidden_states += first * ctx_row;
-      if (sdxl) part.text_embeds += first * pooled, part.time_ids += first * 6;
-      unet_.encode(part, cfg.ncp_layer, enc_other_.data() + first * enc_C * enc_HW, nullptr, false);
-    }
+    // One pass for the truth and the reference's prediction (issue 7: the encoder passes batched). Its GEMMs see 2R
+    // rows where the policy prediction's see R, so a GPU library that picks kernels by shape (cuBLAS) may round
+    // the two predictions' features differently even when they are equal (policy = reference, LoRA B = 0). Under
+    // mixed precision that rounding noise is of the order of the half type's unit roundoff over sqrt(features),
+    // and beta multiplies it into the loss: the likely cause of a 3% step-1 loss difference on tiny-sd15's 1024 mid
+    // features at fp16 and beta 5000 (H200, 2026-11-29); about 0.4% on SDXL's 1.3M. Two R-row passes would make
+    // them equal at the cost of one more encoder pass of launches (578 more a step of 7144 in the SD1.5 bf16 step).
+    unet_.encode(enc_other, cfg.ncp_layer, enc_other_.data(), nullptr, false);
   }
 
   // ---- The policy (LoRA on, taped when a gradient is wanted).
