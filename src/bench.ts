@@ -228,8 +228,9 @@ export function formatLoraBench(r: LoraBenchReport): string {
   const gbps = (bytes: number, s: number) => (bytes / 1e9 / s).toFixed(0);
   return [
     `machine: ${r.machine}`,
-    `lora: ${r.rows} rows, ${r.in} -> ${r.out}, rank ${r.rank} (GB/s of the least traffic: forward x + y read + y written,` +
-      ' backward x + dy + dx read + dx written)',
+    `lora: ${r.rows} rows, ${r.in} -> ${r.out}, rank ${r.rank}, per call on operands cold in the GPU's L2 (GB/s of the` +
+      ' least traffic: forward x + y read + y written, backward x + dy + dx read + dx written); the CUDA backend runs' +
+      ' the GEMM chain unless NCP_CUDA_LORA=fused',
     ...r.paths.map(
       (p) =>
         `${p.path.padEnd(6)} forward ${(p.forwardSeconds * 1e3).toFixed(3)} ms (${gbps(p.forwardBytes, p.forwardSeconds)} GB/s), ` +
