@@ -12,6 +12,7 @@
 
 #include "core/cuda_backend.h"
 #include "core/dtype.h"
+#include "core/env_scope.h"
 #include "core/error.h"
 #include "cpu/ops.h"
 
@@ -161,21 +162,6 @@ void linear_case(Recorder& r) {
   r.compare("linear", "db", db);
 }
 
-// Sets an environment variable for a scope (nullptr: leaves it unset) and restores the old value after.
-struct EnvVar {
-  std::string name, old;
-  bool had = false;
-  EnvVar(const char* n, const char* value) : name(n) {
-    if (const char* o = std::getenv(n)) had = true, old = o;
-    if (value) ::setenv(n, value, 1);
-    else ::unsetenv(n);
-  }
-  ~EnvVar() {
-    if (had) ::setenv(name.c_str(), old.c_str(), 1);
-    else ::unsetenv(name.c_str());
-  }
-};
-
 // LoRA: each fused kernel's rank bucket (1..4, 8, 16, 32, with ranks below the bucket's size; NCP_CUDA_LORA=fused,
 // so that the small shapes take them), the GEMM chain past rank 32, row counts that end inside a warp's row group,
 // several column tiles and row chunks; every backward form the blocks call (all gradients, dx only with no x, the
@@ -183,7 +169,7 @@ struct EnvVar {
 void lora_cases(Recorder& r) {
   const ncp_cuda_api* t = r.api();
   {  // Unforced, every adapter takes the GEMM chain (two GEMMs forward): cuda/lora.cu, takes_fused_kernels.
-    const EnvVar unforced("NCP_CUDA_LORA", nullptr);
+    const EnvScope unforced("NCP_CUDA_LORA", nullptr);
     const cpu::LoraShape s{1024, 24, 20, 4};
     Buffer gx(t, Vec(s.rows * s.in)), gA(t, Vec(s.rank * s.in)), gB(t, Vec(s.out * s.rank)),
         gy(t, Vec(s.rows * s.out));
@@ -192,7 +178,7 @@ void lora_cases(Recorder& r) {
            "lora_forward");
     if (t->launch_count() - launches0 < 2) r.record("lora", "unforced rank 4 did not take the GEMM chain", 1.0);
   }
-  const EnvVar forced("NCP_CUDA_LORA", "fused");
+  const EnvScope forced("NCP_CUDA_LORA", "fused");
   const cpu::LoraShape shapes[] = {{37, 45, 29, 1},  {70, 33, 130, 4}, {300, 150, 17, 7},
                                    {41, 19, 23, 13}, {29, 31, 37, 32}, {23, 17, 19, 40}};
   uint64_t seed = 900;
@@ -313,7 +299,7 @@ void attention_cases(Recorder& r) {
     // query block and, with NCP_CUDA_ATTENTION_BLOCK squeezing the block budget to 100 floats, in many (1 query
     // row per block for the first shape, 4 for the causal one).
     for (const bool blocked : {false, true}) {
-      const EnvVar block_budget("NCP_CUDA_ATTENTION_BLOCK", blocked ? "100" : nullptr);
+      const EnvScope block_budget("NCP_CUDA_ATTENTION_BLOCK", blocked ? "100" : nullptr);
       const std::string btag = tag + (blocked ? "blocked." : "");
       {
         Buffer gout2(t, Vec(nq));
@@ -355,7 +341,7 @@ void norm_cases(Recorder& r) {
     for (const bool split : {false, true})
     for (const bool silu : {false, true})
       for (const bool affine : {true, false}) {
-        const EnvVar chunk("NCP_CUDA_NORM_CHUNK", split ? "16" : nullptr);
+        const EnvScope chunk("NCP_CUDA_NORM_CHUNK", split ? "16" : nullptr);
         const std::string op = silu ? "group_norm_silu" : "group_norm",
                           tag = std::string(split ? "chunks." : "") + (affine ? "" : "plain.");
         const float* g = affine ? gamma.data() : nullptr;

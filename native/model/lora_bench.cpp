@@ -4,42 +4,16 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/env_scope.h"
 #include "core/error.h"
 #include "cpu/bench.h"
 #include "model/bench_buffer.h"
 #include "model/dev_ops.h"
 
 namespace ncp::model {
-namespace {
-
-// Sets NCP_CUDA_LORA (which cuda/lora.cu reads at each call) for the scope, and puts back what was there.
-class LoraPathScope {
- public:
-  explicit LoraPathScope(const char* value) {
-    if (const char* old = std::getenv("NCP_CUDA_LORA")) old_ = old;
-    if (value)
-      setenv("NCP_CUDA_LORA", value, 1);
-    else
-      unsetenv("NCP_CUDA_LORA");
-  }
-  ~LoraPathScope() {
-    if (old_)
-      setenv("NCP_CUDA_LORA", old_->c_str(), 1);
-    else
-      unsetenv("NCP_CUDA_LORA");
-  }
-  LoraPathScope(const LoraPathScope&) = delete;
-  LoraPathScope& operator=(const LoraPathScope&) = delete;
-
- private:
-  std::optional<std::string> old_;
-};
-
-}  // namespace
 
 std::vector<LoraBenchResult> bench_lora(const LoraBenchOptions& o) {
   if (o.rows <= 0 || o.in <= 0 || o.out <= 0 || o.rank <= 0 || o.reps <= 0)
@@ -70,7 +44,8 @@ std::vector<LoraBenchResult> bench_lora(const LoraBenchOptions& o) {
   const std::vector<const char*> paths = dev::on_cuda() ? std::vector<const char*>{"fused", "gemm"}
                                                         : std::vector<const char*>{"cpu"};
   for (const char* path : paths) {
-    const LoraPathScope env(dev::on_cuda() ? path : nullptr);  // each side forced
+    // Each side forced: cuda/lora.cu reads NCP_CUDA_LORA at each call.
+    const EnvScope env("NCP_CUDA_LORA", dev::on_cuda() ? path : nullptr);
     LoraBenchResult r;
     r.path = path;
     r.forward_bytes = 4.0 * double(s.rows) * double(s.in + 2 * s.out);

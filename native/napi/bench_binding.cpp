@@ -129,6 +129,27 @@ Napi::Value BenchStep(const Napi::CallbackInfo& info) {
       });
 }
 
+// The op benches' `device` ("cuda" unless given), parsed here; the bench itself checks that it can run.
+int op_bench_device(Napi::Env env, const Napi::Object& o, const char* bench) {
+  try {
+    return dev::parse_device(string_attr(env, o, "device", "cuda"));
+  } catch (const Error& e) {
+    throw_error(env, e.code(), std::string(bench) + ": " + e.what());
+  }
+}
+
+// One JS object per result, its fields set by `fields(object, result)`.
+template <typename Result, typename Fields>
+Napi::Array results_array(Napi::Env env, const std::vector<Result>& rs, Fields fields) {
+  Napi::Array out = Napi::Array::New(env, rs.size());
+  for (size_t i = 0; i < rs.size(); ++i) {
+    Napi::Object r = Napi::Object::New(env);
+    fields(r, rs[i]);
+    out.Set(uint32_t(i), r);
+  }
+  return out;
+}
+
 // benchAttention({ batch, tokens, keys, heads, headDim, reps, device, modes }): the attention op alone under each
 // CUDA attention mode (model/attention_bench.h); a device other than CUDA is refused there.
 Napi::Value BenchAttention(const Napi::CallbackInfo& info) {
@@ -156,25 +177,17 @@ Napi::Value BenchAttention(const Napi::CallbackInfo& info) {
   } else if (!modes.IsUndefined()) {
     throw_error(env, "NCP_EINVAL", "benchAttention: 'modes' must be an array of strings");
   }
-  try {
-    a.device = dev::parse_device(string_attr(env, o, "device", "cuda"));  // bench_attention checks it can run
-  } catch (const Error& e) {
-    throw_error(env, e.code(), std::string("benchAttention: ") + e.what());
-  }
+  a.device = op_bench_device(env, o, "benchAttention");
   return PromiseWorker<std::vector<model::AttentionBenchResult>>::Start(
       env, [=] { return model::bench_attention(a); },
       [](Napi::Env e, std::vector<model::AttentionBenchResult>& rs) -> Napi::Value {
-        Napi::Array out = Napi::Array::New(e, rs.size());
-        for (size_t i = 0; i < rs.size(); ++i) {
-          Napi::Object r = Napi::Object::New(e);
-          r.Set("mode", rs[i].mode);
-          r.Set("forwardSeconds", rs[i].forward_s);
-          r.Set("backwardSeconds", rs[i].backward_s);
-          r.Set("forwardGflop", rs[i].forward_gflop);
-          r.Set("backwardGflop", rs[i].backward_gflop);
-          out.Set(uint32_t(i), r);
-        }
-        return out;
+        return results_array(e, rs, [](Napi::Object& r, const model::AttentionBenchResult& x) {
+          r.Set("mode", x.mode);
+          r.Set("forwardSeconds", x.forward_s);
+          r.Set("backwardSeconds", x.backward_s);
+          r.Set("forwardGflop", x.forward_gflop);
+          r.Set("backwardGflop", x.backward_gflop);
+        });
       });
 }
 
@@ -191,25 +204,17 @@ Napi::Value BenchLora(const Napi::CallbackInfo& info) {
   a.out = int64_t(number_attr(env, o, "out", double(a.in)));
   a.rank = int64_t(number_attr(env, o, "rank", 4));
   a.reps = int(number_attr(env, o, "reps", 20));
-  try {
-    a.device = dev::parse_device(string_attr(env, o, "device", "cuda"));  // bench_lora checks it can run
-  } catch (const Error& e) {
-    throw_error(env, e.code(), std::string("benchLora: ") + e.what());
-  }
+  a.device = op_bench_device(env, o, "benchLora");
   return PromiseWorker<std::vector<model::LoraBenchResult>>::Start(
       env, [=] { return model::bench_lora(a); },
       [](Napi::Env e, std::vector<model::LoraBenchResult>& rs) -> Napi::Value {
-        Napi::Array out = Napi::Array::New(e, rs.size());
-        for (size_t i = 0; i < rs.size(); ++i) {
-          Napi::Object r = Napi::Object::New(e);
-          r.Set("path", rs[i].path);
-          r.Set("forwardSeconds", rs[i].forward_s);
-          r.Set("backwardSeconds", rs[i].backward_s);
-          r.Set("forwardBytes", rs[i].forward_bytes);
-          r.Set("backwardBytes", rs[i].backward_bytes);
-          out.Set(uint32_t(i), r);
-        }
-        return out;
+        return results_array(e, rs, [](Napi::Object& r, const model::LoraBenchResult& x) {
+          r.Set("path", x.path);
+          r.Set("forwardSeconds", x.forward_s);
+          r.Set("backwardSeconds", x.backward_s);
+          r.Set("forwardBytes", x.forward_bytes);
+          r.Set("backwardBytes", x.backward_bytes);
+        });
       });
 }
 
